@@ -117,6 +117,7 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "COMPILE": False,  # torch.compile the model
         "LOADER_DEVICE": "",  # where the data pipeline runs: '' = the training device, or 'cpu' / 'cuda'
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
+        "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
     },
 }
 
