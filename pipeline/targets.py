@@ -1,0 +1,123 @@
+"""PySOT's AnchorTarget, vectorised over a batch in torch (on the boxes' device).
+
+Semantics per sample, as in PySOT's `anchor_target.py`:
+- positive pair: deltas (dx, dy, log dw, log dh) for every anchor; IoU (continuous, no +1)
+  > THR_HIGH is positive, < THR_LOW negative; at most POS_NUM positives and at most
+  TOTAL_NUM - POS_NUM negatives are kept, chosen uniformly at random; positives get
+  weight 1 / (num_pos + 1e-6); everything else is -1 (ignored).
+- negative pair: no positives, zero deltas and weights; the 7x7 cell window around
+  cell S//2 + ceil((c - search_size//2) / stride + 0.5) of the search object's centre
+  (one cell right/below of the true centre cell: PySOT's quirk) is a candidate set of
+  which at most NEG_NUM anchors are kept at random as negatives.
+
+Random subsets: each anchor gets a uniform key from the caller's torch.Generator and the
+`keep` candidates with the largest keys win (topk), a uniform random subset of size
+min(keep, count) without a per-sample loop. PySOT draws with np.random.shuffle; the
+distribution is the same, the stream is not.
+"""
+from __future__ import annotations
+
+import torch
+
+from pipeline.anchors import anchor_grid_from_cfg
+
+
+def _random_subset(candidates: torch.Tensor, keys: torch.Tensor, keep) -> torch.Tensor:
+    """(B, N) bool -> (B, N) bool: per row, the min(keep, count) candidates with the largest keys.
+
+    With i.i.d. uniform keys this is a uniform random subset. `keep` is an int or a (B,) tensor.
+    Disjoint candidate sets may share one key tensor and stay independent.
+    """
+    keep_t = torch.as_tensor(keep, device=candidates.device).expand(candidates.shape[0])
+    k = min(int(keep_t.max()), candidates.shape[1])
+    chosen = torch.zeros_like(candidates)
+    if k <= 0:
+        return chosen
+    top_keys, top_idx = keys.masked_fill(~candidates, -1.0).topk(k, dim=1, sorted=True)
+    rank = torch.arange(k, device=candidates.device)
+    chosen.scatter_(1, top_idx, (top_keys >= 0) & (rank < keep_t.unsqueeze(1)))
+    return chosen
+
+
+class AnchorTargets:
+    """Callable computing RPN training labels for a batch of search boxes.
+
+    `targets(boxes (B,4) float32 x1y1x2y2 in search pixels, neg (B,) bool, generator)`
+    -> label_cls (B,A,S,S) int64, label_loc (B,4,A,S,S) float32, label_loc_weight (B,A,S,S) float32.
+    """
+
+    def __init__(self, cfg):
+        corners, centres = anchor_grid_from_cfg(cfg)
+        self.corners = torch.from_numpy(corners)
+        self.centres = torch.from_numpy(centres)
+        self.anchor_num = corners.shape[1]
+        self.size = int(cfg.TRAIN.OUTPUT_SIZE)
+        self.search_size = int(cfg.TRAIN.SEARCH_SIZE)
+        self.stride = int(cfg.ANCHOR.STRIDE)
+        self.thr_high = float(cfg.TRAIN.THR_HIGH)
+        self.thr_low = float(cfg.TRAIN.THR_LOW)
+        self.pos_num = int(cfg.TRAIN.POS_NUM)
+        self.neg_keep = int(cfg.TRAIN.TOTAL_NUM) - int(cfg.TRAIN.POS_NUM)
+        self.neg_pair_num = int(cfg.TRAIN.NEG_NUM)
+        self._on_device = {}
+
+    def _anchors(self, device):
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (self.corners.to(device), self.centres.to(device))
+        return self._on_device[key]
+
+    def window_centre(self, centre: torch.Tensor) -> torch.Tensor:
+        """PySOT's negative-pair window cell for object centres (float) -> int64 cells."""
+        shift = (centre.double() - self.search_size // 2) / self.stride + 0.5
+        return self.size // 2 + torch.ceil(shift).long()
+
+    def __call__(self, boxes: torch.Tensor, neg: torch.Tensor, generator: torch.Generator):
+        device = boxes.device
+        boxes = boxes.float()
+        neg = neg.to(device=device, dtype=torch.bool)
+        batch = boxes.shape[0]
+        a, s = self.anchor_num, self.size
+        corners, centres = self._anchors(device)
+
+        x1, y1, x2, y2 = (boxes[:, i].view(batch, 1, 1, 1) for i in range(4))
+        tcx, tcy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
+        tw, th = x2 - x1, y2 - y1
+        acx, acy, aw, ah = centres
+        loc = torch.stack([(tcx - acx) / aw, (tcy - acy) / ah,
+                           torch.log(tw / aw), torch.log(th / ah)], dim=1)  # (B,4,A,S,S)
+
+        ax1, ay1, ax2, ay2 = corners
+        inter_w = (torch.minimum(x2, ax2) - torch.maximum(x1, ax1)).clamp(min=0)
+        inter_h = (torch.minimum(y2, ay2) - torch.maximum(y1, ay1)).clamp(min=0)
+        inter = inter_w * inter_h
+        iou = inter / ((ax2 - ax1) * (ay2 - ay1) + tw * th - inter)  # (B,A,S,S)
+
+        not_neg = (~neg).view(batch, 1, 1, 1)
+        pos_cand = (iou > self.thr_high) & not_neg
+        neg_cand = (iou < self.thr_low) & not_neg
+
+        # Negative pairs: candidates are the 7x7 window around the object's (shifted) cell.
+        cells = torch.arange(s, device=device)
+        cx = self.window_centre((boxes[:, 0] + boxes[:, 2]) * 0.5).view(batch, 1, 1)
+        cy = self.window_centre((boxes[:, 1] + boxes[:, 3]) * 0.5).view(batch, 1, 1)
+        in_cols = (cells.view(1, 1, s) >= cx - 3) & (cells.view(1, 1, s) < cx + 4)
+        in_rows = (cells.view(1, s, 1) >= cy - 3) & (cells.view(1, s, 1) < cy + 4)
+        window = (in_rows & in_cols).unsqueeze(1).expand(batch, a, s, s) & neg.view(batch, 1, 1, 1)
+
+        # Positives, negatives of positive pairs and window negatives of negative pairs are
+        # disjoint sets, so one tensor of random keys serves all three selections.
+        flat = (batch, a * s * s)
+        keys = torch.rand(flat, generator=generator, device=device)
+        pos = _random_subset(pos_cand.reshape(flat), keys, self.pos_num)
+        neg_keep = torch.where(neg, self.neg_pair_num, self.neg_keep)
+        negs = _random_subset((neg_cand | window).reshape(flat), keys, neg_keep)
+
+        label_cls = negs.long() + 2 * pos.long() - 1   # -1 ignore, 0 negative, 1 positive
+        pos_count = pos.sum(dim=1, keepdim=True).float()
+        weight = pos.float() / (pos_count + 1e-6)
+
+        # PySOT leaves the deltas of negative pairs at zero.
+        loc = torch.where(not_neg.unsqueeze(1), loc, torch.zeros((), device=device))
+        return (label_cls.view(batch, a, s, s), loc.contiguous(),
+                weight.view(batch, a, s, s))

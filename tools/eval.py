@@ -1,0 +1,61 @@
+"""One-pass evaluation of snapshots (and baselines) on OTB / GOT-10k / LaSOT layout sequences.
+
+Examples:
+  python tools/eval.py --cfg configs/demo_cpu.yaml --snapshot runs/demo/checkpoint_e5.pth \\
+      --dataset data/synthetic_eval --format otb --baselines static untrained --plot
+  python tools/eval.py --cfg configs/demo_cpu.yaml --checkpoints runs/demo/ --dataset data/eval
+Writes <out>/results/<tracker>/..., <out>/report.txt, <out>/report.json (and PNG plots).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from train.config import load_config  # noqa: E402
+from train.evaluation.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
+from train.evaluation.metrics import ABSENT_POLICIES  # noqa: E402
+from train.evaluation.sequences import FORMATS  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', help='model/tracker config YAML (needed for snapshots and "untrained")')
+    p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
+    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
+    p.add_argument('--checkpoints', help='run folder: evaluate every checkpoint_e*.pth, report the best')
+    p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES,
+                   help='static: never moves its first box; untrained: the network at random init')
+    p.add_argument('--dataset', required=True, help='root folder of the sequences')
+    p.add_argument('--format', default='otb', choices=FORMATS)
+    p.add_argument('--out', default='results/eval', help='output folder')
+    p.add_argument('--plot', action='store_true', help='write success/precision PNGs')
+    p.add_argument('--absent', default='exclude', choices=ABSENT_POLICIES,
+                   help='GOT-10k/LaSOT frames without a visible target: exclude (official toolkits) '
+                        'or count as misses (PySOT toolkit)')
+    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    snapshots = list(args.snapshot)
+    if args.checkpoints:
+        snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
+    if not snapshots and not args.baselines:
+        sys.exit('nothing to evaluate: give --snapshot, --checkpoints or --baselines')
+    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
+    trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
+             progress=not args.quiet)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,64 @@
+"""Write small synthetic datasets in their official raw layouts (see pipeline/synthetic.py).
+
+    python tools/make_synthetic.py --dataset VID --out DIR [--videos N --frames M --seed S --size WxH]
+    python tools/make_synthetic.py --dataset all --out DIR      # DIR/<NAME>/ for every dataset
+    python tools/make_synthetic.py --eval --out DIR             # held-out OTB-layout sequences
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import synthetic  # noqa: E402
+
+
+def _describe(summary):
+    totals = summary['totals']
+    unit = 'images' if summary['dataset'] in ('COCO', 'DET') else 'videos'
+    line = (f"{summary['dataset']:7s} {summary['root']}: {totals['videos']} {unit}, "
+            f"{totals['image_files']} image files")
+    if 'annotations' in totals:
+        line += f", {totals['annotations']} boxes ({totals['valid_annotations']} valid)"
+    broken = summary.get('counts')
+    if broken:
+        line += ', broken: ' + ', '.join(f'{k}={v}' for k, v in broken.items())
+    return line + f" [{summary['seconds']:.2f} s]"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--dataset', help=f"one of {', '.join(synthetic.DATASETS)} (YOUTUBEBB = YTB) or 'all'")
+    what.add_argument('--eval', action='store_true', help='write held-out OTB-layout evaluation sequences')
+    parser.add_argument('--out', required=True, type=Path, help='output root directory')
+    parser.add_argument('--videos', type=int, help='videos (images for COCO/DET); default per dataset')
+    parser.add_argument('--frames', type=int, help='frames per video; default per dataset')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--size', help='frame size WxH, e.g. 320x240 (default 320x240; YTB 384x216)')
+    parser.add_argument('--no-broken', action='store_true', help='write no deliberate faults')
+    parser.add_argument('--force', action='store_true', help='replace earlier synthetic output in --out')
+    args = parser.parse_args(argv)
+    try:
+        size = synthetic.parse_size(args.size) if args.size else None
+        common = dict(videos=args.videos, frames=args.frames, seed=args.seed, size=size,
+                      overwrite=args.force, progress=True)
+        if args.eval:
+            summary = synthetic.make_eval(args.out, **common)
+            print(f"EVAL    {summary['root']}: {len(summary['sequences'])} sequences, "
+                  f"{summary['totals']['image_files']} images, index SYNTH.json [{summary['seconds']:.2f} s]")
+            return 0
+        common['broken'] = not args.no_broken
+        if args.dataset.lower() == 'all':
+            summaries = synthetic.make_all(args.out, **common)
+        else:
+            summaries = [synthetic.make_dataset(args.dataset, args.out, **common)]
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
+    for summary in summaries:
+        print(_describe(summary))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""One-pass evaluation of snapshots and baselines side by side: track, write results, score,
+report (table + JSON) and optionally plot.  `tools/eval.py` and the demo call `evaluate`."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from model import build_model
+from model.checkpoint import load_model_checkpoint
+from model.tracker import StaticTracker, build_tracker
+
+from .plots import plot_curves
+from .report import best_of, format_table, score_tracker, write_json
+from .runner import run_tracker
+from .sequences import load_sequences
+
+BASELINES = ('static', 'untrained')
+_EPOCH_RE = re.compile(r'checkpoint_e(\d+)\.pth$')
+
+
+def epoch_checkpoints(run_dir) -> list:
+    """`checkpoint_e<N>.pth` files of a run directory, sorted by epoch N."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'run directory not found: {run_dir}')
+    found = sorted((int(m.group(1)), p) for p in run_dir.rglob('checkpoint_e*.pth')
+                   if (m := _EPOCH_RE.search(p.name)))
+    if not found:
+        raise FileNotFoundError(f'no checkpoint_e*.pth files under {run_dir}')
+    return [p for _, p in found]
+
+
+def snapshot_names(paths) -> list:
+    """Short unique display names: the file stem, prefixed by its folder when stems clash."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    return [f'{p.parent.name}/{p.stem}' if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def load_snapshot(cfg, path, device='cpu') -> torch.nn.Module:
+    """A model built from `cfg` with a checkpoint strictly loaded (PySOT `{'state_dict': ...}`
+    or bare state dict, `module.` prefixes allowed), in eval mode on `device`."""
+    model = build_model(cfg)
+    load_model_checkpoint(model, path)
+    return model.to(device).eval()
+
+
+def make_trackers(cfg, snapshots=(), baselines=(), device='cpu', seed: int = 0) -> dict:
+    """{display name: tracker} for the given snapshots and baselines (static | untrained)."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f'unknown baseline(s) {unknown}; expected some of {BASELINES}')
+    if (snapshots or 'untrained' in baselines) and cfg is None:
+        raise ValueError('a config (--cfg) is needed to build the network')
+    trackers = {}
+    snapshots = list(dict.fromkeys(Path(p).resolve() for p in snapshots))  # same file once
+    for name, path in zip(snapshot_names(snapshots), snapshots):
+        trackers[name] = build_tracker(cfg, load_snapshot(cfg, path, device))
+    if 'untrained' in baselines:
+        torch.manual_seed(seed)  # same random init every run
+        trackers['untrained'] = build_tracker(cfg, build_model(cfg).to(device).eval())
+    if 'static' in baselines:
+        trackers['static'] = StaticTracker()
+    return trackers
+
+
+def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/eval',
+             plot: bool = False, absent: str = 'exclude', progress: bool = True,
+             per_sequence: bool = True, log=print) -> dict:
+    """Run every tracker over the dataset, write results/<tracker>/..., report.json, report.txt
+    and (plot) success/precision PNGs into `out_dir`; returns {tracker: scores} plus 'best'."""
+    sequences = load_sequences(dataset_root, fmt)
+    out_dir = Path(out_dir)
+    scores = {}
+    for name, tracker in trackers.items():
+        results = run_tracker(tracker, sequences, name, out_dir / 'results', fmt, progress)
+        scores[name] = score_tracker(sequences, results, absent)
+    table = format_table(scores, per_sequence=per_sequence)
+    best = best_of(scores)
+    text = f'{fmt} one-pass evaluation on {dataset_root} ({len(sequences)} sequences)\n{table}\n'
+    if best is not None:
+        text += f'best AUC: {best} ({scores[best]["overall"]["auc"]:.3f})\n'
+    log(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / 'report.txt').write_text(text)
+    write_json(out_dir / 'report.json', {'dataset': str(dataset_root), 'format': fmt,
+                                         'absent': absent, 'best': best, 'trackers': scores})
+    if plot:
+        for path in plot_curves(scores, out_dir, title=Path(dataset_root).name):
+            log(f'wrote {path}')
+    return {'trackers': scores, 'best': best, 'table': table}

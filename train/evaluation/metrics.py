@@ -1,0 +1,158 @@
+"""One-pass evaluation (OPE) metrics with the conventions of PySOT's toolkit (OTB/LaSOT).
+
+Boxes are (x, y, w, h) rows, 0-based, continuous extent [x, x + w) (no +1 in areas).
+
+- **Success**: fraction of frames with IoU > t (strict) for t in linspace(0, 1, 21); the
+  denominator is *all* frames of the sequence.  A frame whose ground truth is invalid
+  (w or h <= 0, or NaN) is a miss at every threshold, as in the toolkit.  AUC = mean of the
+  21-point curve.
+- **Precision**: fraction of frames whose centre distance is <= t px, t = 0..50; reported at
+  20 px.  Centres are (x + (w - 1) / 2, y + (h - 1) / 2) as in the toolkit.
+- **Normalised precision** (LaSOT, as PySOT's toolkit): both centres divided by the GT (w, h),
+  distance <= t for t = 0, 0.01, .., 0.5; reported at 0.2 (index 20).
+- **Absent frames** (`visible` False: GOT-10k absence.label, LaSOT full_occlusion | out_of_view):
+  `absent='miss'` (PySOT toolkit for LaSOT) scores only visible frames but keeps all frames in
+  the denominator, so absent frames are misses for every tracker; `absent='exclude'` (default;
+  the official LaSOT / GOT-10k toolkits) drops them from numerator and denominator.
+- Deviation from PySOT's toolkit: its precision marks frames with a GT centre coordinate <= 0 as
+  distance -1, which counts as a *hit*; here any invalid GT frame is a miss for all metrics.
+- The overall figure of a tracker is the mean over sequences of per-sequence values
+  (the toolkit's convention), not a frame-weighted mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)
+PRECISION_THRESHOLDS = np.arange(0, 51, dtype=np.float64)
+NORM_PRECISION_THRESHOLDS = np.arange(0, 51, dtype=np.float64) / 100.0
+PRECISION_AT = 20.0  # px
+NORM_PRECISION_AT = 0.2
+ABSENT_POLICIES = ('exclude', 'miss')
+
+
+def _as_boxes(boxes, what: str) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f'{what}: expected (N, 4) boxes x,y,w,h, got shape {arr.shape}')
+    return arr
+
+
+def iou(a, b) -> np.ndarray:
+    """Per-row IoU of (N, 4) x,y,w,h boxes in [0, 1]; NaN where a union is not positive/defined."""
+    a, b = _as_boxes(a, 'iou a'), _as_boxes(b, 'iou b')
+    left = np.maximum(a[:, 0], b[:, 0])
+    right = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    top = np.maximum(a[:, 1], b[:, 1])
+    bottom = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    inter = np.maximum(0.0, right - left) * np.maximum(0.0, bottom - top)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    with np.errstate(divide='ignore', invalid='ignore'):
+        out = np.where(union > 0, inter / union, np.nan)
+    return np.clip(out, 0.0, 1.0)
+
+
+def centres(boxes) -> np.ndarray:
+    """(N, 2) centres x + (w - 1) / 2, y + (h - 1) / 2 (the toolkit's pixel convention)."""
+    b = _as_boxes(boxes, 'centres')
+    return np.stack([b[:, 0] + (b[:, 2] - 1) / 2, b[:, 1] + (b[:, 3] - 1) / 2], axis=1)
+
+
+def valid_gt(gt) -> np.ndarray:
+    """Frames whose ground truth is a real box: finite and w, h > 0."""
+    g = _as_boxes(gt, 'ground truth')
+    return np.all(np.isfinite(g), axis=1) & (g[:, 2] > 0) & (g[:, 3] > 0)
+
+
+def _scored_frames(gt, pred, visible, absent):
+    gt, pred = _as_boxes(gt, 'ground truth'), _as_boxes(pred, 'prediction')
+    if len(gt) != len(pred):
+        raise ValueError(f'ground truth has {len(gt)} frames but the prediction has {len(pred)}')
+    if absent not in ABSENT_POLICIES:
+        raise ValueError(f'absent={absent!r}; expected one of {ABSENT_POLICIES}')
+    scored = valid_gt(gt)
+    denominator = len(gt)
+    if visible is not None:
+        visible = np.asarray(visible, dtype=bool)
+        if visible.shape != (len(gt),):
+            raise ValueError(f'visible flags have shape {visible.shape}, expected ({len(gt)},)')
+        scored &= visible
+        if absent == 'exclude':
+            denominator = int(visible.sum())
+    return gt, pred, scored, denominator
+
+
+def _curve(hits_at, values: np.ndarray, thresholds, denominator: int) -> np.ndarray:
+    if denominator == 0:
+        return np.full(len(thresholds), np.nan)
+    return np.array([np.count_nonzero(hits_at(values, t)) for t in thresholds]) / float(denominator)
+
+
+def success_curve(gt, pred, visible=None, absent: str = 'exclude') -> np.ndarray:
+    """Success rate (IoU > t) at SUCCESS_THRESHOLDS; NaN curve if no frame counts."""
+    gt, pred, scored, den = _scored_frames(gt, pred, visible, absent)
+    overlaps = np.full(len(gt), -1.0)
+    overlaps[scored] = iou(gt[scored], pred[scored])
+    overlaps = np.nan_to_num(overlaps, nan=-1.0)
+    return _curve(np.greater, overlaps, SUCCESS_THRESHOLDS, den)
+
+
+def _distance_curve(gt, pred, visible, absent, normalised: bool) -> np.ndarray:
+    gt, pred, scored, den = _scored_frames(gt, pred, visible, absent)
+    dist = np.full(len(gt), np.inf)
+    cg, cp = centres(gt[scored]), centres(pred[scored])
+    if normalised:
+        wh = gt[scored, 2:4]
+        cg, cp = cg / wh, cp / wh
+    d = np.sqrt(np.sum((cg - cp) ** 2, axis=1))
+    dist[scored] = np.where(np.isfinite(d), d, np.inf)
+    thresholds = NORM_PRECISION_THRESHOLDS if normalised else PRECISION_THRESHOLDS
+    return _curve(np.less_equal, dist, thresholds, den)
+
+
+def precision_curve(gt, pred, visible=None, absent: str = 'exclude') -> np.ndarray:
+    """Fraction of frames with centre distance <= t px at PRECISION_THRESHOLDS."""
+    return _distance_curve(gt, pred, visible, absent, normalised=False)
+
+
+def norm_precision_curve(gt, pred, visible=None, absent: str = 'exclude') -> np.ndarray:
+    """Fraction of frames with GT-size-normalised centre distance <= t at NORM_PRECISION_THRESHOLDS."""
+    return _distance_curve(gt, pred, visible, absent, normalised=True)
+
+
+def _at(curve, thresholds, value) -> float:
+    return float(curve[int(np.argmin(np.abs(thresholds - value)))])
+
+
+def summarise_curves(success, precision, norm_precision) -> dict:
+    """Headline numbers from the three curves."""
+    return {
+        'auc': float(np.mean(success)),
+        'precision': _at(precision, PRECISION_THRESHOLDS, PRECISION_AT),
+        'norm_precision': _at(norm_precision, NORM_PRECISION_THRESHOLDS, NORM_PRECISION_AT),
+    }
+
+
+def evaluate_sequence(gt, pred, visible=None, absent: str = 'exclude') -> dict:
+    """All OPE metrics of one sequence: curves (lists) plus auc / precision / norm_precision."""
+    s = success_curve(gt, pred, visible, absent)
+    p = precision_curve(gt, pred, visible, absent)
+    n = norm_precision_curve(gt, pred, visible, absent)
+    out = summarise_curves(s, p, n)
+    out.update(success_curve=s.tolist(), precision_curve=p.tolist(),
+               norm_precision_curve=n.tolist(), frames=int(len(np.asarray(gt))))
+    return out
+
+
+def evaluate_overall(per_sequence: dict) -> dict:
+    """Mean over sequences of the per-sequence curves (sequences without scored frames skipped)."""
+    usable = [m for m in per_sequence.values() if not np.isnan(m['auc'])]
+    if not usable:
+        nan = {k: float('nan') for k in ('auc', 'precision', 'norm_precision')}
+        return dict(nan, sequences=0, success_curve=[], precision_curve=[], norm_precision_curve=[])
+    curves = {k: np.mean([m[k] for m in usable], axis=0)
+              for k in ('success_curve', 'precision_curve', 'norm_precision_curve')}
+    out = summarise_curves(curves['success_curve'], curves['precision_curve'],
+                           curves['norm_precision_curve'])
+    out.update({k: v.tolist() for k, v in curves.items()}, sequences=len(usable))
+    return out
