@@ -1,0 +1,130 @@
+"""Turn one VideoSpec into encoded 511 crops (runs in pool workers; pure function of its inputs)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..crop import CONTEXT_AMOUNT, CROP_SIZE, EXEMPLAR_SIZE, crop_search, mean_colour
+from .spec import (CORRUPT_IMAGE, DEGENERATE, MISSING_IMAGE, OUTSIDE, SINGLE_RUN, DropLog, VideoSpec,
+                   split_runs, valid_wh)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    context_amount: float = CONTEXT_AMOUNT
+    exemplar_size: int = EXEMPLAR_SIZE
+    crop_size: int = CROP_SIZE
+    jpeg_quality: int = 95
+
+    def to_dict(self) -> dict:
+        return {'context_amount': self.context_amount, 'exemplar_size': self.exemplar_size,
+                'crop_size': self.crop_size, 'jpeg_quality': self.jpeg_quality,
+                'affine': 'square side s_z*crop_size/exemplar_size mapped onto crop_size-1 px (PySOT crop_hwc)',
+                'padding': 'per-frame mean colour (BGR)'}
+
+
+def read_image_bytes(path: str):
+    """File bytes, or (None, reason) if missing/unreadable or an obviously truncated JPEG."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        return None, (MISSING_IMAGE, e.strerror or str(e))
+    if not data:
+        return None, (CORRUPT_IMAGE, 'empty file')
+    # libjpeg decodes truncated files with a grey tail and only a warning: require the EOI marker.
+    if data[:2] == b'\xff\xd8' and b'\xff\xd9' not in data[-4096:]:
+        return None, (CORRUPT_IMAGE, 'truncated JPEG (no end-of-image marker)')
+    return data, None
+
+
+def decode(data: bytes):
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _outside(box, w, h) -> bool:
+    return box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h
+
+
+def _where(video: VideoSpec, ti: int, k: int) -> str:
+    t = video.tracks[ti]
+    return f'video {video.name} track {t.track_id} frame {t.frames[k]}'
+
+
+def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
+    """Crop every entry of a video.  Returns a msgpack-able result:
+    {'video', 'tracks': [[track_id, frames, boxes(flat x1,y1,x2,y2...)], ...], 'jpegs': [[bytes...], ...],
+     'drops': {reason: n}, 'files': [[path, reason, detail], ...]}; runs split into separate tracks.
+    """
+    drops = DropLog()
+    by_image = defaultdict(list)  # image path -> [(track index, position)]
+    for ti, t in enumerate(video.tracks):
+        for k, path in enumerate(t.images):
+            by_image[path].append((ti, k))
+    ok = [dict() for _ in video.tracks]  # position -> (box, jpeg)
+    enc = [int(cv2.IMWRITE_JPEG_QUALITY), int(params.jpeg_quality)]
+    for path in sorted(by_image):
+        users = by_image[path]
+        data, err = read_image_bytes(path)
+        image = None
+        if data is not None:
+            if video.precropped:
+                image = data  # stored as-is; only checked to decode
+                if decode_check(data) is None:
+                    err, data = (CORRUPT_IMAGE, 'cannot decode'), None
+            else:
+                image = decode(data)
+                if image is None:
+                    err = (CORRUPT_IMAGE, 'cannot decode')
+        if err is not None:
+            drops.drop(err[0], len(users), path, err[1])
+            continue
+        if video.precropped:
+            for ti, k in users:
+                ok[ti][k] = (video.tracks[ti].boxes[k], data)
+            continue
+        h, w = image.shape[:2]
+        padding = mean_colour(image)
+        for ti, k in users:
+            box = video.tracks[ti].boxes[k]
+            if video.normalized:
+                box = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+                if not valid_wh(box):
+                    drops.drop(DEGENERATE, 1, path, f'{_where(video, ti, k)}: box {list(box)}')
+                    continue
+            if _outside(box, w, h):
+                drops.drop(OUTSIDE, 1, path, f'{_where(video, ti, k)}: box {[round(v, 2) for v in box]} '
+                                             f'outside the {w}x{h} image')
+                continue
+            crop = crop_search(image, box, padding, params.context_amount, params.exemplar_size, params.crop_size)
+            good, buf = cv2.imencode('.jpg', crop, enc)
+            if not good:
+                raise RuntimeError(f'JPEG encoding failed for {path}')
+            ok[ti][k] = (box, buf.tobytes())
+    tracks, jpegs = [], []
+    for ti, t in enumerate(video.tracks):
+        pos = sorted(ok[ti])
+        frames = [t.frames[k] for k in pos]
+        for run in split_runs(frames):
+            if len(run) < min_run:
+                drops.drop(SINGLE_RUN, len(run))
+                continue
+            sel = [pos[i] for i in run]
+            tracks.append([t.track_id, [t.frames[k] for k in sel],
+                           [float(v) for k in sel for v in ok[ti][k][0]]])
+            jpegs.append([ok[ti][k][1] for k in sel])
+    return {'video': video.name, 'tracks': tracks, 'jpegs': jpegs,
+            'drops': dict(drops.counts), 'files': drops.files}
+
+
+def decode_check(data: bytes):
+    """Cheap validity check of an encoded crop (reduced-size decode)."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+
+
+def crop_video_task(args):
+    """Pool entry point."""
+    return crop_video(*args)

@@ -1,0 +1,353 @@
+"""Raw-dataset parsers: official layouts -> ParseResult (videos -> tracks -> frames), with counted drops.
+
+Each parser validates the layout first and raises LayoutError explaining what was expected.
+Image-level problems (missing/corrupt image, box outside the decoded frame) are found later by the
+cropping worker; everything found here is counted in the DropLog and never raises.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+from .spec import (ABSENT, CROWD, DATASETS, DEGENERATE, INVISIBLE, MALFORMED, MALFORMED_FILE,
+                   VIDEO_DATASETS, DropLog, ParseResult, VideoSpec, make_track, valid_wh)
+
+LAYOUTS = {
+    'VID': """ILSVRC2015 VID:  ROOT/Data/VID/train/<subset>/<video>/<frame>.JPEG
+      ROOT/Annotations/VID/train/<subset>/<video>/<frame>.xml  (<object> with <trackid> and
+      <bndbox> xmin/ymin/xmax/ymax in pixels).  Video key '<subset>/<video>', frame = int(<frame>).""",
+    'COCO': """COCO 2017:  ROOT/train2017/<file_name>.jpg + ROOT/annotations/instances_train2017.json.
+      Each (non-crowd) annotation is a one-frame track (track id = its position among the image's
+      annotations, as PySOT).  Video key 'train2017/<image basename>', frame 0.""",
+    'DET': """ILSVRC2015 DET:  ROOT/Data/DET/train/<subdirs...>/<name>.JPEG
+      + ROOT/Annotations/DET/train/<subdirs...>/<name>.xml.  Each <object> is a one-frame track
+      (track id = object position).  Video key '<subdirs...>/<name>', frame 0.""",
+    'YTB': """YouTube-BB detection:  ROOT/yt_bb_detection_train.csv (no header; youtube_id, timestamp_ms,
+      class_id, class_name, object_id, object_presence, xmin, xmax, ymin, ymax normalised to [0,1])
+      + frames ROOT/yt_bb_detection_train/<class_id>/<youtube_id>_<timestamp_ms>_<class_id>_<object_id>.jpg.
+      Video key '<class_id>/<youtube_id>', track = object_id, frame = timestamp_ms // 1000;
+      boxes converted to pixels with each frame's decoded size; 'absent' rows dropped.""",
+    'GOT10K': """GOT-10k:  ROOT/train/<sequence>/00000001.jpg ... + groundtruth.txt (x,y,w,h per line)
+      + absence.label (1 = target absent, those frames dropped).  Video key 'train/<sequence>',
+      track 0, frame = line number - 1.""",
+    'LASOT': """LaSOT:  ROOT/<class>/<class>-<n>/img/00000001.jpg ... + groundtruth.txt (x,y,w,h per line)
+      + full_occlusion.txt and out_of_view.txt (one line of comma-separated 0/1; 1 frames dropped).
+      Video key '<class>/<class>-<n>', track 0, frame = line number - 1.""",
+}
+
+
+class LayoutError(ValueError):
+    """The raw root does not have the expected layout."""
+
+
+def _expect(path: Path, dataset: str, what: str):
+    if not path.exists():
+        raise LayoutError(f'{dataset}: expected {what} at {path} (not found).\nExpected layout: {LAYOUTS[dataset]}')
+
+
+def _xml_objects(xml_path: Path, drops: DropLog):
+    """[(trackid or None, box)] of an ILSVRC XML file; None if the file is malformed."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as e:
+        drops.drop(MALFORMED_FILE, 1, xml_path, str(e))
+        return None
+    out = []
+    for obj in root.findall('object'):
+        try:
+            bb = obj.find('bndbox')
+            box = tuple(float(bb.find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax'))
+            tid = obj.find('trackid')
+            tid = int(tid.text) if tid is not None else None
+        except (AttributeError, TypeError, ValueError) as e:
+            drops.drop(MALFORMED, 1, xml_path, f'bad <object>: {e}')
+            continue
+        out.append((tid, box))
+    return out
+
+
+def _keep_box(box, path, drops: DropLog) -> bool:
+    if not valid_wh(box):
+        drops.drop(DEGENERATE, 1, path, f'box {list(box)}')
+        return False
+    return True
+
+
+def parse_vid(root: Path, min_run: int) -> ParseResult:
+    ann, data = root / 'Annotations/VID/train', root / 'Data/VID/train'
+    _expect(ann, 'VID', 'the annotation folder Annotations/VID/train')
+    _expect(data, 'VID', 'the image folder Data/VID/train')
+    drops, videos = DropLog(), []
+    video_dirs = sorted(p for sub in sorted(ann.iterdir()) if sub.is_dir() for p in sub.iterdir() if p.is_dir())
+    for vdir in video_dirs:
+        name = f'{vdir.parent.name}/{vdir.name}'
+        rows = defaultdict(list)
+        for xml in sorted(vdir.glob('*.xml')):
+            try:
+                frame = int(xml.stem)
+            except ValueError:
+                drops.drop(MALFORMED_FILE, 1, xml, 'file name is not a frame number')
+                continue
+            objs = _xml_objects(xml, drops)
+            image = data / name / f'{xml.stem}.JPEG'
+            for tid, box in objs or []:
+                if tid is None:
+                    drops.drop(MALFORMED, 1, xml, '<object> without <trackid>')
+                elif _keep_box(box, xml, drops):
+                    rows[tid].append((frame, box, image))
+        tracks = [t for tid in sorted(rows) if (t := make_track(tid, rows[tid], min_run, drops))]
+        if tracks:
+            videos.append(VideoSpec(name, tracks))
+    return ParseResult('VID', str(root), videos, drops, min_run)
+
+
+def parse_det(root: Path, min_run: int) -> ParseResult:
+    ann, data = root / 'Annotations/DET/train', root / 'Data/DET/train'
+    _expect(ann, 'DET', 'the annotation folder Annotations/DET/train')
+    _expect(data, 'DET', 'the image folder Data/DET/train')
+    drops, videos = DropLog(), []
+    for xml in sorted(ann.rglob('*.xml')):
+        rel = xml.relative_to(ann).with_suffix('')
+        objs = _xml_objects(xml, drops)
+        image = data / rel.parent / f'{rel.name}.JPEG'
+        tracks = [make_track(i, [(0, box, image)], 1, drops)
+                  for i, (_, box) in enumerate(objs or []) if _keep_box(box, xml, drops)]
+        if tracks:
+            videos.append(VideoSpec(rel.as_posix(), tracks))
+    return ParseResult('DET', str(root), videos, drops, min_run)
+
+
+def parse_coco(root: Path, min_run: int) -> ParseResult:
+    anno, images = root / 'annotations/instances_train2017.json', root / 'train2017'
+    _expect(anno, 'COCO', 'the annotation file annotations/instances_train2017.json')
+    _expect(images, 'COCO', 'the image folder train2017')
+    drops = DropLog()
+    try:
+        coco = json.loads(anno.read_text())
+        img_list, ann_list = coco['images'], coco['annotations']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LayoutError(f'COCO: {anno} is not a valid COCO instances file ({e!r})') from None
+    files = {}
+    for im in img_list:
+        try:
+            files[im['id']] = im['file_name']
+        except (KeyError, TypeError):
+            drops.drop(MALFORMED, 1, anno, f'bad image record {str(im)[:80]}')
+    per_image = defaultdict(list)
+    for i, a in enumerate(ann_list):
+        try:
+            per_image[a['image_id']].append(a)
+        except (KeyError, TypeError):
+            drops.drop(MALFORMED, 1, anno, f'annotation #{i} without image_id')
+    videos = []
+    for image_id in sorted(per_image, key=lambda k: files.get(k, '')):
+        if image_id not in files:
+            drops.drop(MALFORMED, len(per_image[image_id]), anno, f'annotations of unknown image_id {image_id}')
+            continue
+        fname = files[image_id]
+        tracks = []
+        for idx, a in enumerate(per_image[image_id]):
+            if a.get('iscrowd', 0):
+                drops.drop(CROWD, 1)
+                continue
+            try:
+                x, y, w, h = (float(v) for v in a['bbox'])
+            except (KeyError, TypeError, ValueError):
+                drops.drop(MALFORMED, 1, anno, f'annotation id {a.get("id")}: bad bbox {a.get("bbox")!r}')
+                continue
+            box = (x, y, x + w, y + h)
+            if _keep_box(box, f'{anno}#ann{a.get("id")}', drops):
+                tracks.append(make_track(idx, [(0, box, images / fname)], 1, drops))
+        if tracks:
+            videos.append(VideoSpec(f'train2017/{Path(fname).stem}', tracks))
+    return ParseResult('COCO', str(root), videos, drops, min_run)
+
+
+def parse_ytb(root: Path, min_run: int) -> ParseResult:
+    csv_path, frames = root / 'yt_bb_detection_train.csv', root / 'yt_bb_detection_train'
+    _expect(csv_path, 'YTB', 'the annotation file yt_bb_detection_train.csv')
+    _expect(frames, 'YTB', 'the frame folder yt_bb_detection_train/')
+    drops = DropLog()
+    rows = defaultdict(list)  # (class_id, ytid, object_id) -> [(frame, box, image)]
+    with open(csv_path, newline='') as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            where = f'{csv_path}:{lineno}'
+            try:
+                ytid, ts, cls, _cname, obj, presence = (row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5])
+                xmin, xmax, ymin, ymax = (float(v) for v in row[6:10])
+            except (IndexError, ValueError):
+                drops.drop(MALFORMED, 1, where, f'row {row[:10]!r}')
+                continue
+            if presence != 'present':
+                drops.drop(ABSENT, 1)
+                continue
+            box = (xmin, ymin, xmax, ymax)
+            if min(box) < 0 or not all(math.isfinite(v) for v in box) or not valid_wh(box):
+                drops.drop(DEGENERATE, 1, where, f'box {list(box)}')
+                continue
+            image = frames / str(cls) / f'{ytid}_{ts}_{cls}_{obj}.jpg'
+            rows[(cls, ytid, obj)].append((ts // 1000, box, image))
+    per_video = defaultdict(list)
+    for (cls, ytid, obj) in sorted(rows):
+        t = make_track(obj, rows[(cls, ytid, obj)], min_run, drops)
+        if t:
+            per_video[f'{cls}/{ytid}'].append(t)
+    videos = [VideoSpec(name, per_video[name], normalized=True) for name in sorted(per_video)]
+    return ParseResult('YTB', str(root), videos, drops, min_run)
+
+
+def _read_xywh(path: Path, drops: DropLog):
+    """Rows of x,y,w,h (comma/space/tab separated) -> list of box tuples or None for bad rows."""
+    boxes = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            vals = [float(v) for v in line.replace(',', ' ').replace('\t', ' ').split()]
+            if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
+                raise ValueError
+            x, y, w, h = vals
+            boxes.append((x, y, x + w, y + h))
+        except ValueError:
+            drops.drop(MALFORMED, 1, f'{path}:{lineno}', f'row {line[:60]!r}')
+            boxes.append(None)
+    return boxes
+
+
+def _read_flags(path: Path, n: int, drops: DropLog, one_line: bool):
+    """0/1 flags (one per line, or one comma-separated line); all-zero with a note if missing/bad."""
+    try:
+        text = path.read_text()
+        flags = [int(float(v)) for v in (text.replace('\n', ',').split(',') if one_line else text.split()) if v.strip()]
+        if len(flags) < n:
+            raise ValueError(f'{len(flags)} flags for {n} frames')
+        return flags
+    except (OSError, ValueError) as e:
+        drops.drop(MALFORMED_FILE, 1, path, f'visibility flags unreadable ({e}); frames assumed visible')
+        return [0] * n
+
+
+def _parse_sequences(dataset, seq_dirs, img_sub, flag_files, one_line, min_run, drops):
+    videos = []
+    for name, seq in seq_dirs:
+        gt = seq / 'groundtruth.txt'
+        if not gt.is_file():
+            drops.drop(MALFORMED_FILE, 1, gt, 'missing groundtruth.txt; sequence skipped')
+            continue
+        boxes = _read_xywh(gt, drops)
+        hidden = [0] * len(boxes)
+        for fname, reason in flag_files:
+            flags = _read_flags(seq / fname, len(boxes), drops, one_line)
+            for i in range(len(boxes)):
+                if flags[i] and not hidden[i]:
+                    hidden[i] = reason
+        rows = []
+        for i, box in enumerate(boxes):
+            if box is None:
+                continue
+            if hidden[i]:
+                drops.drop(hidden[i], 1)
+            elif _keep_box(box, f'{gt}:{i + 1}', drops):
+                rows.append((i, box, seq / img_sub / f'{i + 1:08d}.jpg'))
+        t = make_track(0, rows, min_run, drops)
+        if t:
+            videos.append(VideoSpec(name, [t]))
+    return videos
+
+
+def parse_got10k(root: Path, min_run: int) -> ParseResult:
+    train = root / 'train'
+    _expect(train, 'GOT10K', 'the folder train/ with one folder per sequence')
+    drops = DropLog()
+    seqs = [(f'train/{p.name}', p) for p in sorted(train.iterdir()) if p.is_dir()]
+    videos = _parse_sequences('GOT10K', seqs, '.', [('absence.label', ABSENT)], False, min_run, drops)
+    return ParseResult('GOT10K', str(root), videos, drops, min_run)
+
+
+def parse_lasot(root: Path, min_run: int) -> ParseResult:
+    _expect(root, 'LASOT', 'the LaSOT root')
+    seqs = [(f'{c.name}/{s.name}', s) for c in sorted(root.iterdir()) if c.is_dir()
+            for s in sorted(c.iterdir()) if s.is_dir() and (s / 'img').is_dir()]
+    if not seqs:
+        raise LayoutError(f'LASOT: no sequences with an img/ folder under {root}.\nExpected layout: {LAYOUTS["LASOT"]}')
+    drops = DropLog()
+    videos = _parse_sequences('LASOT', seqs, 'img', [('full_occlusion.txt', INVISIBLE), ('out_of_view.txt', INVISIBLE)],
+                              True, min_run, drops)
+    return ParseResult('LASOT', str(root), videos, drops, min_run)
+
+
+PARSERS = {'VID': parse_vid, 'COCO': parse_coco, 'DET': parse_det, 'YTB': parse_ytb,
+           'GOT10K': parse_got10k, 'LASOT': parse_lasot}
+
+
+def min_run_for(dataset: str) -> int:
+    """Shortest kept consecutive-frame run: 2 for video datasets (PySOT gen_json), 1 for COCO/DET."""
+    return 2 if dataset in VIDEO_DATASETS else 1
+
+
+def parse_raw(dataset: str, root) -> ParseResult:
+    """Parse a raw dataset root in its official layout (see LAYOUTS)."""
+    dataset = dataset.upper()
+    if dataset not in PARSERS:
+        raise LayoutError(f'unknown dataset {dataset!r}; expected one of {", ".join(DATASETS)}')
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f'{dataset}: raw root {root} does not exist or is not a folder.\n'
+                          f'Expected layout: {LAYOUTS[dataset]}')
+    return PARSERS[dataset](root, min_run_for(dataset))
+
+
+def parse_crop511(dataset: str, crop_dir, anno) -> ParseResult:
+    """Describe an already-cropped PySOT dataset: crop_dir/<video>/<frame:06d>.<track:02d>.x.jpg + train.json."""
+    dataset = dataset.upper()
+    if dataset not in PARSERS:
+        raise LayoutError(f'unknown dataset {dataset!r}; expected one of {", ".join(DATASETS)}')
+    crop_dir, anno = Path(crop_dir), Path(anno)
+    if not crop_dir.is_dir():
+        raise LayoutError(f'crop511 folder {crop_dir} does not exist')
+    if not anno.is_file():
+        raise LayoutError(f'annotation json {anno} does not exist (PySOT train.json: {{video: {{track: {{frame: [x1,y1,x2,y2]}}}}}})')
+    try:
+        meta = json.loads(anno.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError('top level is not an object')
+    except ValueError as e:
+        raise LayoutError(f'{anno} is not a PySOT train.json ({e})') from None
+    min_run, drops, videos = min_run_for(dataset), DropLog(), []
+    for video in sorted(meta):
+        tracks = []
+        vtracks = meta[video] if isinstance(meta[video], dict) else {}
+        if not vtracks:
+            drops.drop(MALFORMED, 1, f'{anno}:{video}', 'video entry is not a non-empty object')
+        for tkey in sorted(vtracks, key=lambda k: (len(k), k)):
+            frames = vtracks[tkey]
+            try:
+                tid = int(tkey)
+                if not isinstance(frames, dict):
+                    raise ValueError
+            except ValueError:
+                drops.drop(MALFORMED, 1, f'{anno}:{video}/{tkey}', 'bad track entry')
+                continue
+            rows = []
+            for fkey, box in frames.items():
+                if not fkey.isdigit():
+                    continue  # PySOT ignores non-digit keys (e.g. 'frames')
+                try:
+                    box = tuple(float(v) for v in box)
+                    if len(box) == 2:
+                        box = (0.0, 0.0) + box
+                    if len(box) != 4:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    drops.drop(MALFORMED, 1, f'{anno}:{video}/{tkey}/{fkey}', f'bad box {box!r}')
+                    continue
+                if _keep_box(box, f'{anno}:{video}/{tkey}/{fkey}', drops):
+                    rows.append((int(fkey), box, crop_dir / video / f'{int(fkey):06d}.{tid:02d}.x.jpg'))
+            t = make_track(tid, rows, min_run, drops)
+            if t:
+                tracks.append(t)
+        if tracks:
+            videos.append(VideoSpec(video[2:] if video.startswith('./') else video, tracks, precropped=True))
+    return ParseResult(dataset, str(crop_dir), videos, drops, min_run)

@@ -1,0 +1,117 @@
+"""In-memory description of a parsed raw dataset: videos -> tracks -> frames (box + image path)."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Datasets whose tracks span frames; their single-frame runs are dropped like PySOT's gen_json.
+VIDEO_DATASETS = ('VID', 'YTB', 'GOT10K', 'LASOT')
+IMAGE_DATASETS = ('COCO', 'DET')
+DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
+
+# Drop reasons (counted per object-frame entry unless the name says file/row).
+CROWD = 'crowd'
+DEGENERATE = 'degenerate_box'
+OUTSIDE = 'outside_frame'
+ABSENT = 'absent'
+INVISIBLE = 'invisible'
+MALFORMED = 'malformed_annotation'
+MALFORMED_FILE = 'malformed_annotation_file'
+MISSING_IMAGE = 'missing_image'
+CORRUPT_IMAGE = 'corrupt_image'
+SINGLE_RUN = 'single_frame_run'
+
+
+@dataclass
+class TrackSpec:
+    """One object's annotated frames (sorted), boxes (x1,y1,x2,y2) and image path per frame."""
+    track_id: int
+    frames: list
+    boxes: list
+    images: list
+
+
+@dataclass
+class VideoSpec:
+    """A video (or a single image for COCO/DET) with its tracks.
+
+    `normalized`: boxes are in [0,1] and are converted to pixels with the decoded image's size.
+    `precropped`: images are already 511 crops (crop511 import); their bytes are stored as-is.
+    """
+    name: str
+    tracks: list
+    normalized: bool = False
+    precropped: bool = False
+
+    def num_entries(self) -> int:
+        return sum(len(t.frames) for t in self.tracks)
+
+
+@dataclass
+class DropLog:
+    """Counts of dropped entries per reason plus the offending files."""
+    counts: Counter = field(default_factory=Counter)
+    files: list = field(default_factory=list)
+
+    def drop(self, reason: str, n: int = 1, path=None, detail: str = ''):
+        self.counts[reason] += n
+        if path is not None:
+            self.files.append([str(path), reason, detail] if detail else [str(path), reason])
+
+    def merge(self, counts: dict, files: list):
+        self.counts.update(counts)
+        self.files.extend(files)
+
+
+@dataclass
+class ParseResult:
+    dataset: str
+    root: str
+    videos: list
+    drops: DropLog
+    min_run: int
+
+
+def valid_wh(box) -> bool:
+    """PySOT's _filter_zero: keep only boxes with finite w > 0 and h > 0."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    return math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0
+
+
+def split_runs(frames) -> list:
+    """Split sorted frame ids into lists of index positions of consecutive-frame runs."""
+    runs, cur = [], []
+    for i, f in enumerate(frames):
+        if cur and f != frames[cur[-1]] + 1:
+            runs.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def drop_short_runs(track: TrackSpec, min_run: int, drops: DropLog) -> TrackSpec:
+    """Remove frames that belong to consecutive runs shorter than min_run (counted as SINGLE_RUN)."""
+    keep = [i for run in split_runs(track.frames) if len(run) >= min_run for i in run]
+    if len(keep) < len(track.frames):
+        drops.drop(SINGLE_RUN, len(track.frames) - len(keep))
+    return TrackSpec(track.track_id, [track.frames[i] for i in keep], [track.boxes[i] for i in keep],
+                     [track.images[i] for i in keep])
+
+
+def make_track(track_id: int, rows, min_run: int, drops: DropLog):
+    """TrackSpec from (frame, box, image) rows: sorted, deduplicated, short runs removed; None if empty."""
+    rows = sorted(rows, key=lambda r: r[0])
+    seen, uniq = set(), []
+    for r in rows:
+        if r[0] in seen:
+            drops.drop(MALFORMED, 1, r[2], 'duplicate frame for the same track')
+            continue
+        seen.add(r[0])
+        uniq.append(r)
+    track = TrackSpec(track_id, [r[0] for r in uniq], [tuple(map(float, r[1])) for r in uniq],
+                      [str(r[2]) for r in uniq])
+    track = drop_short_runs(track, min_run, drops)
+    return track if track.frames else None

@@ -1,0 +1,90 @@
+"""SiamFC crop geometry shared by the shard builder, the data pipeline and the tracker.
+
+PySOT pre-crops every annotated object into a square "search" crop of 511 px centred on the
+object, whose side s_x in the original image is s_z * 511 / 127, where s_z is the SiamFC
+context-padded template side.  The affine warp that PySOT's offline scripts use maps the
+square [cx - s_x/2, cx + s_x/2] onto output pixels [0, out - 1] (scale (out - 1) / s_x, i.e.
+510 / s_x), not onto [0, out] (511 / s_x).  The crop is therefore ~0.2 % smaller in scale than
+the 127 / s_z that `box_on_crop` (PySOT's `_get_bbox`) assumes, and the object centre lands on
+pixel 255 exactly.  We follow PySOT on both sides so that existing crop511 data and our crops
+are interchangeable.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+CONTEXT_AMOUNT = 0.5
+EXEMPLAR_SIZE = 127
+CROP_SIZE = 511
+
+
+def siamfc_crop_size(w: float, h: float, context: float = CONTEXT_AMOUNT) -> float:
+    """Side s_z of the SiamFC template square for a w x h object: sqrt((w+p)(h+p)), p = context*(w+h)."""
+    pad = context * (w + h)
+    return math.sqrt((w + pad) * (h + pad))
+
+
+def search_crop_side(w: float, h: float, context: float = CONTEXT_AMOUNT,
+                     exemplar: int = EXEMPLAR_SIZE, crop_size: int = CROP_SIZE) -> float:
+    """Side s_x (original-image pixels) of the square that becomes the crop_size search crop.
+
+    Equals PySOT's s_z + 2 * ((crop_size - exemplar) / 2) / (exemplar / s_z) = s_z * crop_size / exemplar.
+    """
+    return siamfc_crop_size(w, h, context) * crop_size / exemplar
+
+
+def square_to_crop_affine(cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
+    """2x3 affine mapping the square of `side` centred at (cx, cy) onto [0, out_size - 1]^2.
+
+    Uses (out_size - 1) / side like PySOT's `crop_hwc` (the 510-vs-511 quirk, see module doc).
+    """
+    a = (out_size - 1) / side
+    x0 = cx - side / 2.0
+    y0 = cy - side / 2.0
+    return np.array([[a, 0.0, -a * x0], [0.0, a, -a * y0]], dtype=np.float64)
+
+
+def search_crop_affine(box, context: float = CONTEXT_AMOUNT, exemplar: int = EXEMPLAR_SIZE,
+                       crop_size: int = CROP_SIZE) -> np.ndarray:
+    """Affine (2x3) from the original image to the crop_size crop of box (x1, y1, x2, y2)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = search_crop_side(x2 - x1, y2 - y1, context, exemplar, crop_size)
+    return square_to_crop_affine((x1 + x2) / 2.0, (y1 + y2) / 2.0, side, crop_size)
+
+
+def mean_colour(image: np.ndarray) -> tuple:
+    """Per-channel mean of an HxWxC image as floats (PySOT's `avg_chans`, the padding colour)."""
+    return tuple(cv2.mean(image)[: image.shape[2] if image.ndim == 3 else 1])
+
+
+def crop_search(image: np.ndarray, box, padding=None, context: float = CONTEXT_AMOUNT,
+                exemplar: int = EXEMPLAR_SIZE, crop_size: int = CROP_SIZE) -> np.ndarray:
+    """The crop_size x crop_size SiamFC search crop of `box`, padded with `padding` (default mean colour).
+
+    Same geometry and interpolation as PySOT's `crop_like_SiamFC` "x" output (bilinear warpAffine,
+    BORDER_CONSTANT with the frame's mean colour).
+    """
+    if padding is None:
+        padding = mean_colour(image)
+    m = search_crop_affine(box, context, exemplar, crop_size)
+    # OpenCV already skips pure-border output pixels cheaply; warping an inner ROI was measured slower.
+    return cv2.warpAffine(image, m, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in padding))
+
+
+def box_on_crop(box, crop_size: int = CROP_SIZE, exemplar: int = EXEMPLAR_SIZE,
+                context: float = CONTEXT_AMOUNT) -> tuple:
+    """Ground-truth box (x1, y1, x2, y2) on the crop for an original-image box = PySOT's `_get_bbox`.
+
+    Only w and h are used: the object is centred at (crop_size // 2, crop_size // 2) with size
+    (w, h) * exemplar / s_z.
+    """
+    w = float(box[2]) - float(box[0])
+    h = float(box[3]) - float(box[1])
+    scale = exemplar / siamfc_crop_size(w, h, context)
+    w, h = w * scale, h * scale
+    c = crop_size // 2
+    return (c - w / 2.0, c - h / 2.0, c + w / 2.0, c + h / 2.0)
