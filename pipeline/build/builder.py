@@ -18,20 +18,26 @@ from ..shards import FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, pack_array
 from .crop_worker import CropParams, crop_video_task
 from .parsers import parse_crop511, parse_raw
 from .spec import ParseResult
-from .writer import BuildError, ShardSetWriter, shard_digest
+from .writer import BuildError, ShardSetWriter, disk_full_error, is_disk_full, shard_digest
 
 PARAMS_NAME = 'build_params.json'
 REPORT_NAME = 'build_report.json'
 
 
 def atomic_write(path: Path, data: bytes):
-    """Write bytes to path via a temp file + fsync + os.replace."""
+    """Write bytes to path via a temp file + fsync + os.replace (a full disk raises BuildError)."""
     tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None
+        raise
 
 
 def _prepare_out_dir(out_dir: Path, params: dict, overwrite: bool):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -21,19 +22,33 @@ from ..shards import (SHARD_PREFIX, entry_key, marker_key, open_shard_env, relea
 
 BYTES_KEY = b'm/bytes'
 MAP_HEADROOM = 64 << 20
+NEW_SHARD_RESERVE = 1 << 20  # free bytes a new shard needs beyond its payload (lock file, meta pages)
 
 
 class BuildError(RuntimeError):
     """A build cannot continue (bad output folder, disk full, ...); the message says what to do."""
 
 
-def _is_disk_full(e: Exception) -> bool:
-    return getattr(e, 'errno', None) == errno.ENOSPC or 'No space left' in str(e)
+def is_disk_full(e: Exception, path=None, need: int = 0) -> bool:
+    """True for ENOSPC, and for LMDB's EIO when `path`'s disk has less than `need` bytes free.
+
+    LMDB turns a short write (its "filesystem full?" case, e.g. a full tmpfs) into EIO; the free
+    space tells it apart from a real I/O error.
+    """
+    code = getattr(e, 'errno', None) or getattr(e, 'code', None)  # OSError / lmdb.Error
+    if code == errno.ENOSPC or 'No space left' in str(e):
+        return True
+    if path is None or code != errno.EIO or not isinstance(e, lmdb.Error):
+        return False
+    try:
+        return shutil.disk_usage(path).free < need
+    except OSError:
+        return False
 
 
 def disk_full_error(path: Path, e: Exception) -> BuildError:
     try:
-        free = shutil.disk_usage(path).free / 2**20
+        free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20
         free = f'{free:.0f} MiB free'
     except OSError:
         free = 'free space unknown'
@@ -88,10 +103,13 @@ class ShardSetWriter:
         path = self.out_dir / shard_name(i)
         map_size = 2 * max(self.shard_size, need) + MAP_HEADROOM
         release_read_env(path)
+        # LMDB memory-maps a new shard's sparse lock file: on a full disk the first touch is a SIGBUS.
+        if not path.exists() and shutil.disk_usage(self.out_dir).free < need + NEW_SHARD_RESERVE:
+            raise disk_full_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         try:
             self._env = open_shard_env(path, readonly=False, map_size=map_size)
-        except lmdb.Error as e:
-            if _is_disk_full(e):
+        except (lmdb.Error, OSError) as e:
+            if is_disk_full(e):
                 raise disk_full_error(path, e) from None
             raise
         if self._env.info()['map_size'] < map_size:
@@ -121,8 +139,9 @@ class ShardSetWriter:
             except lmdb.MapFullError:
                 env.set_mapsize(env.info()['map_size'] * 2)  # our accounting is approximate; grow and retry
             except (lmdb.Error, OSError) as e:
-                if _is_disk_full(e):
-                    raise disk_full_error(self.out_dir / shard_name(i), e) from None
+                path = self.out_dir / shard_name(i)
+                if is_disk_full(e, path, payload):
+                    raise disk_full_error(path, e) from None
                 raise
         self.cur_bytes = new_bytes
         self.done[video] = i
