@@ -64,6 +64,7 @@ def test_overrides_are_typed_and_validated():
     cfg = load_config(RECIPE, overrides=["TRAIN.BATCH_SIZE=8", "DATASET.NAMES=[VID, COCO]", "TRAIN.BASE_LR=1"])
     assert cfg.TRAIN.BATCH_SIZE == 8 and cfg.DATASET.NAMES == ("VID", "COCO")
     assert isinstance(cfg.TRAIN.BASE_LR, float)
+    assert load_config(RECIPE, overrides=["TRAIN.GRAD_CLIP=1e9"]).TRAIN.GRAD_CLIP == 1e9
     with pytest.raises(ConfigError, match="TRAIN.BATCH_SIZE.*expects int"):
         load_config(RECIPE, overrides=["TRAIN.BATCH_SIZE=eight"])
     with pytest.raises(ConfigError, match="TRAIN.BATCHSIZE"):

@@ -256,6 +256,8 @@ def _merge_checked(base: dict, extra: Mapping, prefix: str, source: str) -> None
             continue
         if value is None and isinstance(default, str):
             value = ""
+        if isinstance(default, float) and isinstance(value, str):
+            value = _float_or_same(value)  # PyYAML reads "1e9" (no dot) as a string
         if not _type_ok(default, value):
             raise ConfigError(
                 f"{source}: key {path!r} expects {_type_name(default)} (default {default!r}), "
@@ -264,6 +266,13 @@ def _merge_checked(base: dict, extra: Mapping, prefix: str, source: str) -> None
         if isinstance(default, float) and isinstance(value, int):
             value = float(value)
         base[key] = list(value) if isinstance(value, tuple) else value
+
+
+def _float_or_same(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _parse_override(text: str, source: str) -> tuple[list[str], Any]:

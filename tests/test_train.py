@@ -1,0 +1,287 @@
+"""Trainer end to end on CPU with the real model, the real loader and synthetic shards.
+
+One small config (a quarter-width AlexNet SiamRPN, batch 4, 4-step epochs, backbone unfrozen
+after epoch 1) keeps every run to seconds. Runs that must match bit for bit are all launched
+as subprocesses with the same environment.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.config import load_config
+from train.preflight import PreflightError
+from train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "train" / "run.py"
+DEMO = ROOT / "configs" / "demo_cpu.yaml"
+SMALL = [
+    "DATASET.NAMES=[VID]",
+    "BACKBONE.KWARGS={width_mult: 0.25}",
+    "RPN.KWARGS={anchor_num: 5, in_channels: 64, out_channels: 64}",
+    "BACKBONE.TRAIN_LAYERS=[layer4, layer5]",
+    "BACKBONE.TRAIN_EPOCH=1",
+    "TRAIN.BATCH_SIZE=4",
+    "DATASET.VIDEOS_PER_EPOCH=16",
+    "TRAIN.EPOCH=3",
+    "TRAIN.PRINT_FREQ=1",
+    "TRAIN.CKPT_INTERVAL=2",
+    "TRAIN.LR_WARMUP.EPOCH=1",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Synthetic VID shards built with the project's own tools."""
+    base = tmp_path_factory.mktemp("shards")
+    raw, out = base / "raw", base / "cache"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_synthetic.py"), "--dataset", "VID", "--out",
+                    str(raw), "--videos", "6", "--frames", "20", "--no-broken"], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_lmdb.py"), "--dataset", "VID", "--root", str(raw),
+                    "--out", str(out), "--workers", "2", "--no-progress"], check=True, capture_output=True)
+    return out
+
+
+def _cmd(shards, out, *extra, opts=()):
+    return [sys.executable, str(RUN), "--cfg", str(DEMO), "--shards", str(shards), "--out", str(out),
+            "--device", "cpu", "--no-progress", *extra, "--opts", *SMALL, *opts]
+
+
+def _losses(run_dir):
+    """step -> total_loss from metrics.jsonl; after a resume the latest record of a step wins."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["total_loss"]
+    return out
+
+
+def _wait_for_checkpoint(proc, path, done, timeout=120):
+    """Poll until ``path`` holds a checkpoint for which ``done(ckpt)`` is true; then SIGKILL ``proc``."""
+    seen = None
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            pytest.fail(f"training exited (rc {proc.returncode}) before the checkpoint to kill at")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            time.sleep(0.01)
+            continue
+        if (st.st_ino, st.st_mtime_ns) != seen:
+            seen = (st.st_ino, st.st_mtime_ns)
+            ckpt = torch.load(path, weights_only=True)
+            if done(ckpt):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return torch.load(path, weights_only=True)  # what a resume will read
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"no matching checkpoint at {path} within {timeout}s")
+
+
+def test_kill9_then_resume_reproduces_uninterrupted_losses(shards, tmp_path):
+    """SIGKILL mid-epoch in the frozen phase, resume; SIGKILL again mid-epoch after the unfreeze,
+    resume; every loss after each checkpoint equals the uninterrupted run's, across the unfreeze."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    every_step = ["TRAIN.CKPT_INTERVAL=1"]  # latest.pth after every step: the kill lands wherever it lands
+    subprocess.run(_cmd(shards, ref, opts=every_step), check=True, env=ENV, capture_output=True)
+    ref_losses = _losses(ref)
+    assert sorted(ref_losses) == list(range(1, 13))
+
+    proc = subprocess.Popen(_cmd(shards, cut, opts=every_step), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = _wait_for_checkpoint(proc, cut / "latest.pth", lambda c: c["epoch_step"] > 0)
+    assert first["epoch"] == 0 and not first["backbone_unfrozen"], "kill must land in the frozen epoch"
+
+    proc = subprocess.Popen(_cmd(shards, cut, "--resume", opts=every_step), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    second = _wait_for_checkpoint(proc, cut / "latest.pth", lambda c: c["epoch"] >= 1 and c["epoch_step"] > 0)
+    assert second["backbone_unfrozen"] and second["global_step"] > first["global_step"]
+
+    subprocess.run(_cmd(shards, cut, "--resume", opts=every_step), check=True, env=ENV, capture_output=True)
+    cut_losses = _losses(cut)
+    assert sorted(cut_losses) == sorted(ref_losses)
+    for step in range(first["global_step"] + 1, 13):
+        assert cut_losses[step] == ref_losses[step], f"step {step} differs after resume"
+    final = torch.load(cut / "checkpoint_e3.pth", weights_only=True)
+    ref_final = torch.load(ref / "checkpoint_e3.pth", weights_only=True)
+    for k, v in ref_final["state_dict"].items():
+        assert torch.equal(v, final["state_dict"][k]), k
+    # PySOT-readable part of the checkpoint
+    assert final["epoch"] == 3 and not any(k.startswith("module.") for k in final["state_dict"])
+    assert len(final["optimizer"]["param_groups"]) == 2  # backbone + rpn_head (no neck in this config)
+
+
+DDP_OPTS = ["TRAIN.RECORD_BATCHES=True", "TRAIN.EPOCH=2", "DATASET.VIDEOS_PER_EPOCH=8", "TRAIN.GRAD_CLIP=1000000.0"]
+
+
+def test_ddp_two_processes_gloo_disjoint_data_and_summed_gradient(shards, tmp_path):
+    """torchrun, 2 ranks on gloo: ranks train on different samples, and the first SGD step equals
+    PySOT's: the SUM over ranks of each rank's gradient (not the DDP mean), recomputed here."""
+    from pipeline import build_loader
+    from model import build_model
+    from train.freeze import apply_freeze, set_train_mode
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *_cmd(shards, out, opts=DDP_OPTS)[1:]]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen = []
+    for rank in (0, 1):
+        recs = [json.loads(x) for x in (out / f"batches_rank{rank}.jsonl").read_text().splitlines()]
+        assert len(recs) == 2  # VIDEOS_PER_EPOCH 8 / (4 pairs x 2 ranks) = 1 step per epoch, 2 epochs
+        seen.append({round(v, 3) for r in recs for v in r["template"] + r["search"]})
+    assert seen[0] and seen[1] and not seen[0] & seen[1], "the two ranks trained on common samples"
+    losses = _losses(out)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    final = torch.load(out / "checkpoint_e2.pth", weights_only=True)
+    assert final["world_size"] == 2 and final["backbone_unfrozen"]
+
+    # Reference for step 1 (frozen backbone): same init, each rank's own batch, gradients summed.
+    cfg = _cfg(*DDP_OPTS)
+    torch.manual_seed(cfg.TRAIN.SEED)
+    model = build_model(cfg)
+    apply_freeze(model, cfg, False)
+    set_train_mode(model, cfg, False)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_sum = [torch.zeros_like(p) for p in params]
+    for rank in (0, 1):
+        loader = build_loader(cfg, shards=str(shards), batch_size=4, device="cpu", rank=rank, world_size=2,
+                              seed=cfg.TRAIN.SEED)
+        loader.set_epoch(0)
+        grads = torch.autograd.grad(model(next(iter(loader)))["total_loss"], params)
+        grad_sum = [a + g for a, g in zip(grad_sum, grads)]
+    step1 = torch.load(out / "checkpoint_e1.pth", weights_only=True)
+    lr = step1["optimizer"]["param_groups"][-1]["lr"]
+    wd = cfg.TRAIN.WEIGHT_DECAY
+    for name, p, g in zip(names, params, grad_sum):
+        got = step1["state_dict"][name]
+        summed = p.detach() - lr * (g + wd * p.detach())  # SGD's first momentum step = the raw update
+        averaged = p.detach() - lr * (g / 2 + wd * p.detach())
+        torch.testing.assert_close(got, summed, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        if (summed - averaged).abs().max() > 1e-4:
+            assert not torch.allclose(got, averaged, rtol=1e-4, atol=1e-6), name
+
+
+def _cfg(*extra):
+    return load_config(DEMO, SMALL + list(extra))
+
+
+def test_loss_decreases_on_synthetic_shards(shards, tmp_path):
+    cfg = _cfg("DATASET.VIDEOS_PER_EPOCH=32", "TRAIN.EPOCH=4", "BACKBONE.TRAIN_EPOCH=0", "TRAIN.CKPT_INTERVAL=0",
+               "TRAIN.LR_WARMUP.WARMUP=False", "TRAIN.BASE_LR=0.01", "TRAIN.LR.KWARGS={start_lr: 0.01, end_lr: 0.005}")
+    summary = Trainer(cfg, shards=shards, out_dir=tmp_path, device="cpu", show_progress=False).fit()
+    losses = [v for _, v in sorted(_losses(tmp_path).items())]
+    assert len(losses) == 32 and summary["skipped_steps"] == 0
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < 0.9 * first, f"loss did not decrease: first 8 mean {first:.4f}, last 8 mean {last:.4f}"
+    assert summary["pairs_per_s"] > 0 and 0 <= summary["data_wait_frac"] < 1
+
+
+class _NaNTemplateAt:
+    """The real loader, with one NaN pixel written into the template of chosen (epoch, batch)s."""
+
+    def __init__(self, loader, at):
+        self.loader, self.at, self.epoch = loader, set(at), 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, e):
+        self.epoch = e
+        self.loader.set_epoch(e)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, sd):
+        self.loader.load_state_dict(sd)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if (self.epoch, i) in self.at:
+                batch = dict(batch)
+                batch["template"] = batch["template"].clone()
+                batch["template"][0, 0, 5, 5] = float("nan")
+            yield batch
+
+
+def test_non_finite_loss_steps_are_skipped_and_counted(shards, tmp_path):
+    from pipeline import build_loader
+
+    cfg = _cfg("TRAIN.EPOCH=2")
+    loader = build_loader(cfg, shards=str(shards), batch_size=4, device="cpu", rank=0, world_size=1,
+                          seed=cfg.TRAIN.SEED)
+    trainer = Trainer(cfg, shards=shards, out_dir=tmp_path, device="cpu", show_progress=False,
+                      loader=_NaNTemplateAt(loader, [(0, 1), (1, 2)]))
+    summary = trainer.fit()
+    assert summary["skipped_steps"] == 2
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in recs if r["total_loss"] is None]
+    assert skipped == [2, 7] and recs[-1]["skipped_steps"] == 2
+    state = torch.load(tmp_path / "latest.pth", weights_only=True)
+    assert state["skipped_steps"] == 2
+    for k, v in state["state_dict"].items():  # weights and BN statistics untouched by the NaN batches
+        assert torch.isfinite(v.float()).all(), k
+
+
+def test_bad_inputs_fail_before_training(shards, tmp_path):
+    with pytest.raises(PreflightError, match="GOT10K"):  # missing shard folder
+        Trainer(_cfg("DATASET.NAMES=[VID, GOT10K]"), shards=shards, out_dir=tmp_path, device="cpu")
+    with pytest.raises(PreflightError, match="does not exist"):
+        Trainer(_cfg(), shards=tmp_path / "nowhere", out_dir=tmp_path, device="cpu")
+    with pytest.raises(PreflightError, match="context_amount"):  # crop params differ from the config
+        Trainer(_cfg("TRACK.CONTEXT_AMOUNT=0.6"), shards=shards, out_dir=tmp_path, device="cpu")
+    with pytest.raises(PreflightError, match="less than one global batch"):
+        Trainer(_cfg("TRAIN.BATCH_SIZE=32"), shards=shards, out_dir=tmp_path, device="cpu")
+    with pytest.raises(PreflightError, match="latest.pth does not exist"):
+        Trainer(_cfg(), shards=shards, out_dir=tmp_path / "empty", device="cpu", resume=True)
+    # a checkpoint of another architecture (full-width AlexNet) against the quarter-width model
+    other = load_config(DEMO, ["DATASET.NAMES=[VID]"])
+    from model import build_model
+    torch.save({"epoch": 1, "state_dict": build_model(other).state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(PreflightError, match="another architecture"):
+        Trainer(_cfg(), shards=shards, out_dir=tmp_path, device="cpu", resume=tmp_path / "other.pth")
+    if not torch.cuda.is_available():
+        res = subprocess.run([c if c != "cpu" else "cuda" for c in _cmd(shards, tmp_path / "gpu")],
+                             env=ENV, capture_output=True, text=True)
+        assert res.returncode == 2 and "no CUDA GPU" in res.stderr
+
+
+def test_pysot_checkpoint_resume_and_pretrained_weights(shards, tmp_path):
+    """A PySOT-format checkpoint_e1 ({'epoch','state_dict' with module.,'optimizer'}) resumes at epoch 2;
+    BACKBONE.PRETRAINED and TRAIN.PRETRAINED load their weights."""
+    cfg = _cfg("TRAIN.EPOCH=2", "TRAIN.CKPT_INTERVAL=0")
+    Trainer(cfg, shards=shards, out_dir=tmp_path / "a", device="cpu", show_progress=False).fit()
+    ours = torch.load(tmp_path / "a" / "checkpoint_e1.pth", weights_only=True)
+    pysot = {"epoch": 1, "state_dict": {"module." + k: v for k, v in ours["state_dict"].items()},
+             "optimizer": ours["optimizer"]}
+    torch.save(pysot, tmp_path / "pysot_e1.pth")
+    resumed = Trainer(cfg, shards=shards, out_dir=tmp_path / "b", device="cpu", show_progress=False,
+                      resume=tmp_path / "pysot_e1.pth")
+    assert resumed.epoch == 1 and resumed.epoch_step == 0 and resumed.unfrozen
+    assert resumed.fit()["global_step"] == 8
+
+    torch.save(ours["state_dict"], tmp_path / "whole.pth")
+    backbone = {k[len("backbone."):]: v for k, v in ours["state_dict"].items() if k.startswith("backbone.")}
+    torch.save(backbone, tmp_path / "backbone.pth")
+    t = Trainer(_cfg(f"BACKBONE.PRETRAINED={tmp_path / 'backbone.pth'}"), shards=shards, out_dir=tmp_path / "c",
+                device="cpu", show_progress=False)
+    for k, v in t.model.backbone.state_dict().items():
+        assert torch.equal(v, backbone[k]), k
+    t = Trainer(_cfg(f"TRAIN.PRETRAINED={tmp_path / 'whole.pth'}"), shards=shards, out_dir=tmp_path / "d",
+                device="cpu", show_progress=False)
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, ours["state_dict"][k]), k

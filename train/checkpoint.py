@@ -1,0 +1,92 @@
+"""Training checkpoints: atomic writes, weights_only-loadable contents, RNG state capture.
+
+A checkpoint is PySOT's ``{'epoch', 'state_dict', 'optimizer'}`` (state_dict without
+``module.``) plus our keys for an exact resume: ``scheduler``, ``loader``, ``rng``, ``epoch_step``
+(batches of ``epoch`` already trained), ``global_step``, ``backbone_unfrozen``, ``skipped_steps``,
+``meta_arc``, ``config``. Everything is tensors, plain containers, numbers and strings, so
+``torch.load(path, weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "to_plain", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the run; the message names it."""
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint (CPU tensors) with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file or non-weights_only content: name the file
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def to_plain(obj):
+    """Convert numpy arrays/scalars and tuples inside ``obj`` to tensors / python numbers / lists."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def capture_rng() -> dict:
+    """Global RNG states of python, numpy, torch (CPU) and CUDA as weights_only-safe values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

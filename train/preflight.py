@@ -1,0 +1,90 @@
+"""Checks run before any training step, each failing with a message that names the bad input."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+__all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits"]
+
+
+class PreflightError(ValueError):
+    """The run cannot start; the message says which file, key or value is wrong."""
+
+
+def check_shards(cfg, shards_root) -> dict:
+    """Every dataset in DATASET.NAMES has a complete, non-empty shard folder whose crops fit the config.
+
+    Returns {name: number of crops}.
+    """
+    from pipeline.shards import ShardError, ShardReader, shard_dir
+
+    root = Path(shards_root)
+    if not root.is_dir():
+        raise PreflightError(f"--shards {root} does not exist; build shards with tools/build_lmdb.py")
+    counts = {}
+    for name in cfg.DATASET.NAMES:
+        folder = shard_dir(root, name)
+        try:
+            reader = ShardReader(folder)
+        except ShardError as err:
+            raise PreflightError(f"DATASET.NAMES lists {name}: {err}") from None
+        try:
+            if len(reader) == 0:
+                raise PreflightError(f"shards {folder} ({name}) hold no crops; rebuild them with tools/build_lmdb.py")
+            crop = reader.meta["crop"]
+            expect = {"exemplar_size": cfg.TRAIN.EXEMPLAR_SIZE, "context_amount": cfg.TRACK.CONTEXT_AMOUNT}
+            for key, want in expect.items():
+                got = crop.get(key)
+                if got is None or not math.isclose(float(got), float(want)):
+                    raise PreflightError(
+                        f"shards {folder} were cropped with {key}={got} but the config wants {want} "
+                        f"(TRAIN.EXEMPLAR_SIZE / TRACK.CONTEXT_AMOUNT); rebuild the shards or fix the config")
+            size = crop.get("crop_size")
+            if size is None or size < cfg.TRAIN.SEARCH_SIZE:
+                raise PreflightError(f"shards {folder}: crop_size={size} is smaller than TRAIN.SEARCH_SIZE="
+                                     f"{cfg.TRAIN.SEARCH_SIZE}")
+            counts[name] = len(reader)
+        finally:
+            reader.close()
+    return counts
+
+
+def check_batch(cfg, world_size: int) -> int:
+    """Steps per epoch (PySOT: VIDEOS_PER_EPOCH // (BATCH_SIZE x world)); errors if that is < 1."""
+    b = cfg.TRAIN.BATCH_SIZE
+    if b < 1:
+        raise PreflightError(f"TRAIN.BATCH_SIZE={b} must be at least 1 (it is per process, as in PySOT)")
+    steps = cfg.DATASET.VIDEOS_PER_EPOCH // (b * world_size)
+    if steps < 1:
+        raise PreflightError(
+            f"DATASET.VIDEOS_PER_EPOCH={cfg.DATASET.VIDEOS_PER_EPOCH} is less than one global batch "
+            f"(TRAIN.BATCH_SIZE={b} x {world_size} processes = {b * world_size}); raise it or lower the batch")
+    return steps
+
+
+def check_checkpoint_fits(ckpt: dict, model, cfg, path) -> None:
+    """The checkpoint's state_dict has exactly the model's keys and shapes (same architecture)."""
+    from model.checkpoint import read_state_dict
+
+    if "state_dict" not in ckpt:
+        raise PreflightError(f"{path} has no 'state_dict' (keys: {sorted(ckpt)}); is it a training checkpoint?")
+    arc = ckpt.get("meta_arc")
+    if arc is not None and arc != cfg.META_ARC:
+        raise PreflightError(f"{path} was trained as META_ARC={arc!r}, the config says {cfg.META_ARC!r}")
+    want = model.state_dict()
+    got = read_state_dict(ckpt, str(path))
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    shapes = sorted(k for k in set(want) & set(got) if tuple(want[k].shape) != tuple(got[k].shape))
+    if missing or unexpected or shapes:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shapes:
+            k = shapes[0]
+            detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(got[k].shape)} "
+                          f"vs model {tuple(want[k].shape)})")
+        raise PreflightError(f"{path} does not fit the model built from the config ({cfg.META_ARC}): "
+                             + "; ".join(detail) + " - a checkpoint of another architecture?")
