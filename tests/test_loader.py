@@ -1,0 +1,276 @@
+"""The DALI loader on real LMDB shards (CPU): content, labels, determinism, DDP, resume, skips."""
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+import torch
+
+from pipeline import build_loader
+from pipeline.anchors import anchor_grid_from_cfg
+from pipeline.build import build_dataset
+from pipeline.crop import box_on_crop
+from pipeline.reference import render_pair
+from pipeline.shards import ShardReader, entry_key, release_read_env, shard_dir
+from train.config import load_config
+
+BATCH = 4
+# (video, track id, frames): VID videos, and COCO images with one-frame tracks.
+VID_TRACKS = [("a/v0", 0, range(12)), ("a/v0", 1, range(3, 10)), ("a/v1", 0, range(8)),
+              ("a/v2", 0, range(10)), ("a/v3", 2, range(6)), ("a/v4", 0, range(9))]
+COCO_TRACKS = [(f"train2017/img{i}", t, [0]) for i in range(10) for t in range(1 + i % 2)]
+EPOCH_PAIRS = 16  # >= the 15 video slots (5 VID videos + 10 COCO images): every slot appears
+
+
+def write_crop511(root: Path, tracks, seed: int) -> Path:
+    """PySOT crop511 folder + train.json with textured crops and the object at box_on_crop."""
+    rng = np.random.default_rng(seed)
+    anno = {}
+    for video, track, frames in tracks:
+        for f in frames:
+            w = float(rng.uniform(30, 200))
+            h = w * float(np.exp(rng.uniform(-0.8, 0.8)))
+            x, y = float(rng.uniform(0, 300)), float(rng.uniform(0, 200))
+            box = [x, y, x + w, y + h]
+            anno.setdefault(video, {}).setdefault(f"{track:02d}", {})[f"{f:06d}"] = box
+            img = cv2.resize(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), (511, 511),
+                             interpolation=cv2.INTER_CUBIC)
+            img = cv2.add(img, rng.integers(0, 10, img.shape, dtype=np.uint8))
+            x1, y1, x2, y2 = (int(round(v)) for v in box_on_crop(box))
+            img[y1:y2, x1:x2] = rng.integers(150, 255, 3, dtype=np.uint8)
+            path = root / video / f"{f:06d}.{track:02d}.x.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    (root / "train.json").write_text(json.dumps(anno))
+    return root / "train.json"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loader_shards")
+    out = tmp / "cache"
+    for name, tracks, seed in (("VID", VID_TRACKS, 1), ("COCO", COCO_TRACKS, 2)):
+        anno = write_crop511(tmp / f"{name}_crop511", tracks, seed)
+        build_dataset(name, out_root=out, from_crop511=tmp / f"{name}_crop511", anno=anno,
+                      progress=False)
+    return out
+
+
+def make_cfg(**extra):
+    base = {"DATASET.NAMES": "[VID,COCO]", "DATASET.VID.NUM_USE": -1, "DATASET.COCO.NUM_USE": -1,
+            "DATASET.VID.FRAME_RANGE": 3, "DATASET.VIDEOS_PER_EPOCH": EPOCH_PAIRS,
+            "DATASET.NEG": 0.25, "DATASET.SEARCH.BLUR": 0.2}
+    base.update(extra)
+    return load_config(None, overrides=[f"{k}={v}" for k, v in base.items()])
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return make_cfg()
+
+
+def batches(loader, n=None):
+    out = []
+    for i, b in enumerate(loader):
+        out.append(b)
+        if n is not None and i + 1 == n:
+            break
+    return out
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_batch_shapes_dtypes_and_ranges(shards, cfg):
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=0)
+    assert len(loader) == EPOCH_PAIRS // BATCH
+    b = next(iter(loader))
+    a, s = cfg.ANCHOR.ANCHOR_NUM, cfg.TRAIN.OUTPUT_SIZE
+    expect = {"template": ((BATCH, 3, 127, 127), torch.float32),
+              "search": ((BATCH, 3, 255, 255), torch.float32),
+              "label_cls": ((BATCH, a, s, s), torch.int64),
+              "label_loc": ((BATCH, 4, a, s, s), torch.float32),
+              "label_loc_weight": ((BATCH, a, s, s), torch.float32),
+              "bbox": ((BATCH, 4), torch.float32), "neg": ((BATCH,), torch.bool)}
+    for key, (shape, dtype) in expect.items():
+        assert tuple(b[key].shape) == shape and b[key].dtype == dtype, key
+        assert b[key].device.type == "cpu"
+    for key in ("template", "search"):
+        # BGR 0..255 minus a colour offset of a few grey levels (unclipped, as PySOT)
+        assert -60 < float(b[key].min()) and float(b[key].max()) < 320
+        assert float(b[key].std()) > 5
+    assert set(torch.unique(b["label_cls"]).tolist()) <= {-1, 0, 1}
+
+
+def test_held_batches_stay_valid(shards, cfg):
+    """Batches are handed over without copies; holding them across iterations must be safe."""
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=6)
+    held, copies = [], []
+    for b in loader:
+        held.append(b)
+        copies.append({k: v.clone() for k, v in b.items()})
+    for b, c in zip(held, copies):
+        assert_same(b, c)
+    assert not torch.equal(held[0]["search"], held[-1]["search"])
+
+
+def test_images_match_reference_for_the_same_plans(shards, cfg):
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=3)
+    loader.set_epoch(1)
+    first = next(iter(loader))
+    indices = loader.sampler.epoch_indices(1)[:BATCH]
+    for i, index in enumerate(indices):
+        plan = loader.sampler.plan(1, int(index))
+        (dz, ez), (dx, ex) = plan.template_ref, plan.search_ref
+        z, x = render_pair(plan, loader.readers[dz].jpeg_at(ez), loader.readers[dx].jpeg_at(ex))
+        for ref, out in ((z, first["template"][i]), (x, first["search"][i])):
+            diff = np.abs(out.numpy().transpose(1, 2, 0) - ref)
+            assert diff.mean() < 0.3 and np.percentile(diff, 99.9) <= 1.5
+        assert torch.equal(first["bbox"][i], torch.from_numpy(plan.search.box))
+        assert bool(first["neg"][i]) == plan.neg
+
+
+def test_label_statistics(shards):
+    cfg = make_cfg(**{"DATASET.NEG": 0.3, "DATASET.VIDEOS_PER_EPOCH": 48})
+    loader = build_loader(cfg, shards=shards, batch_size=8, device="cpu", seed=1)
+    t = cfg.TRAIN
+    pos_pairs = with_pos = neg_pairs = 0
+    _, centres = (torch.from_numpy(c) for c in anchor_grid_from_cfg(cfg))
+    for b in loader:
+        cls = b["label_cls"].flatten(1)
+        n_pos, n_neg = (cls == 1).sum(1), (cls == 0).sum(1)
+        for i in range(cls.shape[0]):
+            if b["neg"][i]:
+                neg_pairs += 1
+                assert n_pos[i] == 0 and 0 < n_neg[i] <= t.NEG_NUM
+                assert float(b["label_loc_weight"][i].sum()) == 0
+                continue
+            pos_pairs += 1
+            assert n_pos[i] <= t.POS_NUM and n_neg[i] <= t.TOTAL_NUM - t.POS_NUM
+            if n_pos[i] > 0:
+                with_pos += 1
+                assert float(b["label_loc_weight"][i].sum()) == pytest.approx(1.0, abs=1e-4)
+                # deltas at a positive anchor decode back to the target box
+                a, y, x = (int(v) for v in torch.nonzero(b["label_cls"][i] == 1)[0])
+                dx, dy, dw, dh = b["label_loc"][i, :, a, y, x]
+                acx, acy, aw, ah = centres[:, a, y, x]
+                cx, cy = acx + dx * aw, acy + dy * ah
+                w, h = aw * torch.exp(dw), ah * torch.exp(dh)
+                decoded = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+                assert torch.allclose(decoded, b["bbox"][i], atol=1e-3)
+    assert neg_pairs > 0 and pos_pairs > 0
+    assert with_pos >= 0.7 * pos_pairs
+
+
+def test_deterministic_and_independent_of_threads(shards, cfg):
+    one = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=7,
+                               num_threads=1))
+    two = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=7,
+                               num_threads=2))
+    assert len(one) == len(two) == EPOCH_PAIRS // BATCH
+    for a, b in zip(one, two):
+        assert_same(a, b)
+    other = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=8), 1)
+    assert not torch.equal(one[0]["search"], other[0]["search"])
+
+
+def _fingerprints(batch_list):
+    return sorted(round(float(s.double().sum()), 2) for b in batch_list for s in b["search"])
+
+
+def test_ddp_slices_are_disjoint_and_complete(shards, cfg):
+    whole = batches(build_loader(cfg, shards=shards, batch_size=2, device="cpu", seed=2))
+    parts = [batches(build_loader(cfg, shards=shards, batch_size=2, device="cpu", seed=2,
+                                  rank=r, world_size=2)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) // 2
+    fp0, fp1 = _fingerprints(parts[0]), _fingerprints(parts[1])
+    assert not set(fp0) & set(fp1)
+    assert sorted(fp0 + fp1) == _fingerprints(whole)
+
+
+def test_resume_from_state_dict_mid_epoch(shards, cfg):
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=4)
+    loader.set_epoch(2)
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    assert state["epoch"] == 2 and state["next_batch"] == 2
+    rest = list(it)
+    assert loader.state_dict()["epoch"] == 3 and loader.state_dict()["next_batch"] == 0
+
+    resumed = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=4)
+    resumed.load_state_dict(state)
+    again = batches(resumed)
+    assert len(again) == len(rest) == len(loader) - 2
+    for a, b in zip(rest, again):
+        assert_same(a, b)
+    with pytest.raises(ValueError, match="batch_size"):
+        build_loader(cfg, shards=shards, batch_size=2, device="cpu", seed=4).load_state_dict(state)
+
+
+def test_leaving_an_iteration_early_resumes_at_the_next_batch(shards, cfg):
+    expected = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=5))
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=5)
+    first = iter(loader)
+    assert_same(next(first), expected[0])   # batch 1 is now in flight inside DALI
+    second = iter(loader)                    # a new pass continues at batch 1
+    assert_same(next(second), expected[1])
+    del first                                # the abandoned pass must not disturb the new one
+    assert_same(next(second), expected[2])
+
+
+def _corrupt(folder: Path, reader: ShardReader, entry: int, value: bytes):
+    key = entry_key(*reader.entry_location(entry))
+    shard = folder / reader.meta["shards"][int(reader.entry_shard[entry])]["name"]
+    release_read_env(shard)
+    env = lmdb.open(str(shard), subdir=True, lock=False, map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        assert txn.get(key) is not None
+        txn.put(key, value)
+    env.close()
+
+
+def test_undecodable_crops_are_skipped_and_counted(shards, cfg, tmp_path, caplog):
+    root = tmp_path / "cache"
+    shutil.copytree(shards, root)
+    coco = shard_dir(root, "COCO")
+    reader = ShardReader(coco)
+    # Every COCO image is a video slot of the epoch, so its crops are certainly read.
+    # One value fails the cheap JPEG check, the other only fails in the DALI decoder.
+    truncated = reader.jpeg_at(0)[:500]
+    garbage = b"\xff\xd8" + bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8)) + b"\xff\xd9"
+    for e in range(len(reader)):
+        _corrupt(coco, reader, e, truncated if e % 2 else garbage)
+    release_read_env(coco)
+    cfg_coco = make_cfg(**{"DATASET.NAMES": "[COCO,VID]", "DATASET.NEG": 0.0})
+    loader = build_loader(cfg_coco, shards=root, batch_size=BATCH, device="cpu", seed=0)
+    with caplog.at_level("WARNING", logger="pipeline.loader"):
+        out = batches(loader)
+    assert len(out) == len(loader)
+    assert "not a complete JPEG" in caplog.text            # caught before DALI
+    assert "rejected by the DALI decoder" in caplog.text   # caught after a DALI failure
+    assert loader.skipped >= 1
+    assert all(ref[0] == 0 for ref in loader.bad_entries)  # dataset 0 = COCO
+    # every COCO crop is corrupt, so all delivered pairs come from the intact VID shards
+    for b in out:
+        assert torch.isfinite(b["search"]).all()
+
+
+def test_clear_errors(shards, cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="YOUTUBEBB|YTB"):
+        build_loader(make_cfg(**{"DATASET.NAMES": "[VID,YOUTUBEBB]"}), shards=shards,
+                     batch_size=2, device="cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        build_loader(cfg, shards=shards, batch_size=0, device="cpu")
+    with pytest.raises(ValueError, match="pin_memory"):
+        build_loader(cfg, shards=shards, batch_size=2, device="cuda", pin_memory=True)
+    with pytest.raises(ValueError, match="crop"):
+        # shards were cut for a 127 exemplar; this config wants 135 (search 263 keeps 25x25)
+        build_loader(make_cfg(**{"TRAIN.EXEMPLAR_SIZE": 135, "TRAIN.SEARCH_SIZE": 263}),
+                     shards=shards, batch_size=2, device="cpu")
