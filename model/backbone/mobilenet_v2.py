@@ -10,6 +10,8 @@ No custom init (PyTorch defaults), as in PySOT.
 """
 import torch.nn as nn
 
+from .layers import check_used_layers
+
 __all__ = ['MobileNetV2', 'InvertedResidual', 'mobilenetv2']
 
 # expansion t, output channels c, blocks n, first stride s, dilation d  (layer1..layer7)
@@ -65,12 +67,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, width_mult=1.0, used_layers=(3, 5, 7)):
         super().__init__()
-        used_layers = list(used_layers)
-        bad = [i for i in used_layers if not (isinstance(i, int) and 0 <= i < NUM_LAYERS)]
-        if not used_layers or bad:
-            raise ValueError(f'used_layers must be a non-empty list of indices in '
-                             f'0..{NUM_LAYERS - 1}, got {used_layers}')
-        self.used_layers = used_layers
+        self.used_layers = check_used_layers(used_layers, NUM_LAYERS)
         self.channels = [int(c * width_mult) for c in (24, 32, 96, 320)]
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
 

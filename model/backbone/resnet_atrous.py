@@ -13,6 +13,8 @@ import math
 
 import torch.nn as nn
 
+from .layers import check_used_layers
+
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck', 'resnet18', 'resnet34', 'resnet50']
 
 # Indices accepted in ``used_layers``: 0 = post-ReLU stem, 1..4 = layer1..layer4.
@@ -93,12 +95,7 @@ class ResNet(nn.Module):
 
     def __init__(self, block, layers, used_layers=(2, 3, 4)):
         super().__init__()
-        used_layers = list(used_layers)
-        bad = [i for i in used_layers if not (isinstance(i, int) and 0 <= i < NUM_OUTPUTS)]
-        if not used_layers or bad:
-            raise ValueError(f'used_layers must be a non-empty list of indices in '
-                             f'0..{NUM_OUTPUTS - 1}, got {used_layers}')
-        self.used_layers = used_layers
+        self.used_layers = check_used_layers(used_layers, NUM_OUTPUTS)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=0, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
