@@ -150,10 +150,16 @@ class PairLoader:
         self.skipped = 0           # pairs replaced because a crop was undecodable
         self.epoch = 0
         self.next_batch = 0
+        self._epoch_indices = (None, None)  # (epoch, this rank's indices of that epoch)
 
     # ---- epoch bookkeeping -------------------------------------------------------------
     def _indices(self, epoch: int) -> np.ndarray:
-        return self.sampler.epoch_indices(epoch, self.rank, self.world_size)
+        # Cached: rebuilding an epoch's index array (VIDEOS_PER_EPOCH long) per batch cost
+        # more than sampling the batch's plans.
+        if self._epoch_indices[0] != epoch:
+            self._epoch_indices = (epoch, self.sampler.epoch_indices(epoch, self.rank,
+                                                                     self.world_size))
+        return self._epoch_indices[1]
 
     def __len__(self) -> int:
         """Full batches per epoch for this rank (the last partial batch is dropped)."""

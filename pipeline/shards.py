@@ -113,8 +113,11 @@ _READ_ENVS = {}  # realpath -> (pid, Environment)
 
 def shared_read_env(path) -> lmdb.Environment:
     """Process-wide read-only, lock-free handle of one shard environment (fork-safe)."""
-    key = os.path.realpath(path)
     pid = os.getpid()
+    hit = _READ_ENVS.get(path) if isinstance(path, str) else None  # already-resolved fast path
+    if hit is not None and hit[0] == pid:
+        return hit[1]
+    key = os.path.realpath(path)
     hit = _READ_ENVS.get(key)
     if hit is not None and hit[0] == pid:
         return hit[1]
@@ -156,6 +159,8 @@ class ShardReader:
         self.entry_shard = arrays['entry_shard']
         self.meta = {k: index[k] for k in ('format_version', 'dataset', 'crop', 'counts', 'shards')}
         self._shard_names = [s['name'] for s in index['shards']]
+        # resolved once: realpath's syscalls per read cost more than the LMDB get itself
+        self._shard_paths = [os.path.realpath(self.folder / n) for n in self._shard_names]
         self._lookup = None
 
     def __len__(self) -> int:
@@ -167,7 +172,7 @@ class ShardReader:
         return state
 
     def _txn_env(self, shard: int) -> lmdb.Environment:
-        return shared_read_env(self.folder / self._shard_names[shard])
+        return shared_read_env(self._shard_paths[shard])
 
     def entry_location(self, e: int) -> tuple:
         """(video, track_id, frame) of entry e."""
