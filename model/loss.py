@@ -14,13 +14,13 @@ PySOT quirks and our choices
 ----------------------------
 * **Exactly one selected anchor** (one positive, or one negative, in the whole batch): PySOT's
   ``nonzero().squeeze()`` yields a 0-d index and ``get_cls_loss`` returns 0 for that term.
-  We REPRODUCE this by default (``single_anchor_quirk=True``) so training matches PySOT bit for
-  bit; pass ``False`` to use that anchor's NLL instead. It only matters for tiny batches (with
-  PySOT's labels a positive pair has up to 16 positives and every pair up to 48 negatives).
-* **No selected anchor**: on current PyTorch PySOT's code gives NaN for that term (mean over an
-  empty selection), which makes its trainer skip the whole step (``is_valid_number``). We
-  return 0 for the term instead (in both modes), so the other term still trains and no NaN
-  reaches an all-reduce. This is a deliberate deviation.
+  We REPRODUCE this by default (``single_anchor_quirk=True``) so training matches PySOT (up to
+  float summation order); pass ``False`` to use that anchor's NLL instead. It only matters for
+  tiny batches (with PySOT's labels a positive pair has up to 16 positives and every pair up to
+  48 negatives).
+* **No selected anchor** (e.g. a batch of negative pairs has no positive): the term is 0, as in
+  PySOT's current ``get_cls_loss`` (its ``select.size() == torch.Size([0])`` check, added for
+  STVIR/pysot issue #101), so the other term still trains. Same in both modes.
 """
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,16 @@ import torch.nn.functional as F
 __all__ = ['log_softmax_cls', 'select_cross_entropy_loss', 'weight_l1_loss']
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    # Upcast half/bf16 (e.g. under autocast) but keep float64 as it is, as PySOT would.
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
 def log_softmax_cls(cls: torch.Tensor) -> torch.Tensor:
     """cls logits (B, 2A, H, W) → log-probabilities (B, A, H, W, 2)."""
     b, a2, h, w = cls.shape
     # float32 even under CPU autocast (which would keep bf16 and sum thousands of anchors in it).
-    cls = cls.float()
+    cls = _at_least_float32(cls)
     return F.log_softmax(cls.reshape(b, 2, a2 // 2, h, w).permute(0, 2, 3, 4, 1), dim=4)
 
 
@@ -53,7 +58,7 @@ def select_cross_entropy_loss(pred: torch.Tensor, label: torch.Tensor,
     ``pred``: log-probabilities (..., 2), e.g. from :func:`log_softmax_cls`; ``label``: the
     matching leading shape (B, A, H, W) with 1 positive, 0 negative, -1 ignored.
     """
-    pred = pred.reshape(-1, 2).float()
+    pred = _at_least_float32(pred.reshape(-1, 2))
     label = label.reshape(-1)
     if pred.shape[0] != label.shape[0]:
         raise ValueError(f'select_cross_entropy_loss: {pred.shape[0]} predictions for '
@@ -71,6 +76,6 @@ def weight_l1_loss(pred_loc: torch.Tensor, label_loc: torch.Tensor,
     ``loss_weight`` (B, A, H, W) (1/num_pos on a sample's positive anchors, else 0).
     """
     b, _, h, w = pred_loc.shape
-    pred_loc = pred_loc.float()
+    pred_loc = _at_least_float32(pred_loc)
     diff = (pred_loc.reshape(b, 4, -1, h, w) - label_loc).abs().sum(dim=1)
     return (diff * loss_weight).sum() / b

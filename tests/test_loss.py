@@ -169,3 +169,16 @@ def test_losses_trace_as_one_graph():
     args = (torch.randn(2, 10, 5, 5), torch.randint(-1, 2, (2, 5, 5, 5)), torch.randn(2, 20, 5, 5),
             torch.randn(2, 4, 5, 5, 5), torch.rand(2, 5, 5, 5))
     assert torch.allclose(compiled(*args), loss_fn(*args))
+
+
+def test_float64_inputs_are_not_downcast():
+    # Low-precision logits are upcast to float32, but float64 must stay float64 (as in PySOT).
+    cls = torch.randn(1, 10, 3, 3, dtype=torch.float64)
+    logp = log_softmax_cls(cls)
+    label = torch.tensor([0, 1, -1] * 15).reshape(1, 5, 3, 3)
+    assert logp.dtype == torch.float64
+    assert select_cross_entropy_loss(logp, label).dtype == torch.float64
+    loc = torch.randn(1, 20, 3, 3, dtype=torch.float64)
+    target = torch.randn(1, 4, 5, 3, 3, dtype=torch.float64)
+    weight = torch.rand(1, 5, 3, 3, dtype=torch.float64)
+    assert weight_l1_loss(loc, target, weight).dtype == torch.float64
