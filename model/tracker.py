@@ -158,7 +158,8 @@ class SiamRPNTracker:
             penalty = change_penalty(pred, self.size, scale_z, t.PENALTY_K)
             pscore = penalty * score * (1 - window_influence) + window * window_influence
         best = int(np.argmax(pscore))
-        return pred[:, best] / scale_z, penalty, score, best, s_x, outputs
+        # float64 like PySOT's (its scale_z is a NumPy float64); float32 here drifts ~1e-5 px a frame
+        return pred[:, best].astype(np.float64) / scale_z, penalty, score, best, s_x, outputs
 
     def _update(self, bbox, lr):
         cx = bbox[0] + self.center_pos[0]

@@ -1,4 +1,5 @@
-"""Per-sample numpy/OpenCV execution of a `PairPlan`, exactly as PySOT's Augmentation does it.
+"""Per-sample numpy/OpenCV execution of a `PairPlan`, exactly as PySOT's Augmentation does it,
+except that colour and blur run in float32 where PySOT uses float64 (pixels differ by < 1e-4).
 
 This is the test oracle for the DALI graph and the PySOT-style baseline of the loader
 benchmark (`ReferenceDataset` in a torch DataLoader with workers).

@@ -9,6 +9,9 @@ Semantics per sample, as in PySOT's `anchor_target.py`:
   cell S//2 + ceil((c - search_size//2) / stride + 0.5) of the search object's centre
   (one cell right/below of the true centre cell: PySOT's quirk) is a candidate set of
   which at most NEG_NUM anchors are kept at random as negatives.
+  Deliberate difference: PySOT slices that window with stop index cx + 4, which wraps around
+  (numpy negative indices) when the centre lies >= 13 px left of / above the crop; we keep the
+  window empty there. Unreachable with PySOT's recipes (needs SEARCH.SHIFT >= 140 * (1 - SCALE)).
 
 Random subsets: each anchor gets a uniform key from the caller's torch.Generator and the
 `keep` candidates with the largest keys win (topk), a uniform random subset of size
