@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import ConfigError, load_config
+from train.config import ConfigError, config_from_dict, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
@@ -134,3 +134,13 @@ def test_config_is_immutable_and_replace_derives_a_copy():
     small = cfg.replace(["TRAIN.BATCH_SIZE=4"])
     assert small.TRAIN.BATCH_SIZE == 4 and cfg.TRAIN.BATCH_SIZE == 28
     assert dict(**cfg.BACKBONE.KWARGS) == {"used_layers": (2, 3, 4)}
+
+
+def test_config_from_a_saved_dict_is_checked_like_a_file():
+    cfg = load_config(RECIPE, overrides=["TRAIN.BATCH_SIZE=4"])
+    again = config_from_dict(cfg.to_dict(), "ckpt.pth:config")
+    assert again.to_dict() == cfg.to_dict()
+    data = cfg.to_dict()
+    data["TRAIN"]["BATCHES"] = 3
+    with pytest.raises(ConfigError, match=r"ckpt.pth:config.*TRAIN.BATCHES"):
+        config_from_dict(data, "ckpt.pth:config")

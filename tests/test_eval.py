@@ -171,3 +171,18 @@ def test_eval_tool_on_synthetic_eval_sequences(tmp_path, pysot_checkpoints):
     for scores in report['trackers'].values():
         assert set(scores['sequences']) == {'Synth01', 'Synth02'}
         assert 0.0 <= scores['overall']['auc'] <= 1.0
+
+
+def test_eval_tool_reads_the_config_saved_in_our_checkpoints(tmp_path, otb_root, pysot_checkpoints):
+    cfg = load_config(DEMO_CFG, overrides=['TRACK.WINDOW_INFLUENCE=0.3'])
+    sd = torch.load(pysot_checkpoints / 'checkpoint_e1.pth', weights_only=True)['state_dict']
+    ours = tmp_path / 'ours.pth'
+    torch.save({'epoch': 1, 'state_dict': sd, 'config': cfg.to_dict()}, ours)
+    out = tmp_path / 'eval'
+    stdout = run_eval('--snapshot', ours, '--dataset', otb_root, '--format', 'otb', '--out', out)
+    assert f'using the config saved in {ours}' in stdout
+    assert list(json.loads((out / 'report.json').read_text())['trackers']) == ['ours']
+    # a PySOT file carries no config: a clear message asks for --cfg
+    bad = subprocess.run([sys.executable, 'tools/eval.py', '--snapshot', pysot_checkpoints / 'checkpoint_e2.pth',
+                          '--dataset', otb_root, '--quiet'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and 'give --cfg' in bad.stderr

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from train.config import load_config  # noqa: E402
+from train.config import config_from_dict, load_config  # noqa: E402
 from train.evaluation.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
 from train.evaluation.metrics import ABSENT_POLICIES  # noqa: E402
 from train.evaluation.sequences import FORMATS  # noqa: E402
@@ -22,7 +22,8 @@ from train.evaluation.sequences import FORMATS  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', help='model/tracker config YAML (needed for snapshots and "untrained")')
+    p.add_argument('--cfg', help='model/tracker config YAML (default: the config saved in the first '
+                   'snapshot, if it is one of our training checkpoints)')
     p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
     p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
     p.add_argument('--checkpoints', help='run folder: evaluate every checkpoint_e*.pth, report the best')
@@ -41,6 +42,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def saved_config(snapshots, overrides):
+    """The config stored in the first snapshot by train/run.py, or None (PySOT files carry none)."""
+    if not snapshots:
+        return None
+    ckpt = torch.load(snapshots[0], map_location='cpu', weights_only=True)
+    saved = ckpt.get('config') if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        sys.exit(f'{snapshots[0]} carries no config (a PySOT checkpoint?): give --cfg')
+    print(f'using the config saved in {snapshots[0]}')
+    return config_from_dict(saved, f'{snapshots[0]}:config', overrides)
+
+
 def main(argv=None):
     args = parse_args(argv)
     snapshots = list(args.snapshot)
@@ -48,7 +61,7 @@ def main(argv=None):
         snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
     if not snapshots and not args.baselines:
         sys.exit('nothing to evaluate: give --snapshot, --checkpoints or --baselines')
-    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else None
+    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')

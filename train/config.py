@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["ConfigError", "ConfigNode", "load_config", "default_config"]
+__all__ = ["ConfigError", "ConfigNode", "load_config", "config_from_dict", "default_config"]
 
 # Sections whose children are free-form (PySOT declares them new_allowed): any key, any type.
 _FREE_FORM = ("KWARGS",)
@@ -364,6 +364,18 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         _apply_overrides(data, overrides, source)
     _validate(data, source)
     return ConfigNode(data)
+
+
+def config_from_dict(data: Mapping, source: str = "<dict>", overrides: Iterable[str] = ()) -> ConfigNode:
+    """A config from plain nested dicts (e.g. the ``config`` saved in a training checkpoint),
+    checked exactly like a file named ``source``."""
+    merged = default_config_dict()
+    _merge_checked(merged, data, "", source)
+    overrides = list(overrides)
+    if overrides:
+        _apply_overrides(merged, overrides, source)
+    _validate(merged, source)
+    return ConfigNode(merged)
 
 
 def default_config() -> ConfigNode:
