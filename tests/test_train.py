@@ -285,3 +285,94 @@ def test_pysot_checkpoint_resume_and_pretrained_weights(shards, tmp_path):
                 device="cpu", show_progress=False)
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, ours["state_dict"][k]), k
+
+
+# Two 2-step epochs around the unfreeze: the smallest run that covers both trainable sets.
+TWO_BY_TWO = ["TRAIN.EPOCH=2", "DATASET.VIDEOS_PER_EPOCH=8", "TRAIN.CKPT_INTERVAL=0"]
+
+
+def test_compiled_training_matches_eager_across_the_unfreeze(shards, tmp_path):
+    """TRAIN.COMPILE=True (torch.compile, inductor) trains through the unfreeze, where the model is
+    re-wrapped and recompiled for the new trainable set, with the eager run's losses and weights."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    runs = {}
+    for compile_ in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        trainer = Trainer(_cfg(*TWO_BY_TWO, f"TRAIN.COMPILE={compile_}"), shards=shards,
+                          out_dir=tmp_path / str(compile_), device="cpu", show_progress=False)
+        trainer.fit()
+        runs[compile_] = (_losses(tmp_path / str(compile_)), trainer.model.state_dict(), trainer.net)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    (eager, eager_w, _), (compiled, compiled_w, net) = runs[False], runs[True]
+    assert isinstance(net, torch._dynamo.eval_frame.OptimizedModule)
+    assert graphs >= 2, f"expected a compiled graph per phase (frozen, unfrozen), dynamo captured {graphs}"
+    assert sorted(compiled) == sorted(eager) == [1, 2, 3, 4]
+    for step, loss in eager.items():  # inductor reorders float sums: close, not bit-equal
+        assert math.isfinite(compiled[step]) and compiled[step] == pytest.approx(loss, rel=1e-3, abs=1e-5), step
+    for k, v in eager_w.items():
+        torch.testing.assert_close(compiled_w[k], v, rtol=1e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
+
+    # a missing C++ toolchain is a clear error before training, not a traceback at the first step
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        with pytest.raises(PreflightError, match="C\\+\\+ compiler"):
+            Trainer(_cfg(*TWO_BY_TWO, "TRAIN.COMPILE=True"), shards=shards, out_dir=tmp_path / "nocxx", device="cpu")
+
+
+def test_log_grads_writes_per_module_grad_norms(shards, tmp_path):
+    """TRAIN.LOG_GRADS: metrics.jsonl carries the pre-clip grad norm in total and per top-level module
+    (the backbone only once it trains); step 1's values equal a gradient recomputed here."""
+    from model import build_model
+    from pipeline import build_loader
+    from train.freeze import apply_freeze, set_train_mode
+    from train.grad_stats import grad_norms
+
+    cfg = _cfg(*TWO_BY_TWO, "TRAIN.LOG_GRADS=True")
+    Trainer(cfg, shards=shards, out_dir=tmp_path, device="cpu", show_progress=False).fit()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        groups = {k: v for k, v in r.items() if k.startswith("grad_norm/")}
+        expected = {"grad_norm/rpn_head"} | ({"grad_norm/backbone"} if r["epoch"] >= 1 else set())
+        assert set(groups) == expected, r
+        assert all(math.isfinite(v) and v > 0 for v in groups.values()), r
+        assert r["grad_norm"] == pytest.approx(math.sqrt(sum(v * v for v in groups.values())), rel=1e-6)
+
+    # step 1, recomputed: same init and batch, frozen backbone
+    torch.manual_seed(cfg.TRAIN.SEED)
+    model = build_model(cfg)
+    apply_freeze(model, cfg, False)
+    set_train_mode(model, cfg, False)
+    loader = build_loader(cfg, shards=str(shards), batch_size=4, device="cpu", rank=0, world_size=1,
+                          seed=cfg.TRAIN.SEED)
+    loader.set_epoch(0)
+    model(next(iter(loader)))["total_loss"].backward()
+    head = torch.cat([p.grad.flatten() for p in model.rpn_head.parameters()])
+    assert recs[0]["grad_norm/rpn_head"] == pytest.approx(head.norm().item(), rel=1e-4)
+    groups, params = grad_norms(model, per_param=True)  # PySOT's per-parameter scalars (TensorBoard only)
+    assert groups["grad_norm"] == pytest.approx(recs[0]["grad_norm"], rel=1e-4)
+    name, p = next(iter(model.rpn_head.named_parameters()))
+    tag = f"rpn_head/{name.replace('.', '/')}"
+    assert params[f"grad/{tag}"] == pytest.approx(p.grad.norm().item(), rel=1e-5)
+    assert params[f"weight/{tag}"] == pytest.approx(p.norm().item(), rel=1e-5)
+    assert params[f"w-g/{tag}"] == pytest.approx(p.norm().item() / p.grad.norm().item(), rel=1e-5)
+    assert not any(k.startswith("grad/backbone/") for k in params)  # frozen: no gradient, no scalar
+
+    off = tmp_path / "off"  # LOG_GRADS off (the default): no gradient fields
+    Trainer(_cfg(*TWO_BY_TWO), shards=shards, out_dir=off, device="cpu", show_progress=False).fit()
+    keys = {k for line in (off / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+    assert "total_loss" in keys and not any(k.startswith("grad_norm") for k in keys)
+
+
+def test_startup_removes_stale_checkpoint_temp_files(shards, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".latest.pth.tmp{int(dead.stdout)}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".checkpoint_e1.pth.tmp{os.getpid()}"
+    live.write_bytes(b"being written")
+    Trainer(_cfg(), shards=shards, out_dir=tmp_path, device="cpu", show_progress=False)
+    assert not stale.exists() and live.exists()
+    assert f"removed {stale}" in (tmp_path / "train.log").read_text()

@@ -1,12 +1,20 @@
 """Checkpoint file handling: atomic replacement, weights_only loading, RNG round trip."""
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, to_plain
+from train.checkpoint import (CheckpointError, capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng,
+                              save_checkpoint, to_plain)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path):
@@ -45,3 +53,42 @@ def test_unreadable_checkpoint_is_named(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_temp_file_of_a_killed_write_is_removed_and_live_ones_kept(tmp_path):
+    """SIGKILL a process in the middle of save_checkpoint: its .latest.pth.tmp<pid> stays behind;
+    remove_stale_temp_files deletes it and keeps a temp file of a live process and other files."""
+    marker = tmp_path / "pickling"
+    writer = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from train.checkpoint import save_checkpoint\n"
+        "class Slow:\n"
+        "    def __reduce__(self):\n"
+        f"        Path({str(marker)!r}).touch()\n"
+        "        time.sleep(60)\n"
+        "        return (int, ())\n"
+        f"save_checkpoint(Path({str(tmp_path)!r}) / 'latest.pth', {{'epoch': 2, 'slow': Slow()}})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        t_end = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "writer exited before the kill"
+            assert time.monotonic() < t_end, "writer never started pickling"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    stale = tmp_path / f".latest.pth.tmp{proc.pid}"
+    assert stale.is_file()
+    live = tmp_path / f".checkpoint_e1.pth.tmp{os.getpid()}"  # a write in progress in this (live) process
+    live.write_bytes(b"partial")
+    not_ours = tmp_path / f".notes.txt.tmp{proc.pid}"
+    not_ours.write_bytes(b"x")
+    save_checkpoint(tmp_path / "latest.pth", {"epoch": 1})
+
+    assert remove_stale_temp_files(tmp_path) == [stale]
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, not_ours.name, "latest.pth", "pickling"])
+    assert load_checkpoint(tmp_path / "latest.pth")["epoch"] == 1
+    assert remove_stale_temp_files(tmp_path / "missing") == []

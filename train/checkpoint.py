@@ -8,15 +8,20 @@ A checkpoint is PySOT's ``{'epoch', 'state_dict', 'optimizer'}`` (state_dict wit
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "to_plain", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "to_plain", "CheckpointError",
+           "remove_stale_temp_files"]
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+\.pth)\.tmp(?P<pid>\d+)$")  # _temp_path of a .pth checkpoint
 
 
 class CheckpointError(ValueError):
@@ -27,7 +32,7 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a crash leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(dict(payload), f)
@@ -37,6 +42,44 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _temp_path(path: Path) -> Path:
+    """Hidden sibling named after the writing process, so a leftover can be told from a live write."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OverflowError:  # not a pid this system can have
+        return False
+    except OSError as err:
+        return err.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete checkpoint temp files in ``folder`` whose writing process no longer exists; returns them.
+
+    A SIGKILL between the temp write and the rename leaves ``.NAME.tmpPID`` behind (checkpoint
+    sized). Files of a live process are kept; the check is host-local, so only call this where
+    the checkpoints are written (the main rank).
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        m = _TEMP_NAME.match(p.name)
+        if m is None or not p.is_file() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        removed.append(p)
+    return removed
 
 
 def load_checkpoint(path: str | Path) -> dict:

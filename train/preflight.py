@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits"]
+__all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits", "check_compile"]
 
 
 class PreflightError(ValueError):
@@ -88,3 +88,28 @@ def check_checkpoint_fits(ckpt: dict, model, cfg, path) -> None:
                           f"vs model {tuple(want[k].shape)})")
         raise PreflightError(f"{path} does not fit the model built from the config ({cfg.META_ARC}): "
                              + "; ".join(detail) + " - a checkpoint of another architecture?")
+
+
+def check_compile(device_type: str) -> None:
+    """TRAIN.COMPILE needs inductor's toolchain: a C++ compiler for CPU kernels, triton for CUDA ones.
+
+    Without this check a missing toolchain only shows up at the first training step, as a long
+    backend-compiler traceback.
+    """
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise PreflightError("TRAIN.COMPILE=True on CUDA needs triton (pip install triton); "
+                                 "or set TRAIN.COMPILE=False")
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # inductor internals moved: leave the check to torch itself
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # torch raises InvalidCxxCompiler when no compiler in its search list runs
+        raise PreflightError(f"TRAIN.COMPILE=True on CPU needs a C++ compiler for inductor's kernels (none found: "
+                             f"{type(err).__name__}; install g++ or point the CXX environment variable at one); "
+                             f"or set TRAIN.COMPILE=False") from None

@@ -26,7 +26,7 @@ class IntervalMeter:
         self.wait_s = 0.0
         self.step_s = 0.0
         self.loss = {"total_loss": 0.0, "cls_loss": 0.0, "loc_loss": 0.0}
-        self.extra = {}  # optional per-step values (grad_norm with TRAIN.LOG_GRADS)
+        self.extra = {}  # optional per-step values (grad norms with TRAIN.LOG_GRADS): key -> [sum, count]
 
     def update(self, losses: dict | None, pairs: int, wait_s: float, step_s: float):
         self.steps += 1
@@ -37,11 +37,14 @@ class IntervalMeter:
             self.valid += 1
             for k in self.loss:
                 self.loss[k] += losses[k]
-            for k in losses.keys() - self.loss.keys():
-                self.extra[k] = self.extra.get(k, 0.0) + losses[k]
+            for k in losses.keys() - self.loss.keys():  # counted per key: not every step need carry every key
+                acc = self.extra.setdefault(k, [0.0, 0])
+                acc[0] += losses[k]
+                acc[1] += 1
 
     def means(self) -> dict:
-        out = {k: (v / self.valid if self.valid else math.nan) for k, v in {**self.loss, **self.extra}.items()}
+        out = {k: (v / self.valid if self.valid else math.nan) for k, v in self.loss.items()}
+        out.update({k: total / n for k, (total, n) in sorted(self.extra.items())})
         out["pairs_per_s"] = self.pairs / self.step_s if self.step_s > 0 else math.nan
         out["data_wait_frac"] = self.wait_s / self.step_s if self.step_s > 0 else math.nan
         return out
@@ -59,6 +62,18 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
         except Exception:
             self._tb = None
+
+    @property
+    def tensorboard(self) -> bool:
+        """True when scalars also go to TensorBoard (``tb/`` in the run folder)."""
+        return self._tb is not None
+
+    def tensorboard_scalars(self, scalars: dict, step: int) -> None:
+        """Scalars for TensorBoard only (too many for metrics.jsonl, e.g. LOG_GRADS per parameter)."""
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}

@@ -17,11 +17,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, to_plain
+from .checkpoint import (capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng, save_checkpoint,
+                         to_plain)
 from .distributed import DistContext, init_distributed
 from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_train_mode
+from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
-from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_shards
+from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_compile, check_shards
 from .telemetry import IntervalMeter, MetricsWriter, bound_verdict, setup_logger
 
 __all__ = ["Trainer", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
@@ -106,9 +108,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_logger(self.out_dir if self.ctx.is_main else None, self.ctx.rank)
         tr = cfg.TRAIN
+        if self.ctx.is_main:  # leftovers of a checkpoint write that was killed (only rank 0 writes them)
+            for p in remove_stale_temp_files(self.out_dir):
+                self.log.warning(f"removed {p}: temp file of an interrupted checkpoint write (its process is gone)")
 
         # ---- checks that need nothing built ----
         self.steps_per_epoch = check_batch(cfg, self.ctx.world_size)
+        if tr.COMPILE:
+            check_compile(self.device.type)
         self.shard_counts = check_shards(cfg, shards)
         resume_path = None
         if resume is True:
@@ -177,6 +184,8 @@ class Trainer:
             if tr.PRETRAINED:
                 self._load_pretrained(self.model, tr.PRETRAINED, "TRAIN.PRETRAINED")
         self.grad_scale = float(self.ctx.world_size) if tr.GRAD_SUM else 1.0
+        self.param_grad_stats = False  # per-parameter LOG_GRADS scalars: fit() turns them on when TensorBoard is there
+        self.last_param_grads: dict = {}
         self.buffers = _BufferGuard(self.model)
         self._wrap()
 
@@ -296,13 +305,16 @@ class Trainer:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.grad_scale).backward()  # DDP averages; x world_size restores PySOT's SUM
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.GRAD_CLIP)
+        # Gradients are already reduced here, so rank 0's are every rank's. Before clipping, as PySOT;
+        # one extra device sync per step, so only on request (PySOT's key).
+        grads = {}
+        if self.cfg.TRAIN.LOG_GRADS and self.ctx.is_main:
+            grads, self.last_param_grads = grad_norms(self.model, per_param=self.param_grad_stats)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.GRAD_CLIP)
         self.optimizer.step()
         w = self.ctx.world_size
-        out = {"total_loss": packed[0].item() / w, "cls_loss": packed[1].item() / w, "loc_loss": packed[2].item() / w}
-        if self.cfg.TRAIN.LOG_GRADS:  # an extra device sync per step, so only on request (PySOT's key)
-            out["grad_norm"] = norm.item()
-        return out
+        return {"total_loss": packed[0].item() / w, "cls_loss": packed[1].item() / w,
+                "loc_loss": packed[2].item() / w, **grads}
 
     def _record_batch(self, fh, batch):
         fp = {k: batch[k].double().flatten(1).sum(1).tolist() for k in ("template", "search")}
@@ -312,6 +324,7 @@ class Trainer:
         """Train until cfg.TRAIN.EPOCH; returns a summary dict (also written to summary.json)."""
         cfg, tr = self.cfg, self.cfg.TRAIN
         metrics = MetricsWriter(self.out_dir) if self.ctx.is_main else None
+        self.param_grad_stats = bool(tr.LOG_GRADS and metrics is not None and metrics.tensorboard)
         record = (open(self.out_dir / f"batches_rank{self.ctx.rank}.jsonl", "a", buffering=1)
                   if tr.RECORD_BATCHES else None)
         total = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
@@ -353,6 +366,8 @@ class Trainer:
                     losses = self.train_step(batch)
                     self.epoch_step += 1
                     self.global_step += 1
+                    if self.param_grad_stats and losses is not None:  # PySOT logs these every step
+                        metrics.tensorboard_scalars(self.last_param_grads, self.global_step)
                     t2 = time.perf_counter()
                     meter.update(losses, pairs_per_step, t1 - t0, t2 - t0)
                     ep.update(losses, pairs_per_step, t1 - t0, t2 - t0)
