@@ -346,24 +346,16 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     Raises :class:`ConfigError` naming the file and key for unknown keys, wrong types and
     inconsistent sizes.
     """
-    data = default_config_dict()
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: not valid YAML ({err})") from None
-        if loaded is not None:
-            _merge_checked(data, loaded, "", source)
-    overrides = list(overrides)
-    if overrides:
-        _apply_overrides(data, overrides, source)
-    _validate(data, source)
-    return ConfigNode(data)
+    if path is None:
+        return config_from_dict({}, "<defaults>", overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return config_from_dict({} if loaded is None else loaded, str(path), overrides)
 
 
 def config_from_dict(data: Mapping, source: str = "<dict>", overrides: Iterable[str] = ()) -> ConfigNode:
