@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,25 +26,12 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from pipeline.dali_graph import PairGraph
 from pipeline.sampling import PairSampler
-from pipeline.shards import ShardReader, shard_dir
+from pipeline.shards import open_shard_readers
 from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
-
-
-def open_shard_readers(cfg, shards) -> list:
-    """One ShardReader per cfg.DATASET.NAMES entry; clear error for a missing folder."""
-    readers = []
-    for name in cfg.DATASET.NAMES:
-        folder = shard_dir(shards, name)
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(
-                f"no shards for dataset {name} (cfg.DATASET.NAMES) in {folder}; build them with "
-                f"`python tools/build_lmdb.py --dataset {name} --out {shards}`")
-        readers.append(ShardReader(folder))
-    return readers
 
 
 def looks_like_jpeg(data) -> bool:
@@ -123,11 +109,7 @@ class PairLoader:
         self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
         self.sampler = PairSampler(cfg, self.readers, seed)  # raises on crop-parameter mismatch
         self.targets = AnchorTargets(cfg)
-        crop_sizes = {int(r.meta.get("crop", {}).get("crop_size", 511)) for r in self.readers}
-        if len(crop_sizes) != 1:
-            raise ValueError(f"shards of {list(cfg.DATASET.NAMES)} have different crop sizes "
-                             f"{sorted(crop_sizes)}")
-        self.image_size = crop_sizes.pop()
+        self.image_size = self.sampler.crop_size  # the sampler checked every shard's crop size
         self.dali_device = "gpu" if self.device.type == "cuda" else "cpu"
         self.device_id = (self.device.index or 0) if self.device.type == "cuda" else 0
         if num_threads is None:
@@ -275,7 +257,8 @@ class PairLoader:
     def _add_labels(self, batch: dict, prepared: _Prepared, epoch: int) -> dict:
         boxes = torch.from_numpy(np.stack([p.search.box for p in prepared.plans]))
         neg = torch.tensor([p.neg for p in prepared.plans], dtype=torch.bool)
-        boxes, neg = boxes.to(self.device), neg.to(self.device)
+        if self.device.type == "cuda":  # a pageable copy would first wait for the queued training step
+            boxes, neg = (t.pin_memory().to(self.device, non_blocking=True) for t in (boxes, neg))
         generator = torch.Generator(device=self.device)
         generator.manual_seed(batch_seed(self.seed, epoch, prepared.batch, self.rank))
         with _single_cpu_thread(self.device):

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.sampling import ImageAug, PairPlan, PairSampler
-from pipeline.shards import ShardReader, shard_dir
+from pipeline.shards import open_shard_readers
 from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,6 @@ def render_pair(plan: PairPlan, template_jpeg: bytes, search_jpeg: bytes):
     return template, search
 
 
-def open_readers(cfg, shards) -> list:
-    """One ShardReader per cfg.DATASET.NAMES entry, from the shard root folder."""
-    return [ShardReader(shard_dir(shards, name)) for name in cfg.DATASET.NAMES]
-
-
 def label_seed(seed: int, epoch: int, index: int) -> int:
     """Seed for the anchor-label subsampling of one sample (independent of workers)."""
     return int(np.random.SeedSequence([seed, epoch, index, 0x6C61]).generate_state(1, np.uint64)[0] >> 1)
@@ -86,7 +81,7 @@ class ReferenceDataset(Dataset):
 
     def __init__(self, cfg, shards, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
                  readers: list | None = None):
-        self.readers = readers if readers is not None else open_readers(cfg, shards)
+        self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
         self.sampler = PairSampler(cfg, self.readers, seed)
         self.targets = AnchorTargets(cfg)
         self.seed, self.epoch = int(seed), int(epoch)

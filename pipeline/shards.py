@@ -196,14 +196,8 @@ class ShardReader:
         return tuple(float(v) for v in self.entry_box[e])
 
     def _entry(self, video: str, track: int, frame: int) -> int:
-        if self._lookup is None:
-            lookup = {}
-            for v, name in enumerate(self.video_names):
-                for t in range(self.video_track_start[v], self.video_track_start[v + 1]):
-                    tid = int(self.track_ids[t])
-                    for e in range(self.track_entry_start[t], self.track_entry_start[t + 1]):
-                        lookup[(name, tid, int(self.entry_frame[e]))] = e
-            self._lookup = lookup
+        if self._lookup is None:  # keys() lists the entries in index order (CSR arrays from 0)
+            self._lookup = {key: e for e, key in enumerate(self.keys())}
         try:
             return self._lookup[(video, int(track), int(frame))]
         except KeyError:
@@ -231,3 +225,16 @@ class ShardReader:
         """Release this process's shard handles (shared with other readers of the same folder)."""
         for name in self._shard_names:
             release_read_env(self.folder / name)
+
+
+def open_shard_readers(cfg, root) -> list:
+    """One ShardReader per cfg.DATASET.NAMES entry under the shard root; clear error for a missing folder."""
+    readers = []
+    for name in cfg.DATASET.NAMES:
+        folder = shard_dir(root, name)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"no shards for dataset {name} (cfg.DATASET.NAMES) in {folder}; build them with "
+                f"`python tools/build_lmdb.py --dataset {name} --out {root}`")
+        readers.append(ShardReader(folder))
+    return readers

@@ -25,20 +25,21 @@ import torch
 from pipeline.anchors import anchor_grid_from_cfg
 
 
-def _random_subset(candidates: torch.Tensor, keys: torch.Tensor, keep) -> torch.Tensor:
+def _random_subset(candidates: torch.Tensor, keys: torch.Tensor, keep, max_keep: int) -> torch.Tensor:
     """(B, N) bool -> (B, N) bool: per row, the min(keep, count) candidates with the largest keys.
 
-    With i.i.d. uniform keys this is a uniform random subset. `keep` is an int or a (B,) tensor.
+    With i.i.d. uniform keys this is a uniform random subset. `keep` is an int or a (B,) tensor;
+    `max_keep` >= every keep, a host int, so no device value has to be read back (no GPU sync).
     Disjoint candidate sets may share one key tensor and stay independent.
     """
-    keep_t = torch.as_tensor(keep, device=candidates.device).expand(candidates.shape[0])
-    k = min(int(keep_t.max()), candidates.shape[1])
+    k = min(int(max_keep), candidates.shape[1])
     chosen = torch.zeros_like(candidates)
     if k <= 0:
         return chosen
     top_keys, top_idx = keys.masked_fill(~candidates, -1.0).topk(k, dim=1, sorted=True)
     rank = torch.arange(k, device=candidates.device)
-    chosen.scatter_(1, top_idx, (top_keys >= 0) & (rank < keep_t.unsqueeze(1)))
+    keep = keep.unsqueeze(1) if isinstance(keep, torch.Tensor) else keep
+    chosen.scatter_(1, top_idx, (top_keys >= 0) & (rank < keep))
     return chosen
 
 
@@ -112,9 +113,10 @@ class AnchorTargets:
         # disjoint sets, so one tensor of random keys serves all three selections.
         flat = (batch, a * s * s)
         keys = torch.rand(flat, generator=generator, device=device)
-        pos = _random_subset(pos_cand.reshape(flat), keys, self.pos_num)
+        pos = _random_subset(pos_cand.reshape(flat), keys, self.pos_num, self.pos_num)
         neg_keep = torch.where(neg, self.neg_pair_num, self.neg_keep)
-        negs = _random_subset((neg_cand | window).reshape(flat), keys, neg_keep)
+        negs = _random_subset((neg_cand | window).reshape(flat), keys, neg_keep,
+                              max(self.neg_pair_num, self.neg_keep))
 
         label_cls = negs.long() + 2 * pos.long() - 1   # -1 ignore, 0 negative, 1 positive
         pos_count = pos.sum(dim=1, keepdim=True).float()

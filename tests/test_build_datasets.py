@@ -1,7 +1,6 @@
 """All six datasets build from the synthetic raw layouts (pipeline.synthetic), with every deliberate
 fault of broken.json skipped, counted and listed, and the kept crops matching the manifest totals."""
 import csv
-import json
 from pathlib import Path
 
 import cv2

@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from pipeline.loader import build_loader, open_shard_readers  # noqa: E402
+from pipeline.loader import build_loader  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
+from pipeline.shards import open_shard_readers  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"

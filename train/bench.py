@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .freeze import set_train_mode
-from .trainer import Trainer, _prefetch_to
+from .trainer import Trainer
 
 __all__ = ["PEAK_TFLOPS", "peak_tflops", "train_flops_per_pair", "bench_training"]
 
@@ -78,10 +78,7 @@ def _loader_batches(trainer):
     epoch = 0
     while True:
         trainer.loader.set_epoch(epoch)
-        it = iter(trainer.loader)
-        if trainer.host_loader:
-            it = _prefetch_to(it, trainer.device, trainer.channels_last)
-        yield from it
+        yield from trainer.batches()
         epoch += 1
 
 
@@ -107,11 +104,7 @@ def bench_training(cfg, shards, device, steps, warmup=5) -> dict:
                 result["phases"]["frozen"] = {"note": "BACKBONE.TRAIN_EPOCH <= START_EPOCH: no frozen phase"}
                 continue
             set_train_mode(trainer.model, cfg, trainer.unfrozen)
-            first = next(batches)
-            if trainer.channels_last:
-                first = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("template", "search") else v)
-                         for k, v in first.items()}
-            fixed = {k: v.to(trainer.device) for k, v in first.items()}
+            fixed = {k: v.to(trainer.device) for k, v in next(batches).items()}
             flops = train_flops_per_pair(trainer, fixed)
             entry = {"train_gflop_per_pair": flops / 1e9}
             for source, it in (("real_loader", batches), ("synthetic_in_memory", _repeat(fixed))):

@@ -31,6 +31,7 @@ __all__ = ["Trainer", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
 MAX_VALID_LOSS = 1e4  # PySOT's is_valid_number: a loss above this is treated like NaN/Inf
 CHECKPOINT_FORMAT = "siamtrack-train-1"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+_IMAGE_KEYS = ("template", "search")
 
 
 def _resolve(path: str) -> Path:
@@ -58,6 +59,11 @@ class _BufferGuard:
             torch._foreach_copy_(self.live, self.saved)
 
 
+def _channels_last_images(batch: dict) -> dict:
+    """The batch with its images in channels_last memory format (TRAIN.CHANNELS_LAST)."""
+    return {k: (v.contiguous(memory_format=torch.channels_last) if k in _IMAGE_KEYS else v) for k, v in batch.items()}
+
+
 def _prefetch_to(loader_iter, device, channels_last):
     """Yield batches moved to ``device``: pinned host memory, async copies on a side stream, one ahead."""
     stream = torch.cuda.Stream(device)
@@ -70,7 +76,7 @@ def _prefetch_to(loader_iter, device, channels_last):
                     if v.device.type == "cpu" and not v.is_pinned():
                         v = v.pin_memory()
                     v = v.to(device, non_blocking=True)
-                    if channels_last and v.dim() == 4 and k in ("template", "search"):
+                    if channels_last and v.dim() == 4 and k in _IMAGE_KEYS:
                         v = v.contiguous(memory_format=torch.channels_last)
                 out[k] = v
         return out
@@ -286,6 +292,15 @@ class Trainer:
             save_checkpoint(self.out_dir / name, payload)
 
     # ------------------------------------------------------------------ the loop
+    def batches(self):
+        """One pass over the loader as ``train_step`` takes it: on the device, images channels_last if asked."""
+        it = iter(self.loader)
+        if self.host_loader:
+            return _prefetch_to(it, self.device, self.channels_last)
+        if self.channels_last:
+            return map(_channels_last_images, it)
+        return it
+
     def train_step(self, batch):
         """Forward, all-rank validity vote, backward/clip/step. Returns mean losses or None if skipped."""
         self.buffers.snapshot()
@@ -347,9 +362,7 @@ class Trainer:
                 meter, ep = IntervalMeter(), IntervalMeter()
                 bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, unit="step", dynamic_ncols=True,
                            desc=f"epoch {self.epoch + 1}/{tr.EPOCH}", disable=not self.show_progress)
-                it = iter(self.loader)
-                if self.host_loader:
-                    it = _prefetch_to(it, self.device, self.channels_last)
+                it = self.batches()
                 t0 = time.perf_counter()
                 while self.epoch_step < self.steps_per_epoch:
                     try:
@@ -360,9 +373,6 @@ class Trainer:
                     t1 = time.perf_counter()
                     if record is not None:
                         self._record_batch(record, batch)
-                    if self.channels_last and not self.host_loader:
-                        batch = {k: (v.contiguous(memory_format=torch.channels_last)
-                                     if k in ("template", "search") else v) for k, v in batch.items()}
                     losses = self.train_step(batch)
                     self.epoch_step += 1
                     self.global_step += 1

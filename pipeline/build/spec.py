@@ -59,10 +59,6 @@ class DropLog:
         if path is not None:
             self.files.append([str(path), reason, detail] if detail else [str(path), reason])
 
-    def merge(self, counts: dict, files: list):
-        self.counts.update(counts)
-        self.files.extend(files)
-
 
 @dataclass
 class ParseResult:

@@ -153,9 +153,6 @@ class ShardSetWriter:
             self._env.close()
             self._env = None
 
-    def num_shards(self) -> int:
-        return len(self._shard_paths())
-
 
 def shard_digest(path: Path) -> dict:
     """sha256 over all (key, value) pairs in key order, plus entry count and payload bytes."""

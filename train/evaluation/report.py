@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from .metrics import evaluate_overall, evaluate_sequence
-from .runner import fps
+from .runner import atomic_write_text, fps
 
 
 def score_tracker(sequences, results: dict, absent: str = 'exclude') -> dict:
@@ -65,8 +64,5 @@ def write_json(path, payload: dict) -> Path:
             return [clean(v) for v in x]
         return x
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(clean(payload), indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(clean(payload), indent=1))
     return path
