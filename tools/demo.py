@@ -1,6 +1,6 @@
 """The README's main command: synthetic raw data → LMDB shards → short CPU training → evaluation.
 
-    python tools/demo.py                      # about ten minutes on 2 CPU cores
+    python tools/demo.py                      # about 5 minutes on 2 idle CPU cores
     python tools/demo.py --work runs/demo2 --opts TRAIN.EPOCH=2
 """
 from __future__ import annotations
