@@ -129,7 +129,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import zlib
@@ -140,6 +139,8 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from .fileio import atomic_write
 
 DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
 _ALIASES = {'YOUTUBEBB': 'YTB', 'YT_BB': 'YTB', 'GOT-10K': 'GOT10K'}
@@ -462,13 +463,6 @@ class _Scene:
 # ----------------------------------------------------------------------------
 # output helpers
 # ----------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Writer:
     """Writes files under one dataset root and records faults and totals."""
 
@@ -516,7 +510,7 @@ class _Writer:
         manifest = dict(dataset=self.dataset, seed=self.seed, generator='pipeline.synthetic',
                         format_version=1, counts=counts,
                         totals={**self.totals, **(extra_totals or {})}, items=self.items)
-        _atomic_write(self.root / 'broken.json', json.dumps(manifest, indent=1) + '\n')
+        atomic_write(self.root / 'broken.json', json.dumps(manifest, indent=1) + '\n')
         return manifest
 
 
@@ -697,7 +691,7 @@ def _write_coco(out, videos, frames, seed, size, broken, bar):
                licenses=[dict(url='', id=1, name='synthetic')],
                images=images, annotations=annotations,
                categories=[dict(supercategory=s, id=c, name=n) for c, n, s in _COCO_CATEGORIES])
-    _atomic_write(out.root / 'annotations/instances_train2017.json', json.dumps(doc))
+    atomic_write(out.root / 'annotations/instances_train2017.json', json.dumps(doc))
     return dict(crowd_annotations=crowd)
 
 
@@ -786,7 +780,7 @@ def _write_ytb(out, videos, frames, seed, size, broken, bar):
                     out.fault(fault, 'yt_bb_detection_train.csv', line=len(lines))
         out.totals['videos'] += 1
         bar.update()
-    _atomic_write(out.root / 'yt_bb_detection_train.csv', '\n'.join(lines) + '\n')
+    atomic_write(out.root / 'yt_bb_detection_train.csv', '\n'.join(lines) + '\n')
 
 
 def _single_target_scene(rng, v, size, frames, decimals):
@@ -842,7 +836,7 @@ def _write_got10k(out, videos, frames, seed, size, broken, bar):
                  f'resolution: ({size[0]}, {size[1]})\n')
         out.totals['videos'] += 1
         bar.update()
-    _atomic_write(out.root / 'train/list.txt', '\n'.join(names) + '\n')
+    atomic_write(out.root / 'train/list.txt', '\n'.join(names) + '\n')
 
 
 def _write_lasot(out, videos, frames, seed, size, broken, bar):
@@ -989,7 +983,7 @@ def make_eval(out_dir, videos=None, frames=None, seed=0, size=None,
         (root / seq / 'groundtruth_rect.txt').write_text(
             ''.join(','.join(map(str, r)) + '\n' for r in rects))
         index[seq] = dict(video_dir=seq, init_rect=rects[0], img_names=names, gt_rect=rects, attr=[])
-    _atomic_write(root / 'SYNTH.json', json.dumps(index) + '\n')
+    atomic_write(root / 'SYNTH.json', json.dumps(index) + '\n')
     return dict(dataset='EVAL', root=str(root), seed=int(seed), sequences=list(index),
                 totals=dict(videos=videos, image_files=videos * frames),
                 seconds=time.perf_counter() - start)

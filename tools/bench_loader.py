@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
+from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
 from pipeline.shards import open_shard_readers  # noqa: E402
@@ -154,10 +155,7 @@ def main(argv=None):
               f"CPU time per pair: {result['cpu_efficiency_ratio']:.2f}x less")
     if result["gpu"]:
         print(f"GPU: {result['gpu']}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(args.json) + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.json)
+    atomic_write(args.json, json.dumps(result, indent=2))
     print(f"wrote {args.json}")
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import shutil
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ import msgpack
 import numpy as np
 from tqdm import tqdm
 
+from .. import fileio
 from ..shards import FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, pack_array
 from .crop_worker import CropParams, crop_video_task
 from .parsers import parse_crop511, parse_raw
@@ -25,16 +25,10 @@ REPORT_NAME = 'build_report.json'
 
 
 def atomic_write(path: Path, data: bytes):
-    """Write bytes to path via a temp file + fsync + os.replace (a full disk raises BuildError)."""
-    tmp = path.with_name(path.name + '.tmp')
+    """`pipeline.fileio.atomic_write`, with a full disk raised as BuildError."""
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fileio.atomic_write(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         if is_disk_full(e):
             raise disk_full_error(path, e) from None
         raise

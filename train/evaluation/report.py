@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 from .metrics import evaluate_overall, evaluate_sequence
-from .runner import atomic_write_text, fps
+from pipeline.fileio import atomic_write
+
+from .runner import fps
 
 
 def score_tracker(sequences, results: dict, absent: str = 'exclude') -> dict:
@@ -64,5 +66,5 @@ def write_json(path, payload: dict) -> Path:
             return [clean(v) for v in x]
         return x
     path = Path(path)
-    atomic_write_text(path, json.dumps(clean(payload), indent=1))
+    atomic_write(path, json.dumps(clean(payload), indent=1))
     return path

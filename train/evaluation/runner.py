@@ -9,21 +9,14 @@ repeated, the tracker is not called) and counted.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pipeline.fileio import atomic_write
 from tqdm import tqdm
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file + os.replace (creating the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def result_file(out_dir, tracker_name: str, fmt: str, seq_name: str) -> Path:
@@ -37,10 +30,10 @@ def result_file(out_dir, tracker_name: str, fmt: str, seq_name: str) -> Path:
 def write_results(out_dir, tracker_name: str, fmt: str, seq_name: str, boxes, times=None) -> Path:
     """Write one sequence's boxes (and for got10k the per-frame times); returns the box file."""
     path = result_file(out_dir, tracker_name, fmt, seq_name)
-    atomic_write_text(path, ''.join(','.join(f'{v:.4f}' for v in b) + '\n' for b in np.asarray(boxes)))
+    atomic_write(path, ''.join(','.join(f'{v:.4f}' for v in b) + '\n' for b in np.asarray(boxes)))
     if fmt == 'got10k':
         times = np.zeros(len(boxes)) if times is None else np.asarray(times)
-        atomic_write_text(path.with_name(f'{seq_name}_time.txt'), ''.join(f'{t:.8f}\n' for t in times))
+        atomic_write(path.with_name(f'{seq_name}_time.txt'), ''.join(f'{t:.8f}\n' for t in times))
     return path
 
 
