@@ -9,13 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/demo", help="work folder, replaced on every run (default: runs/demo)")
-    p.add_argument("--cfg", default="configs/demo_cpu.yaml", help="experiment config (default: the CPU demo)")
+    p.add_argument("--cfg", default=str(ROOT / "configs" / "demo_cpu.yaml"),
+                   help="experiment config (default: configs/demo_cpu.yaml)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the synthetic dataset sizes")
