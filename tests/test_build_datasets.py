@@ -1,6 +1,8 @@
 """All six datasets build from the synthetic raw layouts (pipeline.synthetic), with every deliberate
-fault of broken.json skipped, counted and listed, and the kept crops matching the manifest totals."""
+fault of broken.json skipped, counted and listed, and the kept crops matching the manifest totals;
+--exclude on synthetic LaSOT."""
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.build import build_dataset
+from pipeline.build.spec import Exclusion
 from pipeline.shards import ShardReader
 from pipeline.synthetic import make_dataset
+from tools.build_lmdb import main as cli
 
 DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
 REASON = {'truncated_jpeg': 'corrupt_image', 'corrupt_jpeg': 'corrupt_image', 'empty_jpeg': 'corrupt_image',
@@ -33,10 +37,14 @@ def builds(tmp_path_factory):
 def test_dataset_builds_and_reads(builds, dataset):
     _, manifest, report, r = builds[dataset]
     assert r.meta['dataset'] == dataset and len(r) == report['counts']['entries'] > 0
-    # every valid annotation is either kept or dropped as part of a single-frame run (crowd: our choice)
+    # every valid annotation is kept, or dropped as crowd (our choice) or, for VID only (PySOT's VID
+    # gen_json), as part of a single-frame run; YTB (PySOT) and GOT10K / LaSOT (siamban) keep singletons
     crowd = report['dropped'].get('crowd', 0)
     assert crowd == manifest['totals'].get('crowd_annotations', 0)
-    assert len(r) + report['dropped'].get('single_frame_run', 0) + crowd == manifest['totals']['valid_annotations']
+    singles = report['dropped'].get('single_frame_run', 0)
+    if dataset != 'VID':
+        assert singles == 0
+    assert len(r) + singles + crowd == manifest['totals']['valid_annotations']
     for e in (0, len(r) // 2, len(r) - 1):
         crop = cv2.imdecode(np.frombuffer(r.jpeg_at(e), np.uint8), cv2.IMREAD_COLOR)
         assert crop.shape == (511, 511, 3)
@@ -47,8 +55,8 @@ def test_dataset_builds_and_reads(builds, dataset):
             fr = r.entry_frame[r.track_entry_start[t]:r.track_entry_start[t + 1]]
             if dataset in ('COCO', 'DET'):
                 assert len(fr) == 1
-            else:  # a track is one consecutive run of >= 2 frames
-                assert len(fr) >= 2 and np.all(np.diff(fr) == 1)
+            else:  # a track is one consecutive run, of >= 2 frames for VID
+                assert len(fr) >= (2 if dataset == 'VID' else 1) and np.all(np.diff(fr) == 1)
 
 
 @pytest.mark.parametrize('dataset', DATASETS)
@@ -113,3 +121,42 @@ def test_invisible_frames_not_used(builds, dataset, flag_files):
         assert frames and not frames & hidden
     assert hidden_total > 0
     assert report['dropped'].get('absent' if dataset == 'GOT10K' else 'invisible', 0) > 0
+
+
+def test_exclusion_matches_key_or_last_component():
+    ex = Exclusion(['airplane-1', ' bear/bear-2 ', '', 'nosuch-7'])
+    assert ex('airplane/airplane-1') and ex('bear/bear-2')
+    assert not ex('airplane/airplane-10') and not ex('bear/bear-1') and not ex('airplane')
+    assert ex.excluded == {'airplane/airplane-1', 'bear/bear-2'} and ex.unmatched() == ['nosuch-7']
+
+
+def test_lasot_exclude(builds, tmp_path, capsys):
+    root, _, full_report, full = builds['LASOT']
+    victim = full.video_names[0]
+    victim_entries = sum(1 for k in full.keys() if k[0] == victim)
+    test_set = tmp_path / 'testing_set.txt'
+    test_set.write_text(f"{victim.split('/')[-1]}\nnosuch-9\n")  # LaSOT's testing_set.txt names, one a line
+    args = ['--dataset', 'LASOT', '--root', str(root), '--out', str(tmp_path / 'cache'), '--workers', '1',
+            '--no-progress']
+    assert cli(args + ['--exclude', str(test_set)]) == 0
+    assert '1 --exclude name(s) matched no video of LASOT: nosuch-9' in capsys.readouterr().err
+    r = ShardReader(tmp_path / 'cache/LASOT')
+    report = json.loads((tmp_path / 'cache/LASOT/build_report.json').read_text())
+    assert victim not in r.video_names and not any(k[0] == victim for k in r.keys())
+    assert set(r.video_names) == set(full.video_names) - {victim}
+    assert len(r) == len(full) - victim_entries
+    assert report['excluded_videos'] == 1 and report['excluded'] == [victim]
+    assert report['exclude_unmatched'] == ['nosuch-9']
+    # not even parsed or cropped: the faults of the excluded sequence are not reported
+    assert any(f'/{victim}/' in b[0] for b in full_report['bad_inputs'])
+    assert not any(f'/{victim}/' in b[0] for b in report['bad_inputs'])
+    # the exclusion is a build parameter: the same list resumes, another one (or none) is refused
+    assert cli(args + ['--exclude', str(test_set)]) == 0
+    other = tmp_path / 'other.txt'
+    other.write_text(full.video_names[1] + '\n')  # a full video key also matches
+    assert cli(args + ['--exclude', str(other)]) == 2
+    err = capsys.readouterr().err
+    assert 'different parameters' in err and "'exclude'" in err
+    assert cli(args) == 2
+    assert cli(args + ['--exclude', str(tmp_path / 'missing.txt')]) == 2
+    assert 'missing.txt' in capsys.readouterr().err

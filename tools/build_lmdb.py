@@ -1,6 +1,7 @@
 """Crop a raw tracking dataset (official layout) into LMDB shards of 511x511 SiamFC crops.
 
     python tools/build_lmdb.py --dataset VID --root /data/ILSVRC2015 [--out cache/] [--workers N] [--verify]
+    python tools/build_lmdb.py --dataset LASOT --root /data/LaSOT --exclude /data/LaSOT/testing_set.txt
     python tools/build_lmdb.py --dataset VID --from-crop511 crop511/ --anno train.json
     python tools/build_lmdb.py --dataset VID --verify-only [--out cache/]
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.build import (DATASETS, LAYOUTS, BuildError, LayoutError, build_dataset,  # noqa: E402
-                            format_summary, verify_shards)
+                            exclude_warning, format_summary, verify_shards)
 
 
 def parse_size(text: str) -> int:
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument('--jpeg-quality', type=int, default=95, help='JPEG quality of the crops (default 95 = cv2.imwrite)')
     p.add_argument('--from-crop511', metavar='DIR', help='import a PySOT crop511 folder instead of cropping raw data')
     p.add_argument('--anno', help='PySOT train.json for --from-crop511')
+    p.add_argument('--exclude', metavar='FILE',
+                   help='text file of video names, one a line, to leave out (matched against the video key and '
+                        'its last component), e.g. LaSOT\'s testing_set.txt; part of the build parameters')
     p.add_argument('--overwrite', action='store_true', help='delete OUT/<DATASET> and rebuild from scratch')
     p.add_argument('--verify', action='store_true', help='verify the shards after building')
     p.add_argument('--verify-only', action='store_true', help='only verify an existing OUT/<DATASET>')
@@ -58,11 +62,13 @@ def main(argv=None) -> int:
             report = build_dataset(a.dataset, a.root, a.out, workers=a.workers, shard_size=a.shard_size,
                                    jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
                                    from_crop511=a.from_crop511, anno=a.anno, verbose=a.verbose,
-                                   progress=not a.no_progress)
+                                   progress=not a.no_progress, exclude=a.exclude)
         except (LayoutError, BuildError) as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
         print(format_summary(report))
+        if report['exclude_unmatched']:
+            print(exclude_warning(report), file=sys.stderr)
         if report['counts']['entries'] == 0:
             print(f'error: nothing usable was produced for {a.dataset}', file=sys.stderr)
             return 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
 import time
 from collections import Counter
@@ -16,8 +17,8 @@ from tqdm import tqdm
 from .. import fileio
 from ..shards import FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, pack_array
 from .crop_worker import CropParams, crop_video_task
-from .parsers import parse_crop511, parse_raw
-from .spec import ParseResult
+from .parsers import parse_crop511, parse_raw, read_exclude_file
+from .spec import Exclusion, ParseResult
 from .writer import BuildError, ShardSetWriter, disk_full_error, is_disk_full, shard_digest
 
 PARAMS_NAME = 'build_params.json'
@@ -42,11 +43,29 @@ def _prepare_out_dir(out_dir: Path, params: dict, overwrite: bool):
     if pfile.exists():
         old = json.loads(pfile.read_text())
         if old != params:
-            diff = {k: (old.get(k), params.get(k)) for k in set(old) | set(params) if old.get(k) != params.get(k)}
+            diff = {k: (_short(old.get(k)), _short(params.get(k)))
+                    for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)}
             raise BuildError(f'{out_dir} holds a build with different parameters {diff} (old, new); '
                              f'rerun with the same arguments to resume, or pass --overwrite to rebuild')
     else:
         atomic_write(pfile, json.dumps(params, indent=1, sort_keys=True).encode())
+
+
+def _short(value, limit: int = 120):
+    """`value`, or a truncated rendering of it if long (e.g. a 280-name exclusion list)."""
+    text = json.dumps(value)
+    if len(text) <= limit:
+        return value
+    return text[:limit] + (f'... ({len(value)} items)' if isinstance(value, list) else '...')
+
+
+def exclude_names(exclude) -> list:
+    """Sorted, cleaned video names from a names file (str / PathLike) or an iterable of names."""
+    if exclude is None:
+        return []
+    if isinstance(exclude, (str, os.PathLike)):
+        exclude = read_exclude_file(exclude)
+    return sorted(Exclusion(exclude).names)
 
 
 def _check_resume(writer: ShardSetWriter, order: list, out_dir: Path):
@@ -113,24 +132,31 @@ def _results(pending, params, min_run, workers):
 
 def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, shard_size: int = 4 << 30,
                   jpeg_quality: int = 95, overwrite: bool = False, from_crop511=None, anno=None,
-                  verbose: bool = False, progress: bool = True) -> dict:
-    """Build (or resume) cache/<DATASET>/ from a raw root or a PySOT crop511 folder; returns the report."""
+                  verbose: bool = False, progress: bool = True, exclude=None) -> dict:
+    """Build (or resume) cache/<DATASET>/ from a raw root or a PySOT crop511 folder; returns the report.
+
+    `exclude`: a text file of video names, one a line (or an iterable of names); matching videos
+    (full key or last path component, e.g. LaSOT's testing_set.txt) are left out and reported.
+    """
     t0 = time.time()
     dataset = dataset.upper()
     if not 1 <= jpeg_quality <= 100:
         raise BuildError(f'--jpeg-quality must be in 1..100, got {jpeg_quality}')
     if shard_size <= 0:
         raise BuildError(f'--shard-size must be positive, got {shard_size}')
+    excluded_names = exclude_names(exclude)
     if from_crop511 is not None:
-        parsed = parse_crop511(dataset, from_crop511, anno)
+        parsed = parse_crop511(dataset, from_crop511, anno, excluded_names)
         source = {'mode': 'crop511', 'crop511': str(Path(from_crop511).resolve()), 'anno': str(Path(anno).resolve())}
     else:
-        parsed = parse_raw(dataset, root)
+        parsed = parse_raw(dataset, root, excluded_names)
         source = {'mode': 'raw', 'root': str(Path(root).resolve())}
     params = CropParams(jpeg_quality=jpeg_quality)
     out_dir = Path(out_root) / dataset
     build_params = {'format_version': FORMAT_VERSION, 'dataset': dataset, **source, 'crop': params.to_dict(),
                     'shard_size': int(shard_size)}
+    if excluded_names:  # absent when empty, so builds from before --exclude existed still resume
+        build_params['exclude'] = excluded_names
     _prepare_out_dir(out_dir, build_params, overwrite)
     writer = ShardSetWriter(out_dir, shard_size)
     order = [v.name for v in parsed.videos]
@@ -162,7 +188,9 @@ def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, s
         files.extend(m['files'])
     elapsed = time.time() - t0
     report = {'dataset': dataset, **source, 'out_dir': str(out_dir), 'counts': index['counts'],
-              'videos_parsed': len(order), 'videos_resumed': resumed, 'crops_written_this_run': written,
+              'videos_parsed': len(order), 'videos_resumed': resumed,
+              'excluded_videos': len(parsed.excluded), 'excluded': parsed.excluded,
+              'exclude_unmatched': parsed.exclude_unmatched, 'crops_written_this_run': written,
               'elapsed_s': round(elapsed, 3), 'crops_per_s': round(written / elapsed, 1) if elapsed > 0 else None,
               'workers': workers, 'dropped': dict(sorted(drops.items())), 'dropped_total': sum(drops.values()),
               'bad_inputs': files, 'shards': shards}
@@ -177,6 +205,8 @@ def format_summary(report: dict, max_files: int = 10) -> str:
              f"{c['shards']} shard(s), {c['bytes'] / 2**20:.1f} MiB -> {report['out_dir']}",
              f"  this run: {report['crops_written_this_run']} crops in {report['elapsed_s']:.1f} s "
              f"({report['crops_per_s']} crops/s, {report['workers']} workers; {report['videos_resumed']} videos resumed)"]
+    if report.get('excluded_videos'):
+        lines.append(f"  excluded {report['excluded_videos']} videos (--exclude; listed in {REPORT_NAME})")
     if report['dropped_total']:
         why = ', '.join(f'{k} {v}' for k, v in report['dropped'].items())
         lines.append(f"  dropped {report['dropped_total']}: {why}")
@@ -185,3 +215,13 @@ def format_summary(report: dict, max_files: int = 10) -> str:
         lines.append(f'  bad inputs ({len(bad)}; all listed in {REPORT_NAME}):')
         lines += [f'    {": ".join(str(x) for x in b)}' for b in bad[:max_files]]
     return '\n'.join(lines)
+
+
+def exclude_warning(report: dict, show: int = 5) -> str:
+    """Warning line for --exclude names that matched no video ('' if none)."""
+    missed = report.get('exclude_unmatched') or []
+    if not missed:
+        return ''
+    more = ', ...' if len(missed) > show else ''
+    return (f"warning: {len(missed)} --exclude name(s) matched no video of {report['dataset']}: "
+            f"{', '.join(missed[:show])}{more}")

@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-from .spec import (ABSENT, CROWD, DATASETS, DEGENERATE, INVISIBLE, MALFORMED, MALFORMED_FILE,
-                   VIDEO_DATASETS, DropLog, ParseResult, VideoSpec, make_track, valid_wh)
+from .spec import (ABSENT, CROWD, DATASETS, DEGENERATE, DROPS_SINGLE_RUNS, INVISIBLE, MALFORMED, MALFORMED_FILE,
+                   DropLog, Exclusion, ParseResult, VideoSpec, make_track, valid_wh)
 
 LAYOUTS = {
     'VID': """ILSVRC2015 VID:  ROOT/Data/VID/train/<subset>/<video>/<frame>.JPEG
@@ -77,7 +77,7 @@ def _keep_box(box, path, drops: DropLog) -> bool:
     return True
 
 
-def parse_vid(root: Path, min_run: int) -> ParseResult:
+def parse_vid(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     ann, data = root / 'Annotations/VID/train', root / 'Data/VID/train'
     _expect(ann, 'VID', 'the annotation folder Annotations/VID/train')
     _expect(data, 'VID', 'the image folder Data/VID/train')
@@ -85,6 +85,8 @@ def parse_vid(root: Path, min_run: int) -> ParseResult:
     video_dirs = sorted(p for sub in sorted(ann.iterdir()) if sub.is_dir() for p in sub.iterdir() if p.is_dir())
     for vdir in video_dirs:
         name = f'{vdir.parent.name}/{vdir.name}'
+        if exclude(name):
+            continue
         rows = defaultdict(list)
         for xml in sorted(vdir.glob('*.xml')):
             try:
@@ -105,13 +107,15 @@ def parse_vid(root: Path, min_run: int) -> ParseResult:
     return ParseResult('VID', str(root), videos, drops, min_run)
 
 
-def parse_det(root: Path, min_run: int) -> ParseResult:
+def parse_det(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     ann, data = root / 'Annotations/DET/train', root / 'Data/DET/train'
     _expect(ann, 'DET', 'the annotation folder Annotations/DET/train')
     _expect(data, 'DET', 'the image folder Data/DET/train')
     drops, videos = DropLog(), []
     for xml in sorted(ann.rglob('*.xml')):
         rel = xml.relative_to(ann).with_suffix('')
+        if exclude(rel.as_posix()):
+            continue
         objs = _xml_objects(xml, drops)
         image = data / rel.parent / f'{rel.name}.JPEG'
         tracks = [make_track(i, [(0, box, image)], 1, drops)
@@ -121,7 +125,7 @@ def parse_det(root: Path, min_run: int) -> ParseResult:
     return ParseResult('DET', str(root), videos, drops, min_run)
 
 
-def parse_coco(root: Path, min_run: int) -> ParseResult:
+def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     anno, images = root / 'annotations/instances_train2017.json', root / 'train2017'
     _expect(anno, 'COCO', 'the annotation file annotations/instances_train2017.json')
     _expect(images, 'COCO', 'the image folder train2017')
@@ -149,6 +153,9 @@ def parse_coco(root: Path, min_run: int) -> ParseResult:
             drops.drop(MALFORMED, len(per_image[image_id]), anno, f'annotations of unknown image_id {image_id}')
             continue
         fname = files[image_id]
+        name = f'train2017/{Path(fname).stem}'
+        if exclude(name):
+            continue
         tracks = []
         for idx, a in enumerate(per_image[image_id]):
             if a.get('iscrowd', 0):
@@ -163,11 +170,11 @@ def parse_coco(root: Path, min_run: int) -> ParseResult:
             if _keep_box(box, f'{anno}#ann{a.get("id")}', drops):
                 tracks.append(make_track(idx, [(0, box, images / fname)], 1, drops))
         if tracks:
-            videos.append(VideoSpec(f'train2017/{Path(fname).stem}', tracks))
+            videos.append(VideoSpec(name, tracks))
     return ParseResult('COCO', str(root), videos, drops, min_run)
 
 
-def parse_ytb(root: Path, min_run: int) -> ParseResult:
+def parse_ytb(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     csv_path, frames = root / 'yt_bb_detection_train.csv', root / 'yt_bb_detection_train'
     _expect(csv_path, 'YTB', 'the annotation file yt_bb_detection_train.csv')
     _expect(frames, 'YTB', 'the frame folder yt_bb_detection_train/')
@@ -181,6 +188,8 @@ def parse_ytb(root: Path, min_run: int) -> ParseResult:
                 xmin, xmax, ymin, ymax = (float(v) for v in row[6:10])
             except (IndexError, ValueError):
                 drops.drop(MALFORMED, 1, where, f'row {row[:10]!r}')
+                continue
+            if exclude(f'{cls}/{ytid}'):
                 continue
             if presence != 'present':
                 drops.drop(ABSENT, 1)
@@ -257,21 +266,23 @@ def _parse_sequences(dataset, seq_dirs, img_sub, flag_files, one_line, min_run, 
     return videos
 
 
-def parse_got10k(root: Path, min_run: int) -> ParseResult:
+def parse_got10k(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     train = root / 'train'
     _expect(train, 'GOT10K', 'the folder train/ with one folder per sequence')
     drops = DropLog()
     seqs = [(f'train/{p.name}', p) for p in sorted(train.iterdir()) if p.is_dir()]
+    seqs = [(name, p) for name, p in seqs if not exclude(name)]
     videos = _parse_sequences('GOT10K', seqs, '.', [('absence.label', ABSENT)], False, min_run, drops)
     return ParseResult('GOT10K', str(root), videos, drops, min_run)
 
 
-def parse_lasot(root: Path, min_run: int) -> ParseResult:
+def parse_lasot(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     _expect(root, 'LASOT', 'the LaSOT root')
     seqs = [(f'{c.name}/{s.name}', s) for c in sorted(root.iterdir()) if c.is_dir()
             for s in sorted(c.iterdir()) if s.is_dir() and (s / 'img').is_dir()]
     if not seqs:
         raise LayoutError(f'LASOT: no sequences with an img/ folder under {root}.\nExpected layout: {LAYOUTS["LASOT"]}')
+    seqs = [(name, s) for name, s in seqs if not exclude(name)]
     drops = DropLog()
     videos = _parse_sequences('LASOT', seqs, 'img', [('full_occlusion.txt', INVISIBLE), ('out_of_view.txt', INVISIBLE)],
                               True, min_run, drops)
@@ -283,12 +294,29 @@ PARSERS = {'VID': parse_vid, 'COCO': parse_coco, 'DET': parse_det, 'YTB': parse_
 
 
 def min_run_for(dataset: str) -> int:
-    """Shortest kept consecutive-frame run: 2 for video datasets (PySOT gen_json), 1 for COCO/DET."""
-    return 2 if dataset in VIDEO_DATASETS else 1
+    """Shortest kept consecutive-frame run: 2 for VID (PySOT's gen_json drops single frames), else 1
+    (PySOT's YouTube-BB and siamban's GOT-10k / LaSOT gen_json keep every valid frame)."""
+    return 2 if dataset in DROPS_SINGLE_RUNS else 1
 
 
-def parse_raw(dataset: str, root) -> ParseResult:
-    """Parse a raw dataset root in its official layout (see LAYOUTS)."""
+def read_exclude_file(path) -> list:
+    """Video names from a text file, one a line (blank lines ignored), e.g. LaSOT's testing_set.txt."""
+    path = Path(path)
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayoutError(f'exclusion list {path} is not a readable text file ({e})') from None
+
+
+def _finish(parsed: ParseResult, exclude: Exclusion) -> ParseResult:
+    parsed.excluded = sorted(exclude.excluded)
+    parsed.exclude_unmatched = exclude.unmatched()
+    return parsed
+
+
+def parse_raw(dataset: str, root, exclude=()) -> ParseResult:
+    """Parse a raw dataset root in its official layout (see LAYOUTS), leaving out the videos that
+    `exclude` (names, see spec.Exclusion) matches."""
     dataset = dataset.upper()
     if dataset not in PARSERS:
         raise LayoutError(f'unknown dataset {dataset!r}; expected one of {", ".join(DATASETS)}')
@@ -296,10 +324,11 @@ def parse_raw(dataset: str, root) -> ParseResult:
     if not root.is_dir():
         raise LayoutError(f'{dataset}: raw root {root} does not exist or is not a folder.\n'
                           f'Expected layout: {LAYOUTS[dataset]}')
-    return PARSERS[dataset](root, min_run_for(dataset))
+    exclude = Exclusion(exclude)
+    return _finish(PARSERS[dataset](root, min_run_for(dataset), exclude), exclude)
 
 
-def parse_crop511(dataset: str, crop_dir, anno) -> ParseResult:
+def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
     """Describe an already-cropped PySOT dataset: crop_dir/<video>/<frame:06d>.<track:02d>.x.jpg + train.json."""
     dataset = dataset.upper()
     if dataset not in PARSERS:
@@ -315,8 +344,11 @@ def parse_crop511(dataset: str, crop_dir, anno) -> ParseResult:
             raise ValueError('top level is not an object')
     except ValueError as e:
         raise LayoutError(f'{anno} is not a PySOT train.json ({e})') from None
-    min_run, drops, videos = min_run_for(dataset), DropLog(), []
+    min_run, drops, videos, exclude = min_run_for(dataset), DropLog(), [], Exclusion(exclude)
     for video in sorted(meta):
+        name = video[2:] if video.startswith('./') else video
+        if exclude(name):
+            continue
         tracks = []
         vtracks = meta[video] if isinstance(meta[video], dict) else {}
         if not vtracks:
@@ -349,5 +381,5 @@ def parse_crop511(dataset: str, crop_dir, anno) -> ParseResult:
             if t:
                 tracks.append(t)
         if tracks:
-            videos.append(VideoSpec(video[2:] if video.startswith('./') else video, tracks, precropped=True))
-    return ParseResult(dataset, str(crop_dir), videos, drops, min_run)
+            videos.append(VideoSpec(name, tracks, precropped=True))
+    return _finish(ParseResult(dataset, str(crop_dir), videos, drops, min_run), exclude)

@@ -5,8 +5,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-# Datasets whose tracks span frames; their single-frame runs are dropped like PySOT's gen_json.
+# Datasets whose tracks span frames.
 VIDEO_DATASETS = ('VID', 'YTB', 'GOT10K', 'LASOT')
+# Of those, the ones whose single-frame runs are dropped: PySOT's VID gen_json drops them; its YTB
+# gen_json and siamban's GOT-10k / LaSOT gen_json keep every valid frame.
+DROPS_SINGLE_RUNS = ('VID',)
 IMAGE_DATASETS = ('COCO', 'DET')
 DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
 
@@ -67,6 +70,42 @@ class ParseResult:
     videos: list
     drops: DropLog
     min_run: int
+    excluded: list = field(default_factory=list)           # video keys left out by --exclude
+    exclude_unmatched: list = field(default_factory=list)  # --exclude names that matched no video
+
+
+class Exclusion:
+    """Video names to leave out of a build (e.g. LaSOT's testing_set.txt).
+
+    A video key matches when the key itself or its last path component is one of the names
+    ('airplane/airplane-1' matches 'airplane-1'). Remembers what matched, for the report.
+    """
+
+    def __init__(self, names=()):
+        self.names = frozenset(n for n in (_clean_name(x) for x in names) if n)
+        self.excluded = set()   # video keys left out
+        self._hit = set()       # names that matched at least one key
+
+    def __bool__(self):
+        return bool(self.names)
+
+    def __call__(self, key: str) -> bool:
+        """True if video `key` is excluded."""
+        if not self.names:
+            return False
+        hits = {key, key.rsplit('/', 1)[-1]} & self.names
+        if hits:
+            self.excluded.add(key)
+            self._hit |= hits
+        return bool(hits)
+
+    def unmatched(self) -> list:
+        return sorted(self.names - self._hit)
+
+
+def _clean_name(name) -> str:
+    name = str(name).strip().strip('/')
+    return name[2:] if name.startswith('./') else name
 
 
 def valid_wh(box) -> bool:
