@@ -13,7 +13,8 @@ from model import build_model
 from train.config import load_config
 from train.evaluation.evaluate import epoch_checkpoints
 from train.evaluation.runner import read_results, result_file, write_results
-from train.evaluation.sequences import load_sequences, read_boxes
+from train.evaluation.sequences import (OTB_FRAME_RANGES, load_otb, load_sequences, otb_benchmark_range,
+                                        read_boxes)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CFG = ROOT / 'configs' / 'demo_cpu.yaml'
@@ -40,15 +41,86 @@ def test_otb_reader(tmp_path):
     boxes = [(10, 10, 20, 20)] * 3
     write_frames(tmp_path / 'Car' / 'img', boxes)
     (tmp_path / 'Car' / 'groundtruth_rect.txt').write_text('10\t10\t20\t20\n' * 3)
-    write_frames(tmp_path / 'Jog' / 'img', boxes)
-    (tmp_path / 'Jog' / 'groundtruth_rect.1.txt').write_text('10,10,20,20\n' * 3)
-    (tmp_path / 'Jog' / 'groundtruth_rect.2.txt').write_text('1,1,5,5\n' * 3)
+    write_frames(tmp_path / 'Jogging' / 'img', boxes)  # two targets in one folder
+    (tmp_path / 'Jogging' / 'groundtruth_rect.1.txt').write_text('10,10,20,20\n' * 3)
+    (tmp_path / 'Jogging' / 'groundtruth_rect.2.txt').write_text('1,1,5,5\n' * 3)
+    write_frames(tmp_path / 'Human4' / 'img', boxes)  # as in OTB100: target 1's file is empty
+    (tmp_path / 'Human4' / 'groundtruth_rect.1.txt').write_text('\n')
+    (tmp_path / 'Human4' / 'groundtruth_rect.2.txt').write_text('2,2,6,6\n' * 3)
     seqs = load_sequences(tmp_path, 'otb')
-    assert [s.name for s in seqs] == ['Car', 'Jog-1', 'Jog-2']
-    assert seqs[2].init_box == [1, 1, 5, 5] and len(seqs[0]) == 3 and seqs[0].visible is None
+    assert [s.name for s in seqs] == ['Car', 'Human4-2', 'Jogging-1', 'Jogging-2']
+    assert seqs[3].init_box == [1, 1, 5, 5] and seqs[1].init_box == [2, 2, 6, 6]
+    assert seqs[2].frames == seqs[3].frames and len(seqs[0]) == 3 and seqs[0].visible is None
     (tmp_path / 'Car' / 'groundtruth_rect.txt').write_text('10,10,20,20\n' * 2)
-    with pytest.raises(ValueError, match='2 boxes but 3 images'):
+    with pytest.raises(ValueError, match="2 boxes but 3 images for sequence 'Car' .*no OTB start/end"):
         load_sequences(tmp_path, 'otb')
+
+
+def test_otb_benchmark_range_cuts_david_and_tiger1():
+    # OTB100's David folder holds images 0001-0770, its 471 boxes cover 300-770 (the benchmark range)
+    names = [f'{i:04d}.jpg' for i in range(1, 771)]
+    gt = np.arange(471 * 4, dtype=float).reshape(471, 4)
+    frames, cut = otb_benchmark_range('David', names, gt)
+    assert frames == names[299:] and frames[0] == '0300.jpg' and cut is gt
+    # a copy already holding only 0300-0770 is kept as it is
+    assert otb_benchmark_range('David', names[299:], gt)[0] == names[299:]
+    # Tiger1: 354 images and 354 boxes; the benchmark starts at image 6, so both lose 5
+    names = [f'{i:04d}.jpg' for i in range(1, 355)]
+    gt = np.arange(354 * 4, dtype=float).reshape(354, 4)
+    frames, cut = otb_benchmark_range('Tiger1', names, gt)
+    assert frames[0] == '0006.jpg' and len(frames) == len(cut) == 349
+    np.testing.assert_array_equal(cut[0], gt[5])
+    # names without numbers: by position
+    frames, _ = otb_benchmark_range('Football1', [f'f{i}.jpg' for i in range(80)], np.zeros((74, 4)))
+    assert frames == [f'f{i}.jpg' for i in range(74)]
+    # not in the table: unchanged
+    frames, cut = otb_benchmark_range('Car', names[:3], gt[:2])
+    assert frames == names[:3] and cut is not None and len(cut) == 2
+    assert OTB_FRAME_RANGES['David'] == (300, 770) and OTB_FRAME_RANGES['BlurCar1'] == (247, 988)
+
+
+def test_otb_reader_uses_the_start_end_table_or_names_the_mismatch(tmp_path):
+    write_frames(tmp_path / 'Tiny' / 'img', [(4, 4, 8, 8)] * 6)
+    (tmp_path / 'Tiny' / 'groundtruth_rect.txt').write_text('1,1,8,8\n2,2,8,8\n3,3,8,8\n')
+    with pytest.raises(ValueError, match=r"groundtruth_rect.txt: 3 boxes but 6 images for sequence 'Tiny'"):
+        load_otb(tmp_path)
+    (seq,) = load_otb(tmp_path, ranges={'Tiny': (3, 5)})
+    assert [p.name for p in seq.frames] == ['0003.jpg', '0004.jpg', '0005.jpg']
+    assert seq.init_box == [1, 1, 8, 8]
+    with pytest.raises(ValueError, match="3 boxes but 2 images for sequence 'Tiny'"):
+        load_otb(tmp_path, ranges={'Tiny': (5, 6)})
+
+
+def write_index(path, entries):
+    path.write_text(json.dumps({name: dict(video_dir=name, init_rect=rects[0], img_names=imgs,
+                                           gt_rect=rects, attr=[]) for name, (imgs, rects) in entries.items()}))
+
+
+def test_index_json_defines_sequences(tmp_path):
+    # the folder has images 1-5 and 5 boxes; the index starts the sequence at image 3
+    write_frames(tmp_path / 'Seq' / 'img', [(4, 4, 8, 8)] * 5)
+    (tmp_path / 'Seq' / 'groundtruth_rect.txt').write_text('4,4,8,8\n' * 5)
+    (tmp_path / 'meta.json').write_text('{"version": 1}')  # not an index: ignored
+    imgs = [f'Seq/img/{i:04d}.jpg' for i in (3, 4, 5)]
+    rects = [[3, 3, 8, 8], [4, 4, 8, 8], [5, 5, 8, 8]]
+    write_index(tmp_path / 'OTB100.json', {'Seq-b': (imgs, rects)})
+    (seq,) = load_sequences(tmp_path, 'otb')
+    assert seq.name == 'Seq-b' and seq.frames == [tmp_path / n for n in imgs]
+    np.testing.assert_array_equal(seq.gt, rects)
+    # explicit index by file name in the root, for any format
+    assert load_sequences(tmp_path, 'got10k', index='OTB100.json')[0].name == 'Seq-b'
+    # the folder layout is used for GOT-10k/LaSOT unless an index is given
+    with pytest.raises(ValueError, match='no got10k sequences'):
+        load_sequences(tmp_path, 'got10k')
+    write_index(tmp_path / 'other.json', {'X': (imgs, rects)})
+    with pytest.raises(ValueError, match='several index JSON files'):
+        load_sequences(tmp_path, 'otb')
+    write_index(tmp_path / 'other.json', {'X': (imgs[:2], rects)})
+    with pytest.raises(ValueError, match="video 'X': 3 boxes but 2 images"):
+        load_sequences(tmp_path, 'otb', index=tmp_path / 'other.json')
+    write_index(tmp_path / 'other.json', {'X': (['Seq/img/0009.jpg'], rects[:1])})
+    with pytest.raises(FileNotFoundError, match="video 'X': 1 of 1 images missing"):
+        load_sequences(tmp_path, 'otb', index=tmp_path / 'other.json')
 
 
 def test_got10k_reader_with_absence_and_test_split(tmp_path):
@@ -166,6 +238,7 @@ def test_eval_tool_on_synthetic_eval_sequences(tmp_path, pysot_checkpoints):
     run_eval('--cfg', DEMO_CFG, '--checkpoints', pysot_checkpoints, '--baselines', 'static', 'untrained',
              '--dataset', root, '--format', 'otb', '--out', out)
     report = json.loads((out / 'report.json').read_text())
+    assert report['index'] == str(root / 'SYNTH.json')  # found in the root and used
     assert list(report['trackers']) == ['checkpoint_e1', 'checkpoint_e2', 'untrained', 'static']
     assert report['best'] in report['trackers']
     for scores in report['trackers'].values():

@@ -31,6 +31,9 @@ def parse_args(argv=None):
                    help='static: never moves its first box; untrained: the network at random init')
     p.add_argument('--dataset', required=True, help='root folder of the sequences')
     p.add_argument('--format', default='otb', choices=FORMATS)
+    p.add_argument('--index', help='PySOT-toolkit index JSON (e.g. OTB100.json; a path or a file name in '
+                   '--dataset) giving sequences, frames and boxes; image paths relative to --dataset. '
+                   'Default for otb: the single such *.json in --dataset, if any')
     p.add_argument('--out', default='results/eval', help='output folder')
     p.add_argument('--plot', action='store_true', help='write success/precision PNGs')
     p.add_argument('--absent', default='exclude', choices=ABSENT_POLICIES,
@@ -67,7 +70,7 @@ def main(argv=None):
     device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
     trackers = make_trackers(cfg, snapshots, args.baselines, device)
     evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
-             progress=not args.quiet)
+             progress=not args.quiet, index=args.index)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ from model.tracker import StaticTracker, build_tracker
 from .plots import plot_curves
 from .report import best_of, format_table, score_tracker, write_json
 from .runner import run_tracker
-from .sequences import load_sequences
+from .sequences import load_sequences, resolve_index
 
 BASELINES = ('static', 'untrained')
 _EPOCH_RE = re.compile(r'checkpoint_e(\d+)\.pth$')
@@ -68,10 +68,14 @@ def make_trackers(cfg, snapshots=(), baselines=(), device='cpu', seed: int = 0) 
 
 def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/eval',
              plot: bool = False, absent: str = 'exclude', progress: bool = True,
-             per_sequence: bool = True, log=print) -> dict:
+             per_sequence: bool = True, index=None, log=print) -> dict:
     """Run every tracker over the dataset, write results/<tracker>/..., report.json, report.txt
-    and (plot) success/precision PNGs into `out_dir`; returns {tracker: scores} plus 'best'."""
-    sequences = load_sequences(dataset_root, fmt)
+    and (plot) success/precision PNGs into `out_dir`; returns {tracker: scores} plus 'best'.
+    `index`: a PySOT-toolkit index JSON defining the sequences (auto-detected for OTB)."""
+    index = resolve_index(dataset_root, fmt, index)
+    if index is not None:
+        log(f'sequences from index {index}')
+    sequences = load_sequences(dataset_root, fmt, index=index)
     out_dir = Path(out_dir)
     scores = {}
     for name, tracker in trackers.items():
@@ -86,6 +90,7 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'report.txt').write_text(text)
     write_json(out_dir / 'report.json', {'dataset': str(dataset_root), 'format': fmt,
+                                         'index': None if index is None else str(index),
                                          'absent': absent, 'best': best, 'trackers': scores})
     if plot:
         for path in plot_curves(scores, out_dir, title=Path(dataset_root).name):

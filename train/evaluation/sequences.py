@@ -2,7 +2,12 @@
 
 - OTB: `<root>/<seq>/img/*.jpg` + `<seq>/groundtruth_rect.txt` (x,y,w,h separated by commas,
   tabs or spaces); sequences with several targets have `groundtruth_rect.<k>.txt` and become
-  `<seq>-<k>`.
+  `<seq>-<k>` (Jogging-1, Jogging-2; an empty file, as Human4's `.1`, is skipped).  Sequences
+  that the benchmark evaluates on part of their images are cut to its start/end frames
+  (`OTB_FRAME_RANGES`).
+- Index JSON (PySOT toolkit, e.g. `OTB100.json`): `{video: {"video_dir", "init_rect",
+  "img_names": [paths relative to the root], "gt_rect": [[x,y,w,h], ...], "attr"}}`; when given
+  (or, for OTB, when the root holds exactly one such `*.json`) it alone defines the sequences.
 - GOT-10k: `<root>/<seq>/*.jpg` + `groundtruth.txt` (+ optional `absence.label`, one 0/1 per
   frame, 1 = absent; optional `list.txt` in the root gives the order).  The test split has only
   the first box: such sequences are tracked but have no metrics (`Sequence.has_full_gt`).
@@ -12,6 +17,7 @@
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,16 @@ import numpy as np
 
 FORMATS = ('otb', 'got10k', 'lasot')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+
+# OTB sequences evaluated on part of their folder: (first, last) 1-based image numbers of the
+# benchmark's range (OTB toolkit configSeqs100.m startFrame/endFrame, as listed in pytracking's
+# otbdataset.py; David/Football1/Freeman3/Freeman4/Diving also in got10k-toolkit's otb.py).
+# Tiger1's box file covers images 1-354 and the benchmark omits the first 5 (initOmit).
+OTB_FRAME_RANGES = {
+    'David': (300, 770), 'Football1': (1, 74), 'Freeman3': (1, 460), 'Freeman4': (1, 283),
+    'Diving': (1, 215), 'Tiger1': (6, 354), 'BlurCar1': (247, 988), 'BlurCar3': (3, 359),
+    'BlurCar4': (18, 397),
+}
 
 
 @dataclass
@@ -81,28 +97,119 @@ def list_images(folder) -> list:
     return frames
 
 
-def _check_lengths(name, frames, gt, gt_path, allow_first_only=False):
+def _check_lengths(name, frames, gt, gt_path, allow_first_only=False, hint=''):
     if len(gt) == len(frames) or (allow_first_only and len(gt) == 1):
         return
-    raise ValueError(f'{gt_path}: {len(gt)} boxes but {len(frames)} images for sequence {name!r}')
+    raise ValueError(f'{gt_path}: {len(gt)} boxes but {len(frames)} images for sequence {name!r}{hint}')
 
 
-def load_otb(root) -> list:
+def otb_benchmark_range(folder_name, frames, gt, ranges=OTB_FRAME_RANGES):
+    """`frames` and `gt` cut to the OTB benchmark's start/end frames of sequence `folder_name`
+    (`ranges`: {name: (first, last)}); unchanged if not listed.
+    Images are chosen by the number in their file name (`0300.jpg`), else by position; boxes
+    are used as they are when they cover the range, cut when they start at image 1 (Tiger1)."""
+    if folder_name not in ranges:
+        return frames, gt
+    first, last = ranges[folder_name]
+    stems = [Path(f).stem for f in frames]
+    if all(s.isdigit() for s in stems):
+        frames = [f for f, s in zip(frames, stems) if first <= int(s) <= last]
+    elif len(frames) >= last:
+        frames = frames[first - 1:last]
+    if len(gt) != last - first + 1 and len(gt) >= last:
+        gt = gt[first - 1:last]
+    return frames, gt
+
+
+def otb_targets(folder) -> list:
+    """[(sequence name, box file)] of an OTB folder: `groundtruth_rect.txt`, or one sequence
+    `<folder>-<k>` per non-empty `groundtruth_rect.<k>.txt`."""
+    folder = Path(folder)
+    single = folder / 'groundtruth_rect.txt'
+    if single.is_file():
+        return [(folder.name, single)]
+    numbered = sorted((int(m.group(1)), p) for p in folder.glob('groundtruth_rect.*.txt')
+                      if (m := re.fullmatch(r'groundtruth_rect\.(\d+)\.txt', p.name)))
+    targets = [(f'{folder.name}-{k}', p) for k, p in numbered if p.read_text().strip()]
+    if not targets:
+        raise ValueError(f'{folder}: no groundtruth_rect.txt (nor non-empty groundtruth_rect.<k>.txt)')
+    return targets
+
+
+def load_otb(root, ranges=OTB_FRAME_RANGES) -> list:
+    """OTB folders under `root`; `ranges` overrides `OTB_FRAME_RANGES` (see `otb_benchmark_range`)."""
     root = Path(root)
     seqs = []
     for d in sorted(p for p in root.iterdir() if (p / 'img').is_dir()):
-        frames = list_images(d / 'img')
-        single = d / 'groundtruth_rect.txt'
-        gts = [(d.name, single)] if single.is_file() else [
-            (f'{d.name}-{m.group(1)}', p) for p in sorted(d.glob('groundtruth_rect.*.txt'))
-            if (m := re.fullmatch(r'groundtruth_rect\.(\d+)\.txt', p.name))]
-        if not gts:
-            raise ValueError(f'{d}: no groundtruth_rect.txt')
-        for name, gt_path in gts:
-            gt = read_boxes(gt_path)
-            _check_lengths(name, frames, gt, gt_path)
+        images = list_images(d / 'img')
+        for name, gt_path in otb_targets(d):
+            frames, gt = otb_benchmark_range(d.name, images, read_boxes(gt_path), ranges)
+            hint = '' if d.name in ranges else f' (folder {d.name!r} has no OTB start/end frames)'
+            _check_lengths(name, frames, gt, gt_path, hint=hint)
             seqs.append(Sequence(name, frames, gt))
     return seqs
+
+
+def _is_index(data) -> bool:
+    return (isinstance(data, dict) and bool(data) and all(
+        isinstance(v, dict) and 'img_names' in v and 'gt_rect' in v for v in data.values()))
+
+
+def find_index(root):
+    """The one PySOT-toolkit index JSON (`{video: {"img_names", "gt_rect", ...}}`) directly in
+    `root`, or None; other JSON files are ignored, several index files are an error."""
+    found = []
+    for path in sorted(Path(root).glob('*.json')):
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if _is_index(data):
+            found.append(path)
+    if len(found) > 1:
+        raise ValueError(f'{root}: several index JSON files {[p.name for p in found]}; choose one with --index')
+    return found[0] if found else None
+
+
+def load_index(root, index) -> list:
+    """Sequences listed in a PySOT-toolkit index JSON; image paths are relative to `root`."""
+    root, index = Path(root), Path(index)
+    try:
+        data = json.loads(index.read_text())
+    except ValueError as e:
+        raise ValueError(f'{index}: not valid JSON: {e}') from None
+    if not _is_index(data):
+        raise ValueError(f'{index}: not a PySOT index: expected {{video: {{"img_names": [...], '
+                         f'"gt_rect": [[x,y,w,h], ...], ...}}}}')
+    seqs = []
+    for name, entry in data.items():
+        try:
+            gt = np.asarray(entry['gt_rect'], dtype=np.float64)
+        except (ValueError, TypeError):
+            gt = np.empty((0, 0))
+        if gt.ndim != 2 or gt.shape[1:] != (4,) or not len(gt):
+            raise ValueError(f'{index}: video {name!r}: gt_rect must be a non-empty list of [x,y,w,h]')
+        frames = [root / n for n in entry['img_names']]
+        _check_lengths(name, frames, gt, f'{index}: video {name!r}')
+        missing = [f for f in frames if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f'{index}: video {name!r}: {len(missing)} of {len(frames)} images '
+                                    f'missing under {root}, first {missing[0]}')
+        seqs.append(Sequence(name, frames, gt))
+    return seqs
+
+
+def resolve_index(root, fmt: str, index=None):
+    """The index JSON to use: `index` (a path, or a file name in `root`), else for OTB the one
+    found by `find_index`, else None (folder layout)."""
+    if index is not None:
+        index = Path(index)
+        if not index.is_file() and (Path(root) / index).is_file():
+            index = Path(root) / index
+        if not index.is_file():
+            raise FileNotFoundError(f'index file not found: {index}')
+        return index
+    return find_index(root) if fmt == 'otb' else None
 
 
 def load_got10k(root) -> list:
@@ -154,14 +261,16 @@ def load_lasot(root) -> list:
 LOADERS = {'otb': load_otb, 'got10k': load_got10k, 'lasot': load_lasot}
 
 
-def load_sequences(root, fmt: str) -> list:
-    """Sequences under `root` in layout `fmt` (otb | got10k | lasot)."""
+def load_sequences(root, fmt: str, index=None) -> list:
+    """Sequences under `root` in layout `fmt` (otb | got10k | lasot), or from the index JSON
+    chosen by `resolve_index` (explicit `index`, or auto-detected for OTB)."""
     if fmt not in LOADERS:
         raise ValueError(f'unknown dataset format {fmt!r}; expected one of {FORMATS}')
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset root not found: {root}')
-    seqs = LOADERS[fmt](root)
+    index = resolve_index(root, fmt, index)
+    seqs = load_index(root, index) if index is not None else LOADERS[fmt](root)
     if not seqs:
         raise ValueError(f'no {fmt} sequences found under {root}')
     return seqs
