@@ -57,8 +57,7 @@ def saved_config(snapshots, overrides):
     return config_from_dict(saved, f'{snapshots[0]}:config', overrides)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     snapshots = list(args.snapshot)
     if args.checkpoints:
         snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
@@ -71,6 +70,14 @@ def main(argv=None):
     trackers = make_trackers(cfg, snapshots, args.baselines, device)
     evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
              progress=not args.quiet, index=args.index)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError) as err:  # bad input (ConfigError is a ValueError): a message, no traceback
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':
