@@ -95,14 +95,9 @@ def _change(r):
     return np.maximum(r, 1.0 / r)
 
 
-def _padded_size(w, h):
-    pad = (w + h) * 0.5
-    return np.sqrt((w + pad) * (h + pad))
-
-
 def change_penalty(pred: np.ndarray, size, scale_z: float, penalty_k: float) -> np.ndarray:
     """exp(-(r_c * s_c - 1) * k): scale change s_c and aspect-ratio change r_c vs the current size."""
-    s_c = _change(_padded_size(pred[2], pred[3]) / _padded_size(size[0] * scale_z, size[1] * scale_z))
+    s_c = _change(siamfc_crop_size(pred[2], pred[3]) / siamfc_crop_size(size[0] * scale_z, size[1] * scale_z))
     r_c = _change((size[0] / size[1]) / (pred[2] / pred[3]))
     return np.exp(-(r_c * s_c - 1) * penalty_k)
 

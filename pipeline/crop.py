@@ -11,8 +11,6 @@ are interchangeable.
 """
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
@@ -22,9 +20,11 @@ CROP_SIZE = 511
 
 
 def siamfc_crop_size(w: float, h: float, context: float = CONTEXT_AMOUNT) -> float:
-    """Side s_z of the SiamFC template square for a w x h object: sqrt((w+p)(h+p)), p = context*(w+h)."""
+    """Side s_z of the SiamFC template square for a w x h object: sqrt((w+p)(h+p)), p = context*(w+h).
+
+    Works on scalars and on numpy arrays (the tracker scores all anchors at once)."""
     pad = context * (w + h)
-    return math.sqrt((w + pad) * (h + pad))
+    return np.sqrt((w + pad) * (h + pad))
 
 
 def search_crop_side(w: float, h: float, context: float = CONTEXT_AMOUNT,
