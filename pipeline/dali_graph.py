@@ -4,14 +4,24 @@ Every random decision is made beforehand in numpy (`pipeline.sampling.ImageAug`)
 only executes it, with explicit per-sample arguments fed through `fn.external_source`.
 Per image (template 'z', search 'x'):
 
-    JPEG bytes --decode RGB (only the region the crop can touch, on the CPU)--> uint8 HWC
+    JPEG bytes --decode RGB (on the CPU: only the region the crop can touch)--> uint8 HWC
+      then, on the CPU (kernel=True, the default there):
+      --fused crop kernel (`pipeline.crop_kernel`, a numba_function operator): crop warp,
+        gray, colour, blur, flip, BGR, CHW float in one pass--> (3, S, S) float32 BGR
+      or with DALI's native operators (kernel=False; the GPU graph):
       --resize over a per-sample source window (= PySOT's _crop_roi warp, bilinear; a flip
         is a reversed window)--> uint8 S x S
       --[gray pairs only (DALI conditional): RGB->GRAY->BGR] else RGB->BGR-->
       --crop_mirror_normalize(mean = colour offset, std 1, CHW, float32)-->
       --[blur: filter(column kernel) + filter(row kernel)]--> (3, S, S) float32 BGR
 
-Equivalences with PySOT's order (gray -> crop -> colour -> blur -> flip):
+Why two variants: DALI's CPU resize, colour conversion, normalisation and filters cost
+~1.8 ms per pair on a 2-core machine, more than the JPEG decode; the fused kernel does the
+same in ~0.55 ms (measured; docs/architecture.md).  On the GPU the native operators are
+cheap, and numba would need a CUDA toolchain.  Both variants are tested on the CPU against
+the OpenCV reference, so the GPU graph's logic is checked without a GPU.
+
+Equivalences of the native variant with PySOT's order (gray -> crop -> colour -> blur -> flip):
 - crop: PySOT's cv2.warpAffine is axis-aligned (scale + shift), so it is a resize of the
   source window that maps pixel centres x1 -> 0, x2 -> out-1 (`resize_window`); the sample
   points are identical.  DALI's CPU warp_affine costs ~3.7x more than resize (measured), so
@@ -24,18 +34,23 @@ Equivalences with PySOT's order (gray -> crop -> colour -> blur -> flip):
   == filter(column) + filter(row) (DALI's CPU filter wraps cv2.filter2D with the same
   reflect_101 border), and the order colour -> blur is PySOT's.
 Decoding is to RGB because libjpeg-turbo's BGR output is ~2.8x slower on the CPU
-(docs: dali-notes); the channel swap happens on the small uint8 crop.
+(docs: dali-notes); the channel swap happens after the crop.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import do_not_convert
+
+from pipeline.crop_kernel import crop_params, render_crop
 
 IMAGES = ("z", "x")  # template, search
 FIELDS = ("jpeg", "roi_anchor", "roi_shape", "roi_start", "roi_end", "gray", "blur",
-          "col_kernel", "row_kernel", "offset")
+          "col_kernel", "row_kernel", "offset", "params")
+_KERNEL_FIELDS = {"jpeg", "roi_anchor", "roi_shape", "params"}
 _IDENTITY_COL = np.ones((1, 1), np.float32)
 _IDENTITY_ROW = np.zeros((1, 1), np.float32)
 
@@ -45,22 +60,28 @@ def input_name(image: str, field: str) -> str:
     return f"{image}_{field}"
 
 
-def decode_region(aug, image_size: int, roi: bool) -> tuple:
-    """(anchor (x, y), shape (w, h)) int of the source pixels the bilinear warp can read.
+def decode_regions(crops, image_size: int, roi: bool) -> tuple:
+    """(anchors (N, 2), shapes (N, 2)) int64, (x, y) and (w, h) of the source pixels the
+    bilinear warp of each crop box (N, 4) can read.
 
     The output pixel centres map onto [crop x1, x2] x [y1, y2]; bilinear sampling reads
     floor(s) and floor(s) + 1; one pixel of slack on each side.  With roi=False: the whole
     image.  Decoding only this region halves the CPU decode cost (measured: 1.0 vs 1.9 ms
     per pair on 2 cores); libjpeg-turbo still entropy-decodes the rows above it.
     """
+    crops = np.asarray(crops, np.float64).reshape(-1, 4)
     if not roi:
-        return (0, 0), (image_size, image_size)
-    x1, y1, x2, y2 = (float(v) for v in aug.crop)
-    lo_x = min(max(int(math.floor(x1)) - 1, 0), image_size - 1)
-    lo_y = min(max(int(math.floor(y1)) - 1, 0), image_size - 1)
-    hi_x = max(min(int(math.floor(x2)) + 3, image_size), lo_x + 1)
-    hi_y = max(min(int(math.floor(y2)) + 3, image_size), lo_y + 1)
-    return (lo_x, lo_y), (hi_x - lo_x, hi_y - lo_y)
+        return (np.zeros((len(crops), 2), np.int64),
+                np.full((len(crops), 2), image_size, np.int64))
+    lo = np.clip(np.floor(crops[:, :2]).astype(np.int64) - 1, 0, image_size - 1)
+    hi = np.maximum(np.minimum(np.floor(crops[:, 2:]).astype(np.int64) + 3, image_size), lo + 1)
+    return lo, hi - lo
+
+
+def decode_region(aug, image_size: int, roi: bool) -> tuple:
+    """`decode_regions` of one image: ((x, y), (w, h)) ints."""
+    anchors, shapes = decode_regions(aug.crop, image_size, roi)
+    return tuple(anchors[0].tolist()), tuple(shapes[0].tolist())
 
 
 def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
@@ -97,64 +118,94 @@ def blur_kernels(aug) -> tuple:
     return col, row
 
 
-def image_inputs(aug, jpeg: bytes, gray: bool, image_size: int, roi: bool) -> dict:
-    """Per-sample external_source values (field -> numpy array) for one image."""
-    anchor, shape = decode_region(aug, image_size, roi)
+def _native_inputs(aug, gray: bool, anchor) -> dict:
+    """Per-sample values of the native-operator fields for one image."""
     col, row = blur_kernels(aug)
     start, end = resize_window(aug, anchor)
-    return {
-        "jpeg": np.frombuffer(jpeg, np.uint8),
-        "roi_anchor": np.asarray(anchor, np.float32),
-        "roi_shape": np.asarray(shape, np.float32),
-        "roi_start": start,
-        "roi_end": end,
-        "gray": np.array(bool(gray)),
-        "blur": np.array(bool(aug.blur_size)),
-        "col_kernel": col,
-        "row_kernel": row,
-        "offset": np.asarray(aug.color_offset, np.float32).reshape(3),
-    }
+    return {"roi_start": start, "roi_end": end, "gray": np.array(bool(gray)),
+            "blur": np.array(bool(aug.blur_size)), "col_kernel": col, "row_kernel": row,
+            "offset": np.asarray(aug.color_offset, np.float32).reshape(3)}
 
 
-def batch_inputs(augs, jpegs, gray, image_size: int, roi: bool) -> dict:
-    """Field -> batch (dense array where shapes agree, else a list) for one image of a batch.
+def batch_inputs(augs, jpegs, gray, image_size: int, roi: bool, fields=FIELDS) -> dict:
+    """Field -> batch of external_source values for one image ('z' or 'x') of a batch.
 
-    Same values as `image_inputs` per sample, built with one array per field: feeding DALI
-    dense arrays is much cheaper than lists of small per-sample arrays.
+    Dense arrays where sample shapes agree (much cheaper for DALI to take than lists of small
+    arrays), else lists; the per-batch arithmetic is vectorised over the batch.
     """
-    samples = [image_inputs(a, j, g, image_size, roi) for a, j, g in zip(augs, jpegs, gray)]
-    out = {}
-    for field in FIELDS:
-        column = [s[field] for s in samples]
-        if field in ("jpeg", "col_kernel", "row_kernel"):
-            out[field] = column
-        else:
-            out[field] = np.stack(column)
-    return out
+    gray = np.asarray(gray, bool).reshape(len(augs))
+    anchors, shapes = decode_regions([a.crop for a in augs], image_size, roi)
+    out = {"jpeg": [np.frombuffer(j, np.uint8) for j in jpegs],
+           "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32)}
+    if "params" in fields:
+        out["params"] = crop_params(augs, gray, anchors)
+    if "roi_start" in fields:
+        samples = [_native_inputs(a, g, anchor) for a, g, anchor in zip(augs, gray, anchors)]
+        for field in samples[0]:
+            column = [sample[field] for sample in samples]
+            out[field] = column if field in ("col_kernel", "row_kernel") else np.stack(column)
+    return {field: out[field] for field in fields}
 
 
-def _fields(roi: bool, gray: bool, blur: bool) -> tuple:
-    skip = set()
+def _fields(roi: bool, gray: bool, blur: bool, kernel: bool) -> tuple:
+    if kernel:
+        skip = set(FIELDS) - _KERNEL_FIELDS
+    else:
+        skip = {"params"}
+        if not gray:
+            skip.add("gray")
+        if not blur:
+            skip |= {"blur", "col_kernel", "row_kernel"}
     if not roi:
         skip |= {"roi_anchor", "roi_shape"}
-    if not gray:
-        skip.add("gray")
-    if not blur:
-        skip |= {"blur", "col_kernel", "row_kernel"}
     return tuple(f for f in FIELDS if f not in skip)
 
 
-def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
-            blur: bool):
-    src = {f: fn.external_source(name=input_name(image, f)) for f in fields}
+def _run_crop_kernel(out, image, params):
+    render_crop(out, image, params)
+
+
+@do_not_convert
+def _chw_shape(size: int):
+    """numba_function setup: every output sample is (3, size, size)."""
+    def setup(outs, ins):
+        shapes = outs[0]
+        for i in range(len(shapes)):
+            shapes[i][0] = 3
+            shapes[i][1] = size
+            shapes[i][2] = size
+    return setup
+
+
+@functools.lru_cache(maxsize=None)
+def _crop_operator(size: int):
+    """The fused crop operator for output side `size`, compiled once per process.
+
+    DALI compiles a numba_function's C callbacks (~3 s) each time one is constructed; the
+    operator object only carries their addresses, so one instance serves every graph.
+    """
+    from nvidia.dali.plugin.numba.experimental import NumbaFunction
+    return NumbaFunction(run_fn=_run_crop_kernel, setup_fn=_chw_shape(size),
+                         in_types=[types.UINT8, types.FLOAT], ins_ndim=[3, 1],
+                         out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
+
+
+def _decode(src, device: str, roi: bool):
     decoder_device = "mixed" if device == "gpu" else "cpu"
     if roi:
-        img = fn.decoders.image_slice(src["jpeg"], src["roi_anchor"], src["roi_shape"],
-                                      device=decoder_device, output_type=types.RGB,
-                                      axis_names="WH", normalized_anchor=False,
-                                      normalized_shape=False)
-    else:
-        img = fn.decoders.image(src["jpeg"], device=decoder_device, output_type=types.RGB)
+        return fn.decoders.image_slice(src["jpeg"], src["roi_anchor"], src["roi_shape"],
+                                       device=decoder_device, output_type=types.RGB,
+                                       axis_names="WH", normalized_anchor=False,
+                                       normalized_shape=False)
+    return fn.decoders.image(src["jpeg"], device=decoder_device, output_type=types.RGB)
+
+
+def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
+            blur: bool, kernel: bool):
+    src = {f: fn.external_source(name=input_name(image, f)) for f in fields}
+    img = _decode(src, device, roi)
+    if kernel:  # CPU: all pixel work in one fused operator (pipeline.crop_kernel)
+        return _crop_operator(out_size)(img, src["params"])
     img = fn.resize(img, size=[out_size, out_size], roi_start=src["roi_start"],
                     roi_end=src["roi_end"], roi_relative=False, antialias=False,
                     interp_type=types.INTERP_LINEAR)
@@ -176,9 +227,9 @@ def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gr
 
 @pipeline_def(enable_conditionals=True)
 def _pair_graph(fields, template_size, search_size, device, roi, gray, template_blur,
-                search_blur):
-    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur)
-    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur)
+                search_blur, kernel):
+    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel)
+    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel)
     return z, x
 
 
@@ -197,19 +248,23 @@ class PairGraph:
                  device: str = "cpu", num_threads: int = 2, device_id: int = 0,
                  image_size: int = 511, roi_decode: bool = True, gray: bool = True,
                  template_blur: bool = True, search_blur: bool = True,
-                 prefetch_queue_depth: int = 1):
+                 prefetch_queue_depth: int = 1, kernel: bool | None = None):
         if device not in ("cpu", "gpu"):
             raise ValueError(f"DALI device must be 'cpu' or 'gpu', got {device!r}")
+        kernel = device == "cpu" if kernel is None else bool(kernel)
+        if kernel and device != "cpu":
+            raise ValueError("the fused crop kernel is a CPU operator; use kernel=False on 'gpu'")
+        self.kernel = kernel
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
         self.image_size = image_size
         self.roi = roi_decode
-        self.fields = {"z": _fields(roi_decode, gray, template_blur),
-                       "x": _fields(roi_decode, gray, search_blur)}
+        self.fields = {"z": _fields(roi_decode, gray, template_blur, kernel),
+                       "x": _fields(roi_decode, gray, search_blur, kernel)}
         self.pipe = _pair_graph(self.fields, template_size, search_size, device, roi_decode,
-                                gray, template_blur, search_blur, batch_size=batch_size,
+                                gray, template_blur, search_blur, kernel, batch_size=batch_size,
                                 num_threads=num_threads,
                                 device_id=device_id if device == "gpu" else None,
                                 prefetch_queue_depth=prefetch_queue_depth)
@@ -220,7 +275,8 @@ class PairGraph:
         gray = np.array([bool(p.gray) for p in plans])
         for image, augs, jpegs in (("z", [p.template for p in plans], template_jpegs),
                                    ("x", [p.search for p in plans], search_jpegs)):
-            values = batch_inputs(augs, jpegs, gray, self.image_size, self.roi)
+            values = batch_inputs(augs, jpegs, gray, self.image_size, self.roi,
+                                  self.fields[image])
             for field in self.fields[image]:
                 self.pipe.feed_input(input_name(image, field), values[field])
 

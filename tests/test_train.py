@@ -313,8 +313,8 @@ def test_compiled_training_matches_eager_across_the_unfreeze(shards, tmp_path):
     assert sorted(compiled) == sorted(eager) == [1, 2, 3, 4]
     for step, loss in eager.items():  # inductor reorders float sums: close, not bit-equal
         assert math.isfinite(compiled[step]) and compiled[step] == pytest.approx(loss, rel=1e-3, abs=1e-5), step
-    for k, v in eager_w.items():
-        torch.testing.assert_close(compiled_w[k], v, rtol=1e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
+    for k, v in eager_w.items():  # 4 SGD steps of reordered sums: ~1e-4 on a few near-zero weights
+        torch.testing.assert_close(compiled_w[k], v, rtol=1e-3, atol=3e-4, msg=lambda m: f"{k}: {m}")
 
     # a missing C++ toolchain is a clear error before training, not a traceback at the first step
     with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)}):

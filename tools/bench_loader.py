@@ -42,9 +42,9 @@ def _touch(batch: dict, device: torch.device) -> None:
 
 
 def bench_dali(cfg, shards, device, batch_size, batches, warmup, num_threads, epoch=0,
-               roi_decode=None):
+               roi_decode=None, crop_kernel=None):
     loader = build_loader(cfg, shards=shards, batch_size=batch_size, device=str(device),
-                          num_threads=num_threads, roi_decode=roi_decode)
+                          num_threads=num_threads, roi_decode=roi_decode, crop_kernel=crop_kernel)
     loader.set_epoch(epoch)
     if len(loader) < batches + warmup:
         raise SystemExit(f"epoch has only {len(loader)} batches of {batch_size}; lower --batches")
@@ -59,7 +59,7 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, num_threads, ep
     return {"pairs_per_s": batches * batch_size / wall, "cpu_cores_busy": cpu / wall,
             "cpu_ms_per_pair": 1e3 * cpu / (batches * batch_size), "wall_s": wall,
             "num_threads": loader.num_threads, "roi_decode": loader.roi_decode,
-            "skipped": loader.skipped}
+            "crop_kernel": getattr(loader.graph, "kernel", None), "skipped": loader.skipped}
 
 
 def bench_reference(cfg, shards, device, batch_size, batches, warmup, workers, epoch=0):
@@ -110,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--num-threads", type=int, default=None, help="DALI threads (default: auto)")
     parser.add_argument("--roi-decode", choices=["auto", "on", "off"], default="auto",
                         help="decode only the region a crop touches (auto: on for cpu)")
+    parser.add_argument("--native-ops", action="store_true",
+                        help="CPU: DALI's native operators instead of the fused crop kernel "
+                             "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--json", default="runs/bench_loader.json")
@@ -128,7 +131,8 @@ def main(argv=None):
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
                                     args.warmup, args.num_threads, epoch=r,
-                                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode]))
+                                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
+                                    crop_kernel=False if args.native_ops else None))
         line = (f"round {r}: DALI {dali_runs[-1]['pairs_per_s']:7.1f} pairs/s "
                 f"({dali_runs[-1]['cpu_cores_busy']:.2f} cores)")
         if not args.skip_reference:

@@ -1,0 +1,52 @@
+"""tools/bench_loader.py and tools/show_pairs.py run end to end on small synthetic shards."""
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from sampling_fixtures import build_test_shards, overrides
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return build_test_shards(tmp_path_factory.mktemp("tools"))
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["kernel", "native-ops"])
+def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "4", "--batches", "2",
+            "--warmup", "1", "--rounds", "1", "--json", str(out),
+            "--opts", *overrides(**{"DATASET.SEARCH.BLUR": 0.2})]
+    load_tool("bench_loader").main(argv + (["--native-ops"] if native else []))
+    result = json.loads(out.read_text())
+    assert result["dali"]["crop_kernel"] is (not native)
+    assert result["dali"]["num_threads"] >= 2 and result["dali"]["skipped"] == 0
+    for side in ("dali", "reference"):
+        assert result[side]["pairs_per_s"] > 0 and result[side]["cpu_cores_busy"] > 0
+    assert result["speedup"] == pytest.approx(result["dali"]["pairs_per_s"]
+                                              / result["reference"]["pairs_per_s"])
+    assert result["gpu"] is None and result["search_blur"] == 0.2
+    assert "speedup (median pairs/s)" in capsys.readouterr().out
+
+
+def test_show_pairs_draws_a_grid(shards, tmp_path):
+    out = tmp_path / "pairs.png"
+    load_tool("show_pairs").main(["--shards", str(shards), "--out", str(out), "--n", "4",
+                                  "--opts", *overrides()])
+    image = cv2.imread(str(out))
+    assert image is not None
+    # two columns of (template | search) rows, two rows: at least 2 x (127 + 255) wide
+    assert image.shape[1] >= 2 * (127 + 255) and image.shape[0] >= 2 * 255
+    assert image.std() > 10   # real pixels, not an empty canvas
