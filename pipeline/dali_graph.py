@@ -39,7 +39,6 @@ Decoding is to RGB because libjpeg-turbo's BGR output is ~2.8x slower on the CPU
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types

@@ -63,12 +63,15 @@ class AnchorTargets:
         self.pos_num = int(cfg.TRAIN.POS_NUM)
         self.neg_keep = int(cfg.TRAIN.TOTAL_NUM) - int(cfg.TRAIN.POS_NUM)
         self.neg_pair_num = int(cfg.TRAIN.NEG_NUM)
+        ax1, ay1, ax2, ay2 = self.corners
+        self.areas = (ax2 - ax1) * (ay2 - ay1)
         self._on_device = {}
 
     def _anchors(self, device):
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = (self.corners.to(device), self.centres.to(device))
+            self._on_device[key] = (self.corners.to(device), self.centres.to(device),
+                                    self.areas.to(device))
         return self._on_device[key]
 
     def window_centre(self, centre: torch.Tensor) -> torch.Tensor:
@@ -82,20 +85,24 @@ class AnchorTargets:
         neg = neg.to(device=device, dtype=torch.bool)
         batch = boxes.shape[0]
         a, s = self.anchor_num, self.size
-        corners, centres = self._anchors(device)
+        corners, centres, areas = self._anchors(device)
 
         x1, y1, x2, y2 = (boxes[:, i].view(batch, 1, 1, 1) for i in range(4))
         tcx, tcy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
         tw, th = x2 - x1, y2 - y1
         acx, acy, aw, ah = centres
-        loc = torch.stack([(tcx - acx) / aw, (tcy - acy) / ah,
-                           torch.log(tw / aw), torch.log(th / ah)], dim=1)  # (B,4,A,S,S)
+        # Deltas written in place into one (B,4,A,S,S) tensor (the same float operations as
+        # (tcx - acx) / aw etc., without the temporaries a stack would need).
+        loc = torch.empty((batch, 4, a, s, s), device=device)
+        torch.sub(tcx, acx, out=loc[:, 0]).div_(aw)
+        torch.sub(tcy, acy, out=loc[:, 1]).div_(ah)
+        torch.div(tw, aw, out=loc[:, 2]).log_()
+        torch.div(th, ah, out=loc[:, 3]).log_()
 
         ax1, ay1, ax2, ay2 = corners
-        inter_w = (torch.minimum(x2, ax2) - torch.maximum(x1, ax1)).clamp(min=0)
-        inter_h = (torch.minimum(y2, ay2) - torch.maximum(y1, ay1)).clamp(min=0)
-        inter = inter_w * inter_h
-        iou = inter / ((ax2 - ax1) * (ay2 - ay1) + tw * th - inter)  # (B,A,S,S)
+        inter = torch.minimum(x2, ax2).sub_(torch.maximum(x1, ax1)).clamp_(min=0)
+        inter.mul_(torch.minimum(y2, ay2).sub_(torch.maximum(y1, ay1)).clamp_(min=0))
+        iou = inter / (areas + tw * th - inter)  # (B,A,S,S)
 
         not_neg = (~neg).view(batch, 1, 1, 1)
         pos_cand = (iou > self.thr_high) & not_neg
@@ -118,11 +125,11 @@ class AnchorTargets:
         negs = _random_subset((neg_cand | window).reshape(flat), keys, neg_keep,
                               max(self.neg_pair_num, self.neg_keep))
 
-        label_cls = negs.long() + 2 * pos.long() - 1   # -1 ignore, 0 negative, 1 positive
+        # -1 ignore, 0 negative, 1 positive (the sets are disjoint); int8 arithmetic, one widening
+        label_cls = (negs.to(torch.int8) + 2 * pos.to(torch.int8) - 1).long()
         pos_count = pos.sum(dim=1, keepdim=True).float()
         weight = pos.float() / (pos_count + 1e-6)
 
-        # PySOT leaves the deltas of negative pairs at zero.
-        loc = torch.where(not_neg.unsqueeze(1), loc, torch.zeros((), device=device))
-        return (label_cls.view(batch, a, s, s), loc.contiguous(),
-                weight.view(batch, a, s, s))
+        # PySOT leaves the deltas of negative pairs at zero (a mask, not loc[neg]: no GPU sync)
+        loc.masked_fill_(neg.view(batch, 1, 1, 1, 1), 0.0)
+        return label_cls.view(batch, a, s, s), loc, weight.view(batch, a, s, s)
