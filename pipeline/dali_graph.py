@@ -161,7 +161,9 @@ def _fields(roi: bool, gray: bool, blur: bool, kernel: bool) -> tuple:
 
 
 def _run_crop_kernel(out, image, params):
-    render_crop(out, image, params)
+    # DALI's wrapper passes Optional-typed arrays; a full slice unwraps them, so render_crop
+    # runs (and is cached on disk) for plain C-contiguous arrays.
+    render_crop(out[:], image[:], params[:])
 
 
 @do_not_convert
