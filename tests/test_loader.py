@@ -168,14 +168,20 @@ def test_label_statistics(shards):
     assert with_pos >= 0.7 * pos_pairs
 
 
-def test_deterministic_and_independent_of_threads(shards, cfg):
+def test_deterministic_and_independent_of_threads_and_runs(shards, cfg):
     one = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=7,
                                num_threads=1))
     two = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=7,
                                num_threads=2))
-    assert len(one) == len(two) == EPOCH_PAIRS // BATCH
-    for a, b in zip(one, two):
+    # CPU loaders render several batches per DALI run; one run per batch gives the same batches
+    per_batch = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=7)
+    assert per_batch.run_batches > 1
+    per_batch.run_batches = 1
+    single = batches(per_batch)
+    assert len(one) == len(two) == len(single) == EPOCH_PAIRS // BATCH
+    for a, b, c in zip(one, two, single):
         assert_same(a, b)
+        assert_same(a, c)
     other = batches(build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=8), 1)
     assert not torch.equal(one[0]["search"], other[0]["search"])
 

@@ -26,13 +26,15 @@ def shards(tmp_path_factory):
 @pytest.mark.parametrize("native", [False, True], ids=["kernel", "native-ops"])
 def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "4", "--batches", "2",
-            "--warmup", "1", "--rounds", "1", "--json", str(out),
-            "--opts", *overrides(**{"DATASET.SEARCH.BLUR": 0.2})]
+    # 32 batches of 8 span 4 DALI runs of 64 pairs: the measured window holds real work
+    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "32",
+            "--warmup", "8", "--rounds", "1", "--json", str(out),
+            "--opts", *overrides(**{"DATASET.SEARCH.BLUR": 0.2, "DATASET.VIDEOS_PER_EPOCH": 400})]
     load_tool("bench_loader").main(argv + (["--native-ops"] if native else []))
     result = json.loads(out.read_text())
     assert result["dali"]["crop_kernel"] is (not native)
     assert result["dali"]["num_threads"] >= 2 and result["dali"]["skipped"] == 0
+    assert result["dali"]["batches_per_dali_run"] == 8
     for side in ("dali", "reference"):
         assert result[side]["pairs_per_s"] > 0 and result[side]["cpu_cores_busy"] > 0
     assert result["speedup"] == pytest.approx(result["dali"]["pairs_per_s"]

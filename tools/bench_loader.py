@@ -48,6 +48,10 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, num_threads, ep
     loader.set_epoch(epoch)
     if len(loader) < batches + warmup:
         raise SystemExit(f"epoch has only {len(loader)} batches of {batch_size}; lower --batches")
+    if batches < 4 * loader.run_batches:
+        # up to IN_FLIGHT runs are rendered ahead of the window and behind it
+        print(f"warning: {batches} batches span fewer than 4 DALI runs of {loader.run_batches} "
+              f"batches: the DALI figures are unreliable", file=sys.stderr)
     it = iter(loader)
     for _ in range(warmup):
         _touch(next(it), device)
@@ -59,7 +63,8 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, num_threads, ep
     return {"pairs_per_s": batches * batch_size / wall, "cpu_cores_busy": cpu / wall,
             "cpu_ms_per_pair": 1e3 * cpu / (batches * batch_size), "wall_s": wall,
             "num_threads": loader.num_threads, "roi_decode": loader.roi_decode,
-            "crop_kernel": getattr(loader.graph, "kernel", None), "skipped": loader.skipped}
+            "crop_kernel": getattr(loader.graph, "kernel", None),
+            "batches_per_dali_run": loader.run_batches, "skipped": loader.skipped}
 
 
 def bench_reference(cfg, shards, device, batch_size, batches, warmup, workers, epoch=0):
@@ -149,8 +154,9 @@ def main(argv=None):
     if ref_runs:
         result["reference"] = _median_run(ref_runs)
         result["speedup"] = result["dali"]["pairs_per_s"] / result["reference"]["pairs_per_s"]
-        result["cpu_efficiency_ratio"] = (result["reference"]["cpu_ms_per_pair"]
-                                          / result["dali"]["cpu_ms_per_pair"])
+        dali_ms = result["dali"]["cpu_ms_per_pair"]  # 0 if the window was all rendered ahead
+        result["cpu_efficiency_ratio"] = (result["reference"]["cpu_ms_per_pair"] / dali_ms
+                                          if dali_ms > 0 else float("nan"))
         print(f"reference loader: {result['reference']['pairs_per_s']:8.1f} pairs/s, "
               f"{result['reference']['cpu_cores_busy']:.2f} CPU cores busy, "
               f"{result['reference']['cpu_ms_per_pair']:.2f} CPU ms/pair "
