@@ -137,7 +137,9 @@ class PairLoader:
             image_size=self.image_size, roi_decode=self.roi_decode, gray=bool(dcfg.GRAY),
             template_blur=bool(dcfg.TEMPLATE.BLUR), search_blur=bool(dcfg.SEARCH.BLUR),
             kernel=crop_kernel)
-        self.graph = None
+        # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
+        # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.
+        self.graph = PairGraph(self.batch_size * self.run_batches, **self._graph_options)
         self._scheduled = 0        # batches fed to the graph whose outputs were not taken yet
         self._generation = 0       # iterations started (only the latest one may use the graph)
         self._probe = _DecodeProbe(self.dali_device, self.device_id)
