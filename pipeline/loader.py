@@ -5,10 +5,10 @@ the shards; every pixel is produced by the DALI graph (`pipeline.dali_graph`), o
 for device='cuda' and with CPU operators for device='cpu'.  Anchor targets are computed
 vectorised on the output device (`pipeline.targets`).
 
-Overlap without extra threads: DALI renders in its own worker threads and always has
-IN_FLIGHT (2) runs queued, so it never idles at a run boundary; while it renders, the Python
-side computes the labels of the batches just rendered, plans and reads the next run, and the
-consumer (e.g. a training step) runs.  A run is one batch on the GPU; on the CPU it is as many
+Overlap without extra threads: DALI renders in its own worker threads and, on the CPU, always
+has IN_FLIGHT (2) runs queued, so it never idles at a run boundary (the GPU keeps one); while
+it renders, the Python side computes the labels of the batches just rendered, plans and reads
+the next run, and the consumer (e.g. a training step) runs.  A run is one batch on the GPU; on the CPU it is as many
 consecutive batches as make MIN_RUN_PAIRS (64) pairs, since each DALI run has a fixed CPU cost;
 the batches are zero-copy slices of the run's output.
 
@@ -36,7 +36,7 @@ from pipeline.targets import AnchorTargets
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
-IN_FLIGHT = 2       # DALI runs queued in the graph: it never idles between runs
+IN_FLIGHT = 2       # CPU: DALI runs queued in the graph, so it never idles between runs
 MIN_RUN_PAIRS = 64  # CPU: consecutive batches are rendered together in DALI runs of >= this
 
 
@@ -127,6 +127,9 @@ class PairLoader:
         # Batches rendered per DALI run: on the CPU a run costs a fixed overhead, so small
         # batches are grouped (measured: 1.73 vs 1.97 CPU ms per pair for runs of 64 vs 32).
         self.run_batches = 1 if self.dali_device == "gpu" else -(-MIN_RUN_PAIRS // self.batch_size)
+        # Two queued runs measured +9% on the CPU.  The GPU keeps one (rendered while the
+        # consumer works): two queued runs with a GPU stage have never been run (no device).
+        self.in_flight = 1 if self.dali_device == "gpu" else IN_FLIGHT
         # ROI decoding measured faster on the CPU (docs: dali-notes); the GPU decodes whole
         # crops (nvJPEG/hardware ROI support varies) unless asked otherwise.
         self.roi_decode = (self.dali_device == "cpu") if roi_decode is None else bool(roi_decode)
@@ -328,7 +331,7 @@ class PairLoader:
 
         def submit_ahead():
             nonlocal upcoming
-            while len(pending) < IN_FLIGHT and upcoming < total:
+            while len(pending) < self.in_flight and upcoming < total:
                 pending.append(self._prepare_run(epoch, upcoming, total))
                 self._submit(pending[-1])
                 upcoming += len(pending[-1])
