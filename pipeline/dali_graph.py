@@ -77,12 +77,6 @@ def decode_regions(crops, image_size: int, roi: bool) -> tuple:
     return lo, hi - lo
 
 
-def decode_region(aug, image_size: int, roi: bool) -> tuple:
-    """`decode_regions` of one image: ((x, y), (w, h)) ints."""
-    anchors, shapes = decode_regions(aug.crop, image_size, roi)
-    return tuple(anchors[0].tolist()), tuple(shapes[0].tolist())
-
-
 def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
     """(roi_start, roi_end), each float32 (y, x), of `fn.resize` equal to PySOT's crop warp.
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.dali_graph import PairGraph, decode_region, resize_window
+from pipeline.dali_graph import PairGraph, decode_regions, resize_window
 from pipeline.reference import decode_crop, render_image
 from pipeline.sampling import ImageAug, PairPlan, draw_image_aug
 
@@ -129,7 +129,8 @@ def test_decode_region_covers_the_crop():
     for _ in range(200):
         aug = draw_image_aug(rng.random(9), rng.standard_normal(3), np.array([200., 200, 300, 300]),
                              aug_cfg(64, 0.18), 255)
-        (x0, y0), (w, h) = decode_region(aug, 511, roi=True)
+        anchors, shapes = decode_regions(aug.crop, 511, roi=True)
+        (x0, y0), (w, h) = anchors[0], shapes[0]
         x1, y1, x2, y2 = aug.crop
         assert 0 <= x0 <= np.floor(x1) and 0 <= y0 <= np.floor(y1)
         assert min(np.floor(x2) + 2, 511) <= x0 + w <= 511

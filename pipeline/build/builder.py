@@ -171,13 +171,13 @@ def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, s
             writer.write(res)
             n = sum(len(t[1]) for t in res['tracks'])
             written += n
-            bar.update(sum(len(t[1]) for t in res['tracks']) + sum(res['drops'].values()))
+            bar.update(n + sum(res['drops'].values()))
             if verbose:
                 tqdm.write(f'committed {res["video"]} ({n} crops) -> {writer.cur}')
     finally:
         bar.close()
         writer.close()
-    shards = [shard_digest(out_dir / s) for s in sorted(p.name for p in out_dir.glob('shard-*') if p.is_dir())]
+    shards = [shard_digest(p) for p in writer.shard_paths()]
     index = build_index(parsed, writer, shards, params)
     atomic_write(out_dir / INDEX_NAME, msgpack.packb(index, use_bin_type=True))
     drops = Counter(parsed.drops.counts)

@@ -69,16 +69,11 @@ def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
     for path in sorted(by_image):
         users = by_image[path]
         data, err = read_image_bytes(path)
-        image = None
         if data is not None:
-            if video.precropped:
-                image = data  # stored as-is; only checked to decode
-                if decode_check(data) is None:
-                    err, data = (CORRUPT_IMAGE, 'cannot decode'), None
-            else:
-                image = decode(data)
-                if image is None:
-                    err = (CORRUPT_IMAGE, 'cannot decode')
+            # precropped bytes are stored as-is and only checked to decode
+            image = decode_check(data) if video.precropped else decode(data)
+            if image is None:
+                err = (CORRUPT_IMAGE, 'cannot decode')
         if err is not None:
             drops.drop(err[0], len(users), path, err[1])
             continue

@@ -184,7 +184,7 @@ def parse_ytb(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
         for lineno, row in enumerate(csv.reader(f), 1):
             where = f'{csv_path}:{lineno}'
             try:
-                ytid, ts, cls, _cname, obj, presence = (row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5])
+                ytid, ts, cls, _, obj, presence = (row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5])
                 xmin, xmax, ymin, ymax = (float(v) for v in row[6:10])
             except (IndexError, ValueError):
                 drops.drop(MALFORMED, 1, where, f'row {row[:10]!r}')
@@ -238,7 +238,7 @@ def _read_flags(path: Path, n: int, drops: DropLog, one_line: bool):
         return [0] * n
 
 
-def _parse_sequences(dataset, seq_dirs, img_sub, flag_files, one_line, min_run, drops):
+def _parse_sequences(seq_dirs, img_sub, flag_files, one_line, min_run, drops):
     videos = []
     for name, seq in seq_dirs:
         gt = seq / 'groundtruth.txt'
@@ -272,19 +272,18 @@ def parse_got10k(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     drops = DropLog()
     seqs = [(f'train/{p.name}', p) for p in sorted(train.iterdir()) if p.is_dir()]
     seqs = [(name, p) for name, p in seqs if not exclude(name)]
-    videos = _parse_sequences('GOT10K', seqs, '.', [('absence.label', ABSENT)], False, min_run, drops)
+    videos = _parse_sequences(seqs, '.', [('absence.label', ABSENT)], False, min_run, drops)
     return ParseResult('GOT10K', str(root), videos, drops, min_run)
 
 
 def parse_lasot(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
-    _expect(root, 'LASOT', 'the LaSOT root')
     seqs = [(f'{c.name}/{s.name}', s) for c in sorted(root.iterdir()) if c.is_dir()
             for s in sorted(c.iterdir()) if s.is_dir() and (s / 'img').is_dir()]
     if not seqs:
         raise LayoutError(f'LASOT: no sequences with an img/ folder under {root}.\nExpected layout: {LAYOUTS["LASOT"]}')
     seqs = [(name, s) for name, s in seqs if not exclude(name)]
     drops = DropLog()
-    videos = _parse_sequences('LASOT', seqs, 'img', [('full_occlusion.txt', INVISIBLE), ('out_of_view.txt', INVISIBLE)],
+    videos = _parse_sequences(seqs, 'img', [('full_occlusion.txt', INVISIBLE), ('out_of_view.txt', INVISIBLE)],
                               True, min_run, drops)
     return ParseResult('LASOT', str(root), videos, drops, min_run)
 

@@ -5,12 +5,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-# Datasets whose tracks span frames.
-VIDEO_DATASETS = ('VID', 'YTB', 'GOT10K', 'LASOT')
-# Of those, the ones whose single-frame runs are dropped: PySOT's VID gen_json drops them; its YTB
+# Video datasets whose single-frame runs are dropped: PySOT's VID gen_json drops them; its YTB
 # gen_json and siamban's GOT-10k / LaSOT gen_json keep every valid frame.
 DROPS_SINGLE_RUNS = ('VID',)
-IMAGE_DATASETS = ('COCO', 'DET')
 DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
 
 # Drop reasons (counted per object-frame entry unless the name says file/row).

@@ -4,10 +4,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..shards import ShardError, ShardReader, entry_key
+from .crop_worker import decode
 from .writer import shard_digest
 
 
@@ -41,7 +41,7 @@ def verify_shards(folder, sample: int = 64, seed: int = 0) -> list:
         except (ShardError, KeyError) as err:
             problems.append(str(err))
             continue
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = decode(data)
         if img is None or img.shape != (size, size, 3):
             problems.append(f'crop {entry_key(*r.entry_location(e)).decode()} does not decode to {size}x{size}x3')
     r.close()

@@ -69,11 +69,12 @@ class ShardSetWriter:
         self._env = None
         self._scan()
 
-    def _shard_paths(self):
+    def shard_paths(self) -> list:
+        """This build's shard folders, in shard order."""
         return sorted(p for p in self.out_dir.glob(f'{SHARD_PREFIX}*') if p.is_dir())
 
     def _scan(self):
-        paths = self._shard_paths()
+        paths = self.shard_paths()
         for i, p in enumerate(paths):
             if p.name != shard_name(i):
                 raise BuildError(f'{self.out_dir}: unexpected shard folder {p.name} (expected {shard_name(i)}); '
@@ -88,8 +89,12 @@ class ShardSetWriter:
             with env.begin() as txn:
                 raw = txn.get(BYTES_KEY)
                 nbytes = int(raw.decode()) if raw else 0
-                for k, v in txn.cursor().iternext(keys=True, values=True):
-                    if k.startswith(b'v/'):
+                # Only the markers: seek to them rather than read every stored crop.
+                cursor = txn.cursor()
+                if cursor.set_range(b'v/'):
+                    for k, v in cursor.iternext(keys=True, values=True):
+                        if not k.startswith(b'v/'):
+                            break
                         m = msgpack.unpackb(v, raw=False)
                         self.done[m['video']] = i
                         self.markers[m['video']] = m
