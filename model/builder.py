@@ -37,6 +37,7 @@ class SiamRPN(nn.Module):
         if single_anchor_quirk is None:
             single_anchor_quirk = getattr(cfg.TRAIN, 'LOSS_SINGLE_ANCHOR_QUIRK', True)
         self.has_mask = bool(cfg.MASK.MASK)
+        self.has_refine = self.has_mask and bool(cfg.REFINE.REFINE)
         self.has_neck = bool(cfg.ADJUST.ADJUST)
         self.cls_weight = float(cfg.TRAIN.CLS_WEIGHT)
         self.loc_weight = float(cfg.TRAIN.LOC_WEIGHT)
@@ -48,7 +49,7 @@ class SiamRPN(nn.Module):
         self.rpn_head = get_rpn_head(cfg.RPN.TYPE, **dict(cfg.RPN.KWARGS))
         if self.has_mask:
             self.mask_head = get_mask_head(cfg.MASK.TYPE, **dict(cfg.MASK.KWARGS))
-            if cfg.REFINE.REFINE:
+            if self.has_refine:
                 self.refine_head = get_refine_head(cfg.REFINE.TYPE)
 
         # Tracking state (plain attributes, never part of the state_dict).
@@ -87,7 +88,7 @@ class SiamRPN(nn.Module):
     def mask_refine(self, pos) -> torch.Tensor:
         """Refined mask logits (B, 127*127) at score-map position ``pos`` = (row, col) of the
         last ``track`` call (SiamMask with REFINE only)."""
-        if not hasattr(self, 'refine_head'):
+        if not self.has_refine:
             raise RuntimeError('mask_refine() needs a SiamMask model with REFINE.REFINE')
         if self.mask_corr_feature is None:
             raise RuntimeError('mask_refine() called before track()')

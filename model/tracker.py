@@ -225,8 +225,8 @@ class SiamMaskTracker(SiamRPNTracker):
     """PySOT's SiamMask tracker: SiamRPN box plus a mask at the best position, pasted back into
     the frame, thresholded at MASK_THERSHOLD and turned into a rotated rectangle (4 points).
 
-    Uses `model.mask_refine((y, x))` when the model has a refine head, else the raw mask
-    vector outputs['mask'][0, :, y, x] (a square mask).
+    Uses `model.mask_refine((y, x))` when the model has a refine head (`model.has_refine`),
+    else the raw mask vector outputs['mask'][0, :, y, x] (a square mask).
     """
 
     def __init__(self, cfg, model, device=None):
@@ -235,7 +235,7 @@ class SiamMaskTracker(SiamRPNTracker):
         super().__init__(cfg, model, device)
 
     def _mask_at(self, y: int, x: int) -> np.ndarray:
-        if hasattr(self.model, 'mask_refine'):
+        if self.model.has_refine:
             mask = self.model.mask_refine((y, x))
         else:
             mask = self._last['mask'][0, :, y, x]

@@ -2,6 +2,8 @@
 tracker following a synthetic target, lost mode, and the real network end to end."""
 import math
 
+import cv2
+
 import numpy as np
 import pytest
 import torch
@@ -261,6 +263,8 @@ def test_real_alexnet_model_end_to_end(cfg):
 class FixedMaskModel(FixedOutputModel):
     """FixedOutputModel plus a mask head answering a preset 127x127 logit map."""
 
+    has_refine = True
+
     def __init__(self, cls, loc, mask_logits):
         super().__init__(cls, loc)
         self.mask_head = nn.Identity()
@@ -297,3 +301,18 @@ def test_mask_tracker_pastes_mask_at_the_best_position():
     x, y, w, h = out['bbox']
     np.testing.assert_allclose(np.array(out['polygon']).reshape(4, 2),
                                [[x, y], [x + w, y], [x + w, y + h], [x, y + h]], atol=1e-6)
+
+
+def test_mask_tracker_without_refine_uses_the_raw_mask():
+    """SiamMask with REFINE off (the config default) tracks with the mask head's raw vector;
+    it used to call mask_refine() and crash."""
+    cfg = load_config('configs/siammask_r50_l3.yaml', overrides=['REFINE.REFINE=False'])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.has_mask and not model.has_refine and not hasattr(model, 'refine_head')
+    tracker = build_tracker(cfg, model)
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), (200, 200))
+    tracker.init(img, (80, 80, 40, 40))
+    out = tracker.track(img)
+    assert out['mask'].shape == (200, 200) and len(out['polygon']) == 8
