@@ -185,7 +185,9 @@ def _crop_operator(size: int):
                          out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
 
 
-def _decode(src, device: str, roi: bool):
+def decode_image(src, device: str, roi: bool):
+    """The graph's JPEG decoder (RGB; 'mixed' on the GPU): the region src['roi_anchor'],
+    src['roi_shape'] of src['jpeg'] when `roi`, else the whole crop."""
     decoder_device = "mixed" if device == "gpu" else "cpu"
     if roi:
         return fn.decoders.image_slice(src["jpeg"], src["roi_anchor"], src["roi_shape"],
@@ -198,7 +200,7 @@ def _decode(src, device: str, roi: bool):
 def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
             blur: bool, kernel: bool):
     src = {f: fn.external_source(name=input_name(image, f)) for f in fields}
-    img = _decode(src, device, roi)
+    img = decode_image(src, device, roi)
     if kernel:  # CPU: all pixel work in one fused operator (pipeline.crop_kernel)
         return _crop_operator(out_size)(img, src["params"])
     img = fn.resize(img, size=[out_size, out_size], roi_start=src["roi_start"],

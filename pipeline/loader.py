@@ -25,10 +25,10 @@ import logging
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from pipeline.dali_graph import PairGraph
+from pipeline.dali_graph import PairGraph, decode_image
 from pipeline.sampling import PairSampler
 from pipeline.shards import open_shard_readers
 from pipeline.targets import AnchorTargets
@@ -64,9 +64,7 @@ class _DecodeProbe:
     def _build(self):
         @pipeline_def
         def probe():
-            data = fn.external_source(name="jpeg")
-            return fn.decoders.image(data, device="mixed" if self.device == "gpu" else "cpu",
-                                     output_type=types.RGB)
+            return decode_image({"jpeg": fn.external_source(name="jpeg")}, self.device, roi=False)
         self.pipe = probe(batch_size=1, num_threads=1, prefetch_queue_depth=1,
                           device_id=self.device_id if self.device == "gpu" else None)
         self.pipe.build()
@@ -109,7 +107,6 @@ class PairLoader:
         if pin_memory and self.device.type != "cpu":
             raise ValueError("pin_memory applies to device='cpu' only")
         self.pin_memory = bool(pin_memory)
-        self.cfg = cfg
         self.batch_size = int(batch_size)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
         self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
@@ -142,7 +139,7 @@ class PairLoader:
             kernel=crop_kernel)
         # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
         # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.
-        self.graph = PairGraph(self.batch_size * self.run_batches, **self._graph_options)
+        self.graph = self._new_graph()
         self._scheduled = 0        # batches fed to the graph whose outputs were not taken yet
         self._generation = 0       # iterations started (only the latest one may use the graph)
         self._probe = _DecodeProbe(self.dali_device, self.device_id)
@@ -150,20 +147,14 @@ class PairLoader:
         self.skipped = 0           # pairs replaced because a crop was undecodable
         self.epoch = 0
         self.next_batch = 0
-        self._epoch_indices = (None, None)  # (epoch, this rank's indices of that epoch)
+        # This rank's global indices: the same for every epoch (the epoch's order is applied
+        # per index by the sampler), so computed once.
+        self._rank_indices = self.sampler.epoch_indices(0, self.rank, self.world_size)
 
     # ---- epoch bookkeeping -------------------------------------------------------------
-    def _indices(self, epoch: int) -> np.ndarray:
-        # Cached: rebuilding an epoch's index array (VIDEOS_PER_EPOCH long) per batch cost
-        # more than sampling the batch's plans.
-        if self._epoch_indices[0] != epoch:
-            self._epoch_indices = (epoch, self.sampler.epoch_indices(epoch, self.rank,
-                                                                     self.world_size))
-        return self._epoch_indices[1]
-
     def __len__(self) -> int:
         """Full batches per epoch for this rank (the last partial batch is dropped)."""
-        return len(self._indices(self.epoch)) // self.batch_size
+        return len(self._rank_indices) // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` from its first batch at the next iteration."""
@@ -201,13 +192,16 @@ class PairLoader:
             log.warning("undecodable crop: dataset %s entry %d (%s)", name, ref[1], why)
 
     def _prepare(self, epoch: int, batch: int) -> _Prepared:
-        indices = self._indices(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
+        indices = self._rank_indices[batch * self.batch_size:(batch + 1) * self.batch_size]
         plans, zs, xs, replaced = [], [], [], 0
         for index in indices:
             for attempt in range(MAX_ATTEMPTS):
                 plan = self.sampler.plan(epoch, int(index), attempt)
                 z = self._read(plan.template_ref)
-                x = self._read(plan.search_ref) if z is not None else None
+                if z is None or plan.search_ref == plan.template_ref:  # one-frame objects: same crop
+                    x = z
+                else:
+                    x = self._read(plan.search_ref)
                 if z is not None and x is not None:
                     break
                 replaced += 1
@@ -222,6 +216,9 @@ class PairLoader:
             xs.append(x)
         return _Prepared(batch, plans, zs, xs, replaced)
 
+    def _new_graph(self) -> PairGraph:
+        return PairGraph(self.batch_size * self.run_batches, **self._graph_options)
+
     def _prepare_run(self, epoch: int, first: int, total: int) -> list:
         """The batches [first, first + run_batches) (fewer at the epoch's end), prepared."""
         return [self._prepare(epoch, b) for b in range(first, min(first + self.run_batches, total))]
@@ -229,7 +226,7 @@ class PairLoader:
     def _submit(self, run: list) -> None:
         """Feed a run of prepared batches to DALI as one batch and start rendering it."""
         if self.graph is None:
-            self.graph = PairGraph(self.batch_size * self.run_batches, **self._graph_options)
+            self.graph = self._new_graph()
         self.graph.feed([p for b in run for p in b.plans],
                         [j for b in run for j in b.template_jpegs],
                         [j for b in run for j in b.search_jpegs])

@@ -148,7 +148,6 @@ class ShardReader:
     def __init__(self, folder):
         self.folder = Path(folder)
         index = load_index(self.folder)
-        self._index = index
         self.video_names = list(index['video_names'])
         arrays = {k: unpack_array(index['arrays'][k]) for k in INDEX_ARRAYS}
         self.video_track_start = arrays['video_track_start']
