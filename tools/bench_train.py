@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.fileio import atomic_write  # noqa: E402
 from train.bench import bench_training  # noqa: E402
 from train.config import ConfigError, load_config  # noqa: E402
 from train.distributed import shutdown_distributed  # noqa: E402
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text)
+        atomic_write(args.json, text)
     return 0
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from train.checkpoint import load_checkpoint  # noqa: E402
 from train.config import config_from_dict, load_config  # noqa: E402
 from train.evaluation.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
 from train.evaluation.metrics import ABSENT_POLICIES  # noqa: E402
@@ -49,7 +50,7 @@ def saved_config(snapshots, overrides):
     """The config stored in the first snapshot by train/run.py, or None (PySOT files carry none)."""
     if not snapshots:
         return None
-    ckpt = torch.load(snapshots[0], map_location='cpu', weights_only=True)
+    ckpt = load_checkpoint(snapshots[0])  # CheckpointError (a ValueError) names the file
     saved = ckpt.get('config') if isinstance(ckpt, dict) else None
     if not isinstance(saved, dict):
         sys.exit(f'{snapshots[0]} carries no config (a PySOT checkpoint?): give --cfg')

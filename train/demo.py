@@ -6,11 +6,12 @@ starts afresh. ``tools/demo.py`` is the command-line entry point.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
+
+from pipeline.fileio import write_json
 
 from .config import load_config
 
@@ -88,7 +89,7 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
         "curves_png": train_summary.get("curves"), "success_auc": auc, "trained_beats_baselines": beats,
         "eval_dir": str(work / "eval"),
     }
-    (work / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(work / "demo_summary.json", summary, indent=2)
     tr = summary["train"]
     log("\n== summary")
     log(f"   training: {tr['global_step']} steps, {tr['pairs_per_s']:.1f} pairs/s, "

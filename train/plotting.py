@@ -13,14 +13,15 @@ def read_metrics(run_dir) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder?")
     by_step = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()  # one read: a live run's file may grow meanwhile
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             # a run killed mid-write can leave a truncated last line; anything else is corruption
-            if n == len(path.read_text().splitlines()):
+            if n == len(lines):
                 continue
             raise ValueError(f"{path}:{n}: not valid JSON") from None
         by_step[rec["step"]] = rec

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from pipeline.fileio import write_json
+
 from .checkpoint import (capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng, save_checkpoint,
                          to_plain)
 from .distributed import DistContext, init_distributed
@@ -184,9 +186,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt, resume_path)
         else:
-            apply_freeze(self.model, cfg, self.unfrozen)
-            self.optimizer = build_optimizer(self.model, cfg)
-            self.sched = EpochLR(self.optimizer, tr)
+            self._build_optimizer()
             if tr.PRETRAINED:
                 self._load_pretrained(self.model, tr.PRETRAINED, "TRAIN.PRETRAINED")
         self.grad_scale = float(self.ctx.world_size) if tr.GRAD_SUM else 1.0
@@ -222,9 +222,7 @@ class Trainer:
         self.unfrozen = bool(ckpt.get("backbone_unfrozen", backbone_unfrozen_at(cfg, self.epoch)))
         self.global_step = int(ckpt.get("global_step", self.epoch * self.steps_per_epoch + self.epoch_step))
         self.skipped_steps = int(ckpt.get("skipped_steps", 0))
-        apply_freeze(self.model, cfg, self.unfrozen)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.sched = EpochLR(self.optimizer, cfg.TRAIN)
+        self._build_optimizer()
         if "optimizer" in ckpt:
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -260,10 +258,15 @@ class Trainer:
                       f"at lr x{self.cfg.BACKBONE.LAYERS_LR}; optimizer rebuilt (momentum reset), as PySOT")
         self.unfrozen = True
         self.net = None
-        apply_freeze(self.model, self.cfg, True)
+        self._build_optimizer()
+        self._wrap()
+
+    def _build_optimizer(self):
+        """Freeze the backbone as `self.unfrozen` says, then a fresh optimizer (PySOT's parameter
+        groups, zero momentum) and its lr schedule."""
+        apply_freeze(self.model, self.cfg, self.unfrozen)
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.sched = EpochLR(self.optimizer, self.cfg.TRAIN)
-        self._wrap()
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self) -> dict:
@@ -418,7 +421,7 @@ class Trainer:
             "world_size": self.ctx.world_size, "device": str(self.device), "verdicts": verdicts,
         }
         if self.ctx.is_main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(self.out_dir / "summary.json", summary, indent=2)
             try:
                 from .plotting import plot_run
 

@@ -11,8 +11,10 @@ from model import build_model
 from model.checkpoint import load_model_checkpoint
 from model.tracker import StaticTracker, build_tracker
 
+from pipeline.fileio import atomic_write, write_json
+
 from .plots import plot_curves
-from .report import best_of, format_table, score_tracker, write_json
+from .report import best_of, format_table, score_tracker
 from .runner import run_tracker
 from .sequences import load_sequences, resolve_index
 
@@ -88,7 +90,7 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
         text += f'best AUC: {best} ({scores[best]["overall"]["auc"]:.3f})\n'
     log(text)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'report.txt').write_text(text)
+    atomic_write(out_dir / 'report.txt', text)
     write_json(out_dir / 'report.json', {'dataset': str(dataset_root), 'format': fmt,
                                          'index': None if index is None else str(index),
                                          'absent': absent, 'best': best, 'trackers': scores})

@@ -1,12 +1,9 @@
 """Scoring tracked results and presenting several trackers side by side (text table + JSON)."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from .metrics import evaluate_overall, evaluate_sequence
-from pipeline.fileio import atomic_write
 
 from .runner import fps
 
@@ -55,16 +52,3 @@ def best_of(scores: dict, key: str = 'auc') -> str | None:
     return max(valid, key=valid.get) if valid else None
 
 
-def write_json(path, payload: dict) -> Path:
-    """Atomic JSON write (NaN written as null)."""
-    def clean(x):
-        if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    path = Path(path)
-    atomic_write(path, json.dumps(clean(payload), indent=1))
-    return path
