@@ -48,16 +48,21 @@ def get_subwindow(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_cha
     left, top = max(0, -xmin), max(0, -ymin)
     right, bottom = max(0, xmax - w + 1), max(0, ymax - h + 1)
     if left or top or right or bottom:
-        canvas = np.empty((h + top + bottom, w + left + right, k), np.uint8)
-        canvas[...] = np.asarray(avg_chans, np.float64).astype(np.uint8)
-        canvas[top:top + h, left:left + w] = img
-        patch = canvas[ymin + top:ymax + top + 1, xmin + left:xmax + left + 1]
+        # Only the window is built (not a padded copy of the whole frame): fill, then the part
+        # of the image inside it.
+        patch = np.empty((sz, sz, k), np.uint8)
+        patch[...] = np.asarray(avg_chans, np.float64).astype(np.uint8)
+        y0, y1 = max(ymin, 0), min(ymax + 1, h)
+        x0, x1 = max(xmin, 0), min(xmax + 1, w)
+        if y1 > y0 and x1 > x0:
+            patch[y0 - ymin:y1 - ymin, x0 - xmin:x1 - xmin] = img[y0:y1, x0:x1]
     else:
         patch = img[ymin:ymax + 1, xmin:xmax + 1]
     if model_sz != sz:
         patch = cv2.resize(patch, (model_sz, model_sz))
-    tensor = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)[None]).astype(np.float32))
-    return tensor.to(device) if device is not None else tensor
+    # uint8 crosses to the device (a quarter of the bytes); the exact cast to float runs there
+    tensor = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)[None]))
+    return (tensor.to(device) if device is not None else tensor).float()
 
 
 def score_size(instance_size: int, cfg) -> int:
