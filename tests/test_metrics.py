@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from train.evaluation.metrics import (centres, evaluate_overall, evaluate_sequence, iou,
+from track.metrics import (centres, evaluate_overall, evaluate_sequence, iou,
                                       norm_precision_curve, precision_curve, success_curve)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from model import build_model
-from model.tracker import (SiamRPNLTTracker, SiamRPNTracker, StaticTracker, build_tracker,
+from track.tracker import (SiamRPNLTTracker, SiamRPNTracker, StaticTracker, build_tracker,
                            get_subwindow)
 from train.config import load_config
 

@@ -16,9 +16,9 @@ import torch  # noqa: E402
 
 from train.checkpoint import load_checkpoint  # noqa: E402
 from train.config import config_from_dict, load_config  # noqa: E402
-from train.evaluation.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
-from train.evaluation.metrics import ABSENT_POLICIES  # noqa: E402
-from train.evaluation.sequences import FORMATS  # noqa: E402
+from track.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
+from track.metrics import ABSENT_POLICIES  # noqa: E402
+from track.sequences import FORMATS  # noqa: E402
 
 
 def parse_args(argv=None):

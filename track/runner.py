@@ -39,7 +39,7 @@ def write_results(out_dir, tracker_name: str, fmt: str, seq_name: str, boxes, ti
 
 def read_results(out_dir, tracker_name: str, fmt: str, seq_name: str) -> np.ndarray:
     """(N, 4) boxes written by `write_results` (or any comma/space separated x,y,w,h file)."""
-    from .sequences import read_boxes
+    from track.sequences import read_boxes
     return read_boxes(result_file(out_dir, tracker_name, fmt, seq_name))
 
 

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .metrics import NORM_PRECISION_THRESHOLDS, PRECISION_THRESHOLDS, SUCCESS_THRESHOLDS  # noqa: E402
+from track.metrics import NORM_PRECISION_THRESHOLDS, PRECISION_THRESHOLDS, SUCCESS_THRESHOLDS  # noqa: E402
 
 PLOTS = {
     'success': ('success_curve', SUCCESS_THRESHOLDS, 'auc', 'Overlap threshold',

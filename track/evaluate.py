@@ -9,14 +9,14 @@ import torch
 
 from model import build_model
 from model.checkpoint import load_model_checkpoint
-from model.tracker import StaticTracker, build_tracker
+from track.tracker import StaticTracker, build_tracker
 
 from pipeline.fileio import atomic_write, write_json
 
-from .plots import plot_curves
-from .report import best_of, format_table, score_tracker
-from .runner import run_tracker
-from .sequences import load_sequences, resolve_index
+from track.plots import plot_curves
+from track.report import best_of, format_table, score_tracker
+from track.runner import run_tracker
+from track.sequences import load_sequences, resolve_index
 
 BASELINES = ('static', 'untrained')
 _EPOCH_RE = re.compile(r'checkpoint_e(\d+)\.pth$')

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from .metrics import evaluate_overall, evaluate_sequence
+from track.metrics import evaluate_overall, evaluate_sequence
 
-from .runner import fps
+from track.runner import fps
 
 
 def score_tracker(sequences, results: dict, absent: str = 'exclude') -> dict:
