@@ -35,6 +35,11 @@ class ShardError(RuntimeError):
     """A shard folder or its index is missing, incomplete or of an unknown format."""
 
 
+class CorruptCropError(ShardError):
+    """One crop cannot be used: its value is missing, short, fails its checksum, or its shard is
+    unreadable.  The loader skips and counts such a crop; the message names the shard and the key."""
+
+
 def shard_dir(root, cfg_name: str) -> Path:
     """Folder of a dataset's shards under `root` for a config dataset name (YOUTUBEBB -> YTB)."""
     try:
