@@ -1,4 +1,9 @@
-"""PySOT anchor sizes and grids (facts §4.1: constants checked by running PySOT's code)."""
+"""PySOT anchor sizes and grids.
+
+The expected sizes and grid positions are those of PySOT's `pysot/utils/anchor.py` (`Anchors`:
+ws = int(sqrt(stride^2 / r)), hs = int(ws * r), times the scale) and of its `AnchorTarget`, whose
+grid starts at search_size // 2 - (output_size // 2) * stride: written out below, not read from
+this implementation."""
 import numpy as np
 
 from pipeline.anchors import anchor_grid, anchor_grid_from_cfg, anchor_sizes, tracker_anchors
@@ -23,8 +28,10 @@ def test_training_grid_centres_and_corners():
     corners, centres = anchor_grid_from_cfg(cfg)
     assert corners.shape == centres.shape == (4, 5, 25, 25)
     assert corners.dtype == centres.dtype == np.float32
-    expected = 31 + 8 * np.arange(25)
-    assert expected[0] == 31 and expected[-1] == 223 and expected[12] == 127
+    # PySOT's AnchorTarget: the grid starts at search_size // 2 - (output_size // 2) * stride
+    # and steps by the stride (255 // 2 - 12 * 8 = 31 for the R50 recipe)
+    stride, size = cfg.ANCHOR.STRIDE, cfg.TRAIN.OUTPUT_SIZE
+    expected = cfg.TRAIN.SEARCH_SIZE // 2 - (size // 2) * stride + stride * np.arange(size)
     for a, (w, h) in enumerate(PYSOT_SIZES):
         assert np.array_equal(centres[0, a], np.broadcast_to(expected[None, :], (25, 25)))
         assert np.array_equal(centres[1, a], np.broadcast_to(expected[:, None], (25, 25)))

@@ -1,7 +1,9 @@
 """Backbones: PySOT state_dict keys/shapes, conv geometry and feature-map sizes.
 
-Expected values come from the PySOT reference facts (§2.1, §2.4 of
-shared/reference/pysot-training-facts.md), not from this implementation's output.
+Expected values are those of PySOT's `pysot/models/backbone/resnet_atrous.py`, `alexnet.py` and
+`mobile_v2.py` (layer tables, kernel/stride/padding/dilation per stage, state_dict key names as
+`model.state_dict()` of PySOT's modules prints them), written out here, not read from this
+implementation's output.
 """
 import pytest
 import torch
@@ -66,7 +68,7 @@ def _geom(conv):
 
 
 def test_resnet50_conv_geometry_matches_pysot_table(r50):
-    # (kernel, stride, padding, dilation) from the facts' stage table
+    # (kernel, stride, padding, dilation) per stage, as in PySOT's resnet_atrous.py
     assert _geom(r50.conv1) == (7, 2, 0, 1)
     assert _geom(r50.layer1[0].conv2) == (3, 1, 1, 1)
     assert _geom(r50.layer1[0].downsample[0]) == (1, 1, 0, 1)

