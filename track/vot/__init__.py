@@ -1,0 +1,1 @@
+"""VOT short-term (reset-based) evaluation."""
