@@ -2,6 +2,7 @@
 stored runs, PySOT's EAO variant, and the evaluation runner end to end."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -96,43 +97,52 @@ class ShiftedStatic(StaticTracker):
         return {'bbox': [x + self.dx, y, w, h], 'best_score': 1.0}
 
 
-def truth(n, kind, seed):
+def truth(n, kind, seed, speed=None):
     """Ground truth without images: 'still' wobbles (a static box never fails; polygons),
-    'drift' moves slowly (a failure every ~60 frames), 'fast' fails every few frames."""
+    'drift' moves `speed` (0.35) px a frame (a static box fails every 20 / speed frames),
+    'fast' moves 2.5 px a frame (fails every few frames)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n)
     if kind == 'still':
         return [polygon_of(60 + 3 * np.sin(i / 7), 50 + 2 * np.cos(i / 5), 30, 22, 15 + 5 * np.sin(i / 11))
                 for i in t]
-    speed = 0.35 if kind == 'drift' else 2.5
+    speed = speed or (0.35 if kind == 'drift' else 2.5)
     x = 20 + (speed * t) % 140 + rng.uniform(-1, 1, n)
     return [np.array([xi, 40.25, 20, 16]) for xi in x]
+
+
+def write_imageless_sequences(root, specs: dict) -> list:
+    """{name: (length, kind, speed)} -> sequence folders with ground truth and sizes, no images."""
+    for name, (n, kind, speed) in specs.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        gt = truth(n, kind, len(name), speed)
+        (folder / 'groundtruth.txt').write_text(''.join(','.join(f'{v:.3f}' for v in g) + '\n' for g in gt))
+        (folder / 'sequence').write_text(f'channels.color=color/%08d.jpg\nwidth=200\nheight=120\nlength={n}\n')
+    (root / 'list.txt').write_text('\n'.join(specs) + '\n')
+    return load_vot(root, need_images=False)
+
+
+def static_runs(ws, sequences, name='static', trackers=(StaticTracker(),)) -> dict:
+    """Supervised runs of `trackers` (one repetition each), stored in ws/results/<name>/."""
+    runs = {}
+    for seq in sequences:
+        runs[seq.name] = []
+        for rep, trk in enumerate(trackers, 1):
+            p = run_sequential(SupervisedProtocol(seq.groundtruth, seq.size), trk, lambda i: BLANK)
+            write_trajectory(trajectory_path(ws / 'results', name, seq.name, rep), p.regions, p.times)
+            runs[seq.name].append(p.regions)
+    return runs
 
 
 @pytest.fixture(scope='module')
 def stored_runs(tmp_path_factory):
     """A workspace with 3 long image-less sequences and runs of two trackers (2 repetitions each)."""
     ws = tmp_path_factory.mktemp('ws')
-    specs = {'still': (420, 'still'), 'drift': (380, 'drift'), 'fast': (97, 'fast')}
-    sequences = []
-    for name, (n, kind) in specs.items():
-        folder = ws / 'sequences' / name
-        folder.mkdir(parents=True)
-        gt = truth(n, kind, len(name))
-        (folder / 'groundtruth.txt').write_text(''.join(','.join(f'{v:.3f}' for v in g) + '\n' for g in gt))
-        (folder / 'sequence').write_text(f'channels.color=color/%08d.jpg\nwidth=200\nheight=120\nlength={n}\n')
-    (ws / 'sequences' / 'list.txt').write_text('\n'.join(specs) + '\n')
-    sequences = load_vot(ws / 'sequences', need_images=False)
-    runs = {}
-    for tracker, reps in {'static': [StaticTracker(), ShiftedStatic(3.5)],
-                          'shifted': [ShiftedStatic(9), ShiftedStatic(-7)]}.items():
-        runs[tracker] = {}
-        for seq in sequences:
-            runs[tracker][seq.name] = []
-            for rep, trk in enumerate(reps, 1):
-                p = run_sequential(SupervisedProtocol(seq.groundtruth, seq.size), trk, lambda i: BLANK)
-                write_trajectory(trajectory_path(ws / 'results', tracker, seq.name, rep), p.regions, p.times)
-                runs[tracker][seq.name].append(p.regions)
+    sequences = write_imageless_sequences(ws / 'sequences', {
+        'still': (420, 'still', None), 'drift': (380, 'drift', None), 'fast': (97, 'fast', None)})
+    runs = {'static': static_runs(ws, sequences, 'static', (StaticTracker(), ShiftedStatic(3.5))),
+            'shifted': static_runs(ws, sequences, 'shifted', (ShiftedStatic(9), ShiftedStatic(-7)))}
     ini = ''.join(f'[{t}]\nprotocol = traxpython\ncommand = unused\n' for t in runs)
     return ws, sequences, runs, ini
 
@@ -151,6 +161,31 @@ def test_equal_to_vot_toolkit_analysis(stored_runs, low, high):
         # and the same figures from the stored files (our reader, both repetitions)
         stored = score_stored(ws / 'results', [tracker], ws / 'sequences', None, low, high, log=lambda s: None)
         assert stored['trackers'][tracker]['eao'] == pytest.approx(theirs['eao'], abs=1e-6)
+
+
+@pytest.mark.parametrize('speed', [0.15, 0.35])
+def test_pysot_eao_differs_on_sequences_shorter_than_the_interval(tmp_path, speed):
+    """The README's example: a static box on 4 sequences of 150-300 frames whose target drifts
+    `speed` px a frame.  At 0.15 (segments up to ~130 frames) PySOT's EAO is far below
+    vot-toolkit's; at 0.35 every segment is shorter than 100 frames: vot-toolkit's EAO over
+    [100, 356] is undefined (NaN), PySOT's is a number."""
+    sequences = write_imageless_sequences(tmp_path / 'sequences', {
+        f's{n}': (n, 'drift', speed) for n in (150, 220, 300, 250)})
+    runs = static_runs(tmp_path, sequences)
+    write_workspace(tmp_path, 100, 356, trackers_ini='[static]\nprotocol = traxpython\ncommand = x\n')
+    vot, pysot = analyse(sequences, runs), analyse(sequences, runs, eao='pysot')
+    with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # the toolkit's mean of an empty slice
+        theirs = toolkit_scores(tmp_path, 'static')
+    print(f'speed {speed}: EAO vot-toolkit {theirs["eao"]:.4f}, ours {vot["eao"]:.4f}, '
+          f'PySOT variant {pysot["eao"]:.4f}; {vot["lost"]:.0f} failures, A {vot["accuracy"]:.3f}')
+    assert pysot['eao'] > 0 and vot['lost'] >= 4
+    if len(vot['eao_curve']) > 100:
+        assert vot['eao'] == pytest.approx(theirs['eao'], abs=1e-6)
+        assert vot['eao'] - pysot['eao'] > 0.05
+    else:
+        assert math.isnan(vot['eao']) and math.isnan(theirs['eao'])
+    assert speed == 0.35 or len(vot['eao_curve']) > 100  # both cases are covered
 
 
 def test_evaluate_vot_writes_reports_and_reuses_stored_runs(tmp_path):
