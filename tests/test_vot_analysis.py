@@ -1,5 +1,6 @@
 """VOT accuracy, robustness and EAO: by hand, equal to vot-toolkit's own analysis on the same
 stored runs, PySOT's EAO variant, and the evaluation runner end to end."""
+import copy
 import json
 import math
 import warnings
@@ -203,6 +204,30 @@ def test_evaluate_vot_writes_reports_and_reuses_stored_runs(tmp_path):
                          log=logs.append)['trackers']['static']
     assert any('reused 2 stored run(s)' in line for line in logs)
     assert again['eao'] == first['eao'] and again['accuracy'] == first['accuracy']
+    # a driver that steps all sequences in turn, one request each, with one tracker state per
+    # sequence (what the batched engine does) gives the same runs and scores
+    def round_robin(tracker, jobs, finished):
+        states = [copy.deepcopy(tracker) for _ in jobs]
+        live = list(range(len(jobs)))
+        while live:
+            for k in list(live):
+                protocol, read_frame = jobs[k]
+                req = protocol.next_request()
+                if req is None:
+                    live.remove(k)
+                    finished(protocol)
+                elif req.kind == 'init':
+                    states[k].init(read_frame(req.frame), req.box)
+                    protocol.report(req, None)
+                else:
+                    protocol.report(req, states[k].track(read_frame(req.frame)))
+    batched = evaluate_vot({'static': StaticTracker()}, root, tmp_path / 'rr', low=2, high=15, progress=False,
+                           log=logs.append, drive=round_robin)['trackers']['static']
+    for key in ('eao', 'accuracy', 'robustness', 'eao_curve'):
+        assert batched[key] == first[key]
+    for seq in ('a', 'b'):
+        assert trajectory_path(tmp_path / 'rr' / 'results', 'static', seq).read_text() == \
+            trajectory_path(out / 'results', 'static', seq).read_text()
     path.write_text('1\n')  # an incomplete run is rerun, not scored
     evaluate_vot({'static': StaticTracker()}, root, out, low=2, high=15, progress=False, log=logs.append)
     assert len(path.read_text().splitlines()) == 25

@@ -15,16 +15,17 @@ from track.vot.results import read_runs, trajectory_path, write_trajectory
 from track.vot.sequences import load_vot
 
 
-def run_supervised(tracker, seq, skip_initialize: int = 5, bar=None) -> SupervisedProtocol:
+def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
     """One sequential supervised run of `tracker` (init/track API) over `seq`."""
     protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
+    return run_sequential(protocol, tracker, seq.read_frame)
 
-    def read_frame(i):
-        if bar is not None:
-            bar.update(1)
-        return seq.read_frame(i)
 
-    return run_sequential(protocol, tracker, read_frame)
+def drive_sequential(tracker, jobs, finished) -> None:
+    """Run each (protocol, read_frame) job to its end, one after the other, calling
+    `finished(protocol)` after each.  A batched engine with this signature can replace it."""
+    for protocol, read_frame in jobs:
+        finished(run_sequential(protocol, tracker, read_frame))
 
 
 def _fps(times) -> float:
@@ -44,34 +45,48 @@ def _stored_run(results_root, name, seq):
     return runs[0] if runs and len(runs[0]) == len(seq) else None
 
 
+def _counting(read_frame, bar):
+    def read(i):
+        bar.update(1)
+        return read_frame(i)
+    return read
+
+
 def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int = 100, high: int = 356,
                  eao: str = 'vot', skip_initialize: int = 5, restart: bool = False,
-                 progress: bool = True, log=print) -> dict:
+                 progress: bool = True, log=print, drive=drive_sequential) -> dict:
     """Run every tracker once over every sequence (a run already stored under
     `out_dir/results/<tracker>/baseline/` is reused unless `restart`), score, write
-    report.txt / report.json in `out_dir`; returns {'trackers': {name: scores}, 'table'}."""
+    report.txt / report.json in `out_dir`; returns {'trackers': {name: scores}, 'table'}.
+
+    `drive(tracker, jobs, finished)` runs the [(SupervisedProtocol, read_frame)] jobs (default:
+    one after the other); each run is stored as soon as `finished` is called with it."""
     sequences = load_vot(dataset_root)
     results_root = Path(out_dir) / 'results'
     scores = {}
     for name, tracker in trackers.items():
-        runs, times, reused = {}, [], 0
+        runs, times, jobs = {}, [], []
         with tqdm(total=sum(len(s) for s in sequences), desc=f'vot {name}', unit='frame',
                   disable=not progress, dynamic_ncols=True) as bar:
             for seq in sequences:
-                start = bar.n
                 stored = None if restart else _stored_run(results_root, name, seq)
                 if stored is not None:
                     runs[seq.name] = [stored]
-                    reused += 1
+                    bar.update(len(seq))
                 else:
-                    protocol = run_supervised(tracker, seq, skip_initialize, bar)
-                    write_trajectory(trajectory_path(results_root, name, seq.name), protocol.regions,
-                                     protocol.times)
-                    runs[seq.name] = [protocol.regions]
-                    times += protocol.times
-                bar.update(start + len(seq) - bar.n)  # skipped frames
-        if reused:
-            log(f'{name}: reused {reused} stored run(s) from {results_root / name} (--restart reruns them)')
+                    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
+                    jobs.append((protocol, _counting(seq.read_frame, bar)))
+            if len(runs):
+                log(f'{name}: reused {len(runs)} stored run(s) from {results_root / name} (--restart reruns them)')
+
+            def finished(protocol):
+                write_trajectory(trajectory_path(results_root, name, protocol.name), protocol.regions,
+                                 protocol.times)
+                runs[protocol.name] = [protocol.regions]
+                times.extend(protocol.times)
+                bar.update(sum(t is None for t in protocol.times))  # the skipped frames
+
+            drive(tracker, jobs, finished)
         scores[name] = analyse(sequences, runs, low, high, eao, skip_initialize=skip_initialize)
         scores[name]['fps'] = _fps(times)
     return _report(scores, dataset_root, len(sequences), out_dir, log)
