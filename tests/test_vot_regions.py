@@ -53,6 +53,7 @@ def test_overlap_by_hand():
     assert region_overlap([10, 10, 10, 10], [15, 10, 10, 10], size) == pytest.approx(50 / 150)
     assert region_overlap([10, 10, 10, 10], [40, 40, 10, 10], size) == 0.0
     assert region_overlap(FAILURE, [40, 40, 10, 10], size) == 0.0
+    assert region_overlap([np.nan, 40, 10, 10], [40, 40, 10, 10], size) == 0.0  # a broken output fails
     # bounded by the image: the part left of x = 0 does not count
     assert region_overlap([-5, 0, 10, 10], [0, 0, 5, 10], size) == 1.0
     # the same square as a rectangle and as a polygon through its pixel corners

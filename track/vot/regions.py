@@ -87,10 +87,12 @@ def init_box(region) -> list:
 
 
 def raster_data(region) -> np.ndarray:
-    """The toolkit's stored coordinates: float32, rounded half-to-even (empty for a special)."""
+    """The toolkit's stored coordinates: float32, rounded half-to-even (empty for a special, and
+    for non-finite values, which overlap nothing: the toolkit's result there is undefined)."""
     if is_special(region):
         return _EMPTY
-    return np.round(np.asarray(region, np.float32)).astype(np.float64)
+    data = np.round(np.asarray(region, np.float32)).astype(np.float64)
+    return data if np.isfinite(data).all() else _EMPTY
 
 
 def region_overlap(a, b, size) -> float:
