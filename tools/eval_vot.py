@@ -1,0 +1,90 @@
+"""VOT short-term (reset-based) evaluation: EAO, accuracy and robustness as vot-toolkit computes them.
+
+Examples:
+  python tools/eval_vot.py --cfg configs/siamrpn_r50_l234_dwxcorr.yaml --snapshot model.pth --dataset /data/VOT2018
+  python tools/eval_vot.py --checkpoints runs/r50 --dataset /data/VOT2018 --eao pysot      # every epoch
+  python tools/eval_vot.py --dataset ws/sequences --results ws/results --trackers siamrpn  # score stored runs
+Runs the supervised experiment (failure at overlap 0, re-initialisation 5 frames later) once per
+tracker and sequence, writes <out>/results/<tracker>/baseline/<seq>/<seq>_001.txt (vot-toolkit's
+layout; stored runs are reused unless --restart), <out>/report.txt and <out>/report.json.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from train.config import load_config  # noqa: E402
+from tools.eval import saved_config  # noqa: E402
+from track.evaluate import BASELINES, epoch_checkpoints, make_trackers  # noqa: E402
+from track.vot.analysis import EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
+from track.vot.evaluate import evaluate_vot, score_stored  # noqa: E402
+
+
+def parse_interval(text: str) -> tuple:
+    """'vot2018' (a named challenge) or 'LOW,HIGH'."""
+    if text in EAO_INTERVALS:
+        return EAO_INTERVALS[text]
+    try:
+        low, high = (int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected one of {sorted(EAO_INTERVALS)} or LOW,HIGH') from None
+    return low, high
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', required=True, help='VOT sequences folder (list.txt + <seq>/...)')
+    p.add_argument('--cfg', help='model/tracker config YAML (default: the config saved in the first snapshot)')
+    p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
+    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
+    p.add_argument('--checkpoints', help='run folder: evaluate every checkpoint_e*.pth')
+    p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES)
+    p.add_argument('--results', help='score the runs stored here (vot-toolkit layout, e.g. a workspace\'s '
+                   'results/) for --trackers instead of running trackers')
+    p.add_argument('--trackers', nargs='*', default=[], help='tracker names under --results')
+    p.add_argument('--out', default='results/vot', help='output folder')
+    p.add_argument('--eao', default='vot', choices=EAO_VARIANTS,
+                   help="vot: vot-toolkit's EAO (default); pysot: PySOT toolkit's variant")
+    p.add_argument('--interval', type=parse_interval, default=EAO_INTERVALS['vot2018'],
+                   help=f'EAO interval: {", ".join(sorted(EAO_INTERVALS))} or LOW,HIGH (default vot2018: 100,356)')
+    p.add_argument('--restart', action='store_true', help='rerun sequences whose runs are stored')
+    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p.parse_args(argv)
+
+
+def run(args):
+    low, high = args.interval
+    if args.results:
+        if not args.trackers:
+            sys.exit('--results needs --trackers (names of folders under it)')
+        score_stored(args.results, args.trackers, args.dataset, args.out, low, high, args.eao)
+        return
+    snapshots = list(args.snapshot)
+    if args.checkpoints:
+        snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
+    if not snapshots and not args.baselines:
+        sys.exit('nothing to evaluate: give --snapshot, --checkpoints, --baselines or --results')
+    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
+    trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    evaluate_vot(trackers, args.dataset, args.out, low, high, args.eao, restart=args.restart,
+                 progress=not args.quiet)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError) as err:  # bad input: a message, no traceback
+        sys.exit(f'error: {err}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,94 @@
+"""VOT's supervised (reset-based) experiment for one sequence, as a `track.protocol.Protocol`.
+
+The rules are vot-toolkit's `SupervisedExperiment` (and PySOT's test.py, which does the same):
+initialise on frame 0; track each following frame; a frame whose region overlaps the ground truth
+by 0 (`region_overlap`, bounded by the image) is a failure, the tracker is re-initialised on the
+ground truth `skip_initialize` (5) frames later and the frames between are skipped.  The record
+is vot-toolkit's trajectory: 1 on initialisation frames, 2 on failures, 0 on skipped frames, the
+tracker's region elsewhere, plus the seconds each frame took (`times`, None where skipped).
+
+The region scored is the tracker's `polygon` (SiamMask) when it returns one, else its `bbox`.
+Initialisation boxes come from the ground truth by PySOT's rule (`regions.init_box`).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from track.protocol import Protocol, Request
+from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, is_special, region_overlap
+
+
+def tracked_region(result: dict) -> np.ndarray:
+    """The region a tracker output dict reports: 'polygon' if present, else 'bbox' (x, y, w, h)."""
+    region = result.get('polygon')
+    if region is None:
+        region = result['bbox']
+    return np.asarray(region, np.float64).ravel()
+
+
+class SupervisedProtocol(Protocol):
+    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
+
+    def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
+                 name: str = '', clock=time.perf_counter):
+        if skip_initialize < 1:
+            raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
+        self.groundtruth = list(groundtruth)
+        self.size = tuple(size)
+        self.skip_initialize = skip_initialize
+        self.failure_overlap = failure_overlap
+        self.name = name
+        self._clock = clock
+        self.regions = [UNKNOWN] * len(self.groundtruth)
+        self.times = [None] * len(self.groundtruth)
+        self._frame = 0
+        self._initialised = False
+        self._pending = None
+        self._started = 0.0
+
+    def next_request(self) -> Request | None:
+        if self._frame >= len(self.groundtruth):
+            return None
+        if self._pending is None:
+            f = self._frame
+            if self._initialised:
+                self._pending = Request('track', f)
+            else:
+                try:
+                    box = tuple(init_box(self.groundtruth[f]))
+                except ValueError as e:
+                    raise ValueError(f'sequence {self.name!r}, frame {f}: {e}') from None
+                self._pending = Request('init', f, box)
+            self._started = self._clock()
+        return self._pending
+
+    def report(self, request: Request, result: dict | None) -> None:
+        if request != self._pending:
+            raise ValueError(f'sequence {self.name!r}: report for {request}, '
+                             f'but the pending request is {self._pending}')
+        f = request.frame
+        self.times[f] = self._clock() - self._started
+        self._pending = None
+        if request.kind == 'init':
+            self.regions[f] = INITIALIZATION
+            self._initialised = True
+            self._frame = f + 1
+            return
+        region = tracked_region(result)
+        if region_overlap(region, self.groundtruth[f], self.size) <= self.failure_overlap:
+            self.regions[f] = FAILURE
+            self._initialised = False
+            self._frame = f + self.skip_initialize
+        else:
+            self.regions[f] = region
+            self._frame = f + 1
+
+    @property
+    def done(self) -> bool:
+        return self._frame >= len(self.groundtruth)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for r in self.regions if is_special(r) and r == FAILURE)
