@@ -259,3 +259,28 @@ def test_eval_tool_reads_the_config_saved_in_our_checkpoints(tmp_path, otb_root,
     bad = subprocess.run([sys.executable, 'tools/eval.py', '--snapshot', pysot_checkpoints / 'checkpoint_e2.pth',
                           '--dataset', otb_root, '--quiet'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and 'give --cfg' in bad.stderr
+
+
+def eval_tool_main():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('eval_tool', ROOT / 'tools' / 'eval.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize('text, line', [
+    ('nan,nan,24,20\n', 1),          # used to stop with "cannot convert float NaN to integer"
+    ('\n40,30,-24,20\n', 2),         # used to be accepted (AUC 0)
+    ('40,30,0,0\n', 1),              # used to stop with an OpenCV assertion traceback
+])
+def test_eval_tool_names_the_sequence_and_line_of_a_bad_first_box(tmp_path, text, line):
+    root = tmp_path / 'otb'
+    write_frames(root / 'Bad' / 'img', [(40, 30, 24, 20)] * 3)
+    (root / 'Bad' / 'groundtruth_rect.txt').write_text(text + '40,30,24,20\n' * 2)
+    with pytest.raises(SystemExit) as exc:
+        eval_tool_main()(['--cfg', str(DEMO_CFG), '--baselines', 'untrained', '--dataset', str(root),
+                          '--out', str(tmp_path / 'eval'), '--quiet'])
+    message = str(exc.value.code)
+    assert '\n' not in message, message
+    assert f'groundtruth_rect.txt:{line}' in message and "'Bad'" in message and 'first box' in message
