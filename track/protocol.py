@@ -50,14 +50,16 @@ class Protocol:
 class OnePassProtocol(Protocol):
     """One-pass evaluation (OPE): initialise on the first ground-truth box, track every other frame.
 
-    Records `boxes` (N, 4; frame 0 is the initial box), `times` (N,) and `skipped`: a frame that
-    cannot be read repeats the previous box (the tracker is not called); the first frame must read.
+    Records `boxes` (N, 4; frame 0 is the initial box), `scores` (N,; the tracker's best score,
+    NaN where it was not called), `times` (N,) and `skipped`: a frame that cannot be read repeats
+    the previous box (the tracker is not called); the first frame must read.
     """
 
     def __init__(self, sequence):
         self.sequence = sequence
         n = len(sequence)
         self.boxes = np.zeros((n, 4))
+        self.scores = np.full(n, np.nan)
         self.times = np.zeros(n)
         self.skipped = 0
         self._next = 0
@@ -71,7 +73,11 @@ class OnePassProtocol(Protocol):
         return Request("track", i)
 
     def report(self, request, result):
-        self.boxes[request.frame] = request.box if request.kind == "init" else result["bbox"]
+        if request.kind == "init":
+            self.boxes[request.frame] = request.box
+        else:
+            self.boxes[request.frame] = result["bbox"]
+            self.scores[request.frame] = result.get("best_score", np.nan)
         self._next = request.frame + 1
 
     def unreadable(self, request):
@@ -86,8 +92,8 @@ class OnePassProtocol(Protocol):
         self.times[request.frame] = seconds
 
     def result(self) -> dict:
-        """{'boxes', 'times', 'skipped'} of the finished sequence."""
-        return {"boxes": self.boxes, "times": self.times, "skipped": self.skipped}
+        """{'boxes', 'scores', 'times', 'skipped'} of the finished sequence."""
+        return {"boxes": self.boxes, "scores": self.scores, "times": self.times, "skipped": self.skipped}
 
 
 def run_sequential(protocol: Protocol, tracker, read_frame) -> Protocol:
