@@ -106,6 +106,8 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
         scores[name] = score_results(sequences, results_dir, name, fmt, absent,
                                      {k: r['times'] for k, r in results.items()},
                                      getattr(tracker, 'reports_speed', True))
+        if getattr(tracker, 'cfg', None) is not None:
+            scores[name]['track'] = dict(tracker.cfg.TRACK)  # the settings it tracked with
         if fmt == 'got10k':
             log(f'wrote {write_got10k_submission(results_dir, name, [s.name for s in sequences])}')
     table = format_table(scores, per_sequence=per_sequence)
