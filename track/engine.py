@@ -263,13 +263,19 @@ def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: b
             run(runners[0])
         else:
             torch.set_num_threads(max(1, threads // len(runners)))
-            try:
-                workers_ = [threading.Thread(target=run, args=(r,), name=f'track-lane{i}')
+            lane_threads = [threading.Thread(target=run, args=(r,), name=f'track-lane{i}')
                             for i, r in enumerate(runners)]
-                for w in workers_:
-                    w.start()
-                for w in workers_:
-                    w.join()
+            try:
+                for t in lane_threads:
+                    t.start()
+                for t in lane_threads:
+                    t.join()
+            except BaseException:  # Ctrl-C: the lanes stop after their current step
+                shared.stop.set()
+                for t in lane_threads:
+                    if t.ident is not None:  # started
+                        t.join()
+                raise
             finally:
                 torch.set_num_threads(threads)
         if shared.errors:
