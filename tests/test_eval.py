@@ -76,7 +76,11 @@ def test_otb_benchmark_range_cuts_david_and_tiger1():
     # not in the table: unchanged
     frames, cut = otb_benchmark_range('Car', names[:3], gt[:2])
     assert frames == names[:3] and cut is not None and len(cut) == 2
-    assert OTB_FRAME_RANGES['David'] == (300, 770) and OTB_FRAME_RANGES['BlurCar1'] == (247, 988)
+    # the default table cuts BlurCar1's 988 images to the benchmark's 247..988 (742 boxes)
+    names = [f'{i:04d}.jpg' for i in range(1, 989)]
+    frames, cut = otb_benchmark_range('BlurCar1', names, np.zeros((742, 4)))
+    assert frames[0] == '0247.jpg' and frames[-1] == '0988.jpg' and len(frames) == len(cut) == 742
+    assert OTB_FRAME_RANGES['BlurCar1'] == (247, 988)
 
 
 def test_otb_reader_uses_the_start_end_table_or_names_the_mismatch(tmp_path):
@@ -255,7 +259,58 @@ def test_eval_tool_reads_the_config_saved_in_our_checkpoints(tmp_path, otb_root,
     stdout = run_eval('--snapshot', ours, '--dataset', otb_root, '--format', 'otb', '--out', out)
     assert f'using the config saved in {ours}' in stdout
     assert list(json.loads((out / 'report.json').read_text())['trackers']) == ['ours']
+    # the tracker ran with the saved WINDOW_INFLUENCE (0.3), not the demo config's 0.4
+    assert json.loads((out / 'report.json').read_text())['trackers']['ours']['track']['WINDOW_INFLUENCE'] == 0.3
+    eval_tool_main()(['--cfg', str(DEMO_CFG), '--snapshot', str(ours), '--dataset', str(otb_root),
+                      '--out', str(tmp_path / 'given'), '--quiet'])
+    given = json.loads((tmp_path / 'given' / 'report.json').read_text())['trackers']['ours']['track']
+    assert given['WINDOW_INFLUENCE'] == load_config(DEMO_CFG).TRACK.WINDOW_INFLUENCE == 0.4
     # a PySOT file carries no config: a clear message asks for --cfg
     bad = subprocess.run([sys.executable, 'tools/eval.py', '--snapshot', pysot_checkpoints / 'checkpoint_e2.pth',
                           '--dataset', otb_root, '--quiet'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and 'give --cfg' in bad.stderr
+
+
+def eval_tool_main():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('eval_tool', ROOT / 'tools' / 'eval.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize('text, line', [
+    ('nan,nan,24,20\n', 1),          # used to stop with "cannot convert float NaN to integer"
+    ('\n40,30,-24,20\n', 2),         # used to be accepted (AUC 0)
+    ('40,30,0,0\n', 1),              # used to stop with an OpenCV assertion traceback
+])
+def test_eval_tool_names_the_sequence_and_line_of_a_bad_first_box(tmp_path, text, line):
+    root = tmp_path / 'otb'
+    write_frames(root / 'Bad' / 'img', [(40, 30, 24, 20)] * 3)
+    (root / 'Bad' / 'groundtruth_rect.txt').write_text(text + '40,30,24,20\n' * 2)
+    with pytest.raises(SystemExit) as exc:
+        eval_tool_main()(['--cfg', str(DEMO_CFG), '--baselines', 'untrained', '--dataset', str(root),
+                          '--out', str(tmp_path / 'eval'), '--quiet'])
+    message = str(exc.value.code)
+    assert '\n' not in message, message
+    assert f'groundtruth_rect.txt:{line}' in message and "'Bad'" in message and 'first box' in message
+
+
+def test_lasot_scores_absent_frames_as_misses_by_default(tmp_path):
+    d = tmp_path / 'lasot' / 'cat' / 'cat-1'
+    write_frames(d / 'img', [(5, 5, 10, 10)] * 4)
+    (d / 'groundtruth.txt').write_text('5,5,10,10\n' * 4)
+    (d / 'full_occlusion.txt').write_text('0,1,0,0')
+    (d / 'out_of_view.txt').write_text('0,0,0,0')
+    main = eval_tool_main()
+    reports = {}
+    for tag, extra in (('default', []), ('exclude', ['--absent', 'exclude'])):
+        main(['--baselines', 'static', '--dataset', str(tmp_path / 'lasot'), '--format', 'lasot',
+              '--out', str(tmp_path / tag), '--quiet', *extra])
+        reports[tag] = json.loads((tmp_path / tag / 'report.json').read_text())
+    # the static box is the ground truth on all 4 frames; frame 1 is fully occluded
+    assert reports['default']['absent'] == 'miss'  # the official LaSOT toolkit's rule
+    assert reports['default']['trackers']['static']['overall']['auc'] == pytest.approx(3 / 4 * 20 / 21)
+    assert reports['exclude']['trackers']['static']['overall']['auc'] == pytest.approx(20 / 21)
+    assert reports['default']['trackers']['static']['fps'] is None  # printed as '–'
+    assert '–' in (tmp_path / 'default' / 'report.txt').read_text()

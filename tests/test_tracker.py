@@ -263,7 +263,7 @@ def test_real_alexnet_model_end_to_end(cfg):
 class FixedMaskModel(FixedOutputModel):
     """FixedOutputModel plus a mask head answering a preset 127x127 logit map."""
 
-    has_refine = True
+    has_mask = has_refine = True
 
     def __init__(self, cls, loc, mask_logits):
         super().__init__(cls, loc)

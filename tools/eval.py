@@ -5,6 +5,8 @@ Examples:
       --dataset data/synthetic_eval --format otb --baselines static untrained --plot
   python tools/eval.py --cfg configs/demo_cpu.yaml --checkpoints runs/demo/ --dataset data/eval
 Writes <out>/results/<tracker>/..., <out>/report.txt, <out>/report.json (and PNG plots).
+Sequences run through the batched engine (track/engine.py); --sequential runs them one at a
+time, frame by frame, as PySOT does (same boxes up to float rounding).
 """
 import argparse
 import sys
@@ -16,8 +18,9 @@ import torch  # noqa: E402
 
 from train.checkpoint import load_checkpoint  # noqa: E402
 from train.config import config_from_dict, load_config  # noqa: E402
+from track.engine import EngineOptions  # noqa: E402
 from track.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
-from track.metrics import ABSENT_POLICIES  # noqa: E402
+from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT  # noqa: E402
 from track.sequences import FORMATS  # noqa: E402
 
 
@@ -37,9 +40,17 @@ def parse_args(argv=None):
                    'Default for otb: the single such *.json in --dataset, if any')
     p.add_argument('--out', default='results/eval', help='output folder')
     p.add_argument('--plot', action='store_true', help='write success/precision PNGs')
-    p.add_argument('--absent', default='exclude', choices=ABSENT_POLICIES,
-                   help='GOT-10k/LaSOT frames without a visible target: exclude (official toolkits) '
-                        'or count as misses (PySOT toolkit)')
+    p.add_argument('--absent', default=None, choices=ABSENT_POLICIES,
+                   help='frames without a visible target (LaSOT occlusion/out-of-view, GOT-10k cover 0): '
+                        'miss = scored as misses, kept in the denominator (the official LaSOT toolkit); '
+                        'exclude = left out (the GOT-10k rule). Default: '
+                        + ', '.join(f'{k} {v}' for k, v in DEFAULT_ABSENT.items()))
+    p.add_argument('--batch-size', type=int, default=0,
+                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
+    p.add_argument('--streams', type=int, default=0,
+                   help='CPU only: sub-batches run concurrently, torch threads split between them (default 2)')
+    p.add_argument('--sequential', action='store_true',
+                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
     p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -69,8 +80,9 @@ def run(args):
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
     trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    engine = None if args.sequential else EngineOptions(batch_size=args.batch_size, streams=args.streams)
     evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
-             progress=not args.quiet, index=args.index)
+             progress=not args.quiet, index=args.index, engine=engine)
 
 
 def main(argv=None):

@@ -13,9 +13,11 @@ from track.tracker import StaticTracker, build_tracker
 
 from pipeline.fileio import atomic_write, write_json
 
+from track.engine import EngineOptions
+from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT
 from track.plots import plot_curves
 from track.report import best_of, format_table, score_tracker
-from track.runner import run_tracker
+from track.runner import read_results, run_tracker, write_got10k_submission
 from track.sequences import load_sequences, resolve_index
 
 BASELINES = ('static', 'untrained')
@@ -68,21 +70,46 @@ def make_trackers(cfg, snapshots=(), baselines=(), device='cpu', seed: int = 0) 
     return trackers
 
 
+def score_results(sequences, results_dir, name: str, fmt: str, absent: str | None = None,
+                  times=None, reports_speed: bool = True) -> dict:
+    """Scores of the result files of tracker `name` under `results_dir` (the layout of
+    `track.runner.write_results`), read back as written: the figures are those of the files
+    a toolkit would read.  `times`: {seq: per-frame seconds} for the fps column."""
+    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
+    results = {seq.name: {'boxes': read_results(results_dir, name, fmt, seq.name),
+                          'times': (times or {}).get(seq.name, [])} for seq in sequences}
+    return score_tracker(sequences, results, absent, fmt, reports_speed)
+
+
 def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/eval',
-             plot: bool = False, absent: str = 'exclude', progress: bool = True,
-             per_sequence: bool = True, index=None, log=print) -> dict:
+             plot: bool = False, absent: str | None = None, progress: bool = True,
+             per_sequence: bool = True, index=None, log=print,
+             engine: EngineOptions | None = EngineOptions()) -> dict:
     """Run every tracker over the dataset, write results/<tracker>/..., report.json, report.txt
     and (plot) success/precision PNGs into `out_dir`; returns {tracker: scores} plus 'best'.
-    `index`: a PySOT-toolkit index JSON defining the sequences (auto-detected for OTB)."""
+    `index`: a PySOT-toolkit index JSON defining the sequences (auto-detected for OTB).
+    `absent`: 'miss' | 'exclude' (None: `DEFAULT_ABSENT[fmt]`, the dataset's official rule).
+    `engine`: batched engine options (None: one sequence at a time, frame by frame, as PySOT).
+    GOT-10k results are also zipped per tracker as its evaluation server takes them."""
+    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
+    if absent not in ABSENT_POLICIES:
+        raise ValueError(f'absent={absent!r}; expected one of {ABSENT_POLICIES}')
     index = resolve_index(dataset_root, fmt, index)
     if index is not None:
         log(f'sequences from index {index}')
     sequences = load_sequences(dataset_root, fmt, index=index)
     out_dir = Path(out_dir)
+    results_dir = out_dir / 'results'
     scores = {}
     for name, tracker in trackers.items():
-        results = run_tracker(tracker, sequences, name, out_dir / 'results', fmt, progress)
-        scores[name] = score_tracker(sequences, results, absent)
+        results = run_tracker(tracker, sequences, name, results_dir, fmt, progress, engine)
+        scores[name] = score_results(sequences, results_dir, name, fmt, absent,
+                                     {k: r['times'] for k, r in results.items()},
+                                     getattr(tracker, 'reports_speed', True))
+        if getattr(tracker, 'cfg', None) is not None:
+            scores[name]['track'] = dict(tracker.cfg.TRACK)  # the settings it tracked with
+        if fmt == 'got10k':
+            log(f'wrote {write_got10k_submission(results_dir, name, [s.name for s in sequences])}')
     table = format_table(scores, per_sequence=per_sequence)
     best = best_of(scores)
     text = f'{fmt} one-pass evaluation on {dataset_root} ({len(sequences)} sequences)\n{table}\n'

@@ -1,23 +1,33 @@
-"""One-pass evaluation (OPE) metrics with the conventions of PySOT's toolkit (OTB/LaSOT).
+"""Evaluation metrics with the conventions of the official toolkits (OTB, LaSOT, GOT-10k).
 
 Boxes are (x, y, w, h) rows, 0-based, continuous extent [x, x + w) (no +1 in areas).
 
+One-pass evaluation (OPE; OTB toolkit, PySOT's toolkit, the `got10k` package's OTB experiment):
 - **Success**: fraction of frames with IoU > t (strict) for t in linspace(0, 1, 21); the
   denominator is *all* frames of the sequence.  A frame whose ground truth is invalid
   (w or h <= 0, or NaN) is a miss at every threshold, as in the toolkit.  AUC = mean of the
   21-point curve.
 - **Precision**: fraction of frames whose centre distance is <= t px, t = 0..50; reported at
   20 px.  Centres are (x + (w - 1) / 2, y + (h - 1) / 2) as in the toolkit.
-- **Normalised precision** (LaSOT, as PySOT's toolkit): both centres divided by the GT (w, h),
-  distance <= t for t = 0, 0.01, .., 0.5; reported at 0.2 (index 20).
-- **Absent frames** (`visible` False: GOT-10k absence.label, LaSOT full_occlusion | out_of_view):
-  `absent='miss'` (PySOT toolkit for LaSOT) scores only visible frames but keeps all frames in
-  the denominator, so absent frames are misses for every tracker; `absent='exclude'` (default;
-  the official LaSOT / GOT-10k toolkits) drops them from numerator and denominator.
-- Deviation from PySOT's toolkit: its precision marks frames with a GT centre coordinate <= 0 as
-  distance -1, which counts as a *hit*; here any invalid GT frame is a miss for all metrics.
+- **Normalised precision** (LaSOT): both centres divided by the GT (w, h), distance <= t for
+  t = 0, 0.01, .., 0.5; reported at 0.2 (index 20; the LaSOT toolkit's index 21, 1-based).
+- **Absent frames** (`visible` False: LaSOT full_occlusion | out_of_view, GOT-10k cover 0):
+  `absent='miss'` (the official LaSOT toolkit, `calc_seq_err_robust.m` + `eval_tracker.m`)
+  scores only visible frames but keeps every frame in the denominator, so absent frames are
+  misses for every tracker; `absent='exclude'` drops them from numerator and denominator (the
+  GOT-10k rule, which our success AUC follows on GOT-10k).  `DEFAULT_ABSENT` gives the default
+  of each dataset format.
+- Deviations from the toolkits: PySOT's and LaSOT's precision mark frames with a GT coordinate
+  <= 0 as distance -1, which counts as a *hit*, and `got10k` measures centre errors of zero-size
+  ground truth; here any invalid GT frame is a miss for all metrics.
 - The overall figure of a tracker is the mean over sequences of per-sequence values
   (the toolkit's convention), not a frame-weighted mean.
+
+GOT-10k (`got10k_overlaps`, `got10k_summary`; the official `got10k` package's
+`ExperimentGOT10k.report`): the first frame is dropped, both boxes are clipped to the image
+(`meta_info.ini` resolution) before the IoU, frames with `cover.label` 0 are left out, and the
+overlaps of all frames of all sequences are pooled: **AO** = their mean, **SR0.50** / **SR0.75**
+= the fraction above 0.5 / 0.75.
 """
 from __future__ import annotations
 
@@ -28,7 +38,10 @@ PRECISION_THRESHOLDS = np.arange(0, 51, dtype=np.float64)
 NORM_PRECISION_THRESHOLDS = np.arange(0, 51, dtype=np.float64) / 100.0
 PRECISION_AT = 20.0  # px
 NORM_PRECISION_AT = 0.2
-ABSENT_POLICIES = ('exclude', 'miss')
+ABSENT_POLICIES = ('miss', 'exclude')
+DEFAULT_ABSENT = {'otb': 'exclude', 'got10k': 'exclude', 'lasot': 'miss'}  # per dataset format
+GOT10K_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # the got10k package's success-curve bins
+GOT10K_SR = {'sr50': GOT10K_THRESHOLDS[50], 'sr75': GOT10K_THRESHOLDS[75]}
 
 
 def _as_boxes(boxes, what: str) -> np.ndarray:
@@ -156,3 +169,53 @@ def evaluate_overall(per_sequence: dict) -> dict:
                            curves['norm_precision_curve'])
     out.update({k: v.tolist() for k, v in curves.items()}, sequences=len(usable))
     return out
+
+
+def got10k_overlaps(gt, pred, resolution, cover=None) -> np.ndarray:
+    """Per-frame IoUs as the GOT-10k toolkit computes them: frames 1.. (the first dropped), both
+    boxes clipped to the image `resolution` (w, h), overlap / (union + eps), and only frames
+    whose `cover` (0..8) is > 0 when given."""
+    gt, pred = _as_boxes(gt, 'ground truth'), _as_boxes(pred, 'prediction')
+    if len(gt) != len(pred):
+        raise ValueError(f'ground truth has {len(gt)} frames but the prediction has {len(pred)}')
+    width, height = (float(v) for v in resolution)
+    a, b = _clip_to_image(gt[1:], width, height), _clip_to_image(pred[1:], width, height)
+    left, top = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    right = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    bottom = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    inter = np.maximum(right - left, 0) * np.maximum(bottom - top, 0)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    overlaps = np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
+    if cover is not None:
+        cover = np.asarray(cover)
+        if cover.shape != (len(gt),):
+            raise ValueError(f'cover labels have shape {cover.shape}, expected ({len(gt)},)')
+        overlaps = overlaps[cover[1:] > 0]
+    return overlaps
+
+
+def _clip_to_image(boxes, width, height):
+    out = boxes.copy()
+    out[:, 0] = np.clip(boxes[:, 0], 0, width)
+    out[:, 1] = np.clip(boxes[:, 1], 0, height)
+    out[:, 2] = np.clip(boxes[:, 2], 0, width - out[:, 0])
+    out[:, 3] = np.clip(boxes[:, 3], 0, height - out[:, 1])
+    return out
+
+
+def _ao_sr(overlaps) -> dict:
+    overlaps = np.asarray(overlaps, dtype=np.float64)
+    if not len(overlaps):
+        return {'ao': float('nan'), 'sr50': float('nan'), 'sr75': float('nan'), 'frames': 0}
+    out = {'ao': float(np.mean(overlaps))}
+    out.update({k: float(np.mean(overlaps > t)) for k, t in GOT10K_SR.items()})
+    out['frames'] = int(len(overlaps))
+    return out
+
+
+def got10k_summary(overlaps_by_sequence: dict) -> dict:
+    """AO, SR0.50, SR0.75 per sequence and overall, the overall figures over the frames of all
+    sequences pooled (not a mean of sequence means), as the GOT-10k toolkit reports them."""
+    pooled = np.concatenate([np.asarray(v, np.float64) for v in overlaps_by_sequence.values()] or [np.zeros(0)])
+    return {'overall': _ao_sr(pooled),
+            'sequences': {name: _ao_sr(v) for name, v in overlaps_by_sequence.items()}}

@@ -1,4 +1,4 @@
-"""Success and precision plots (PNG, matplotlib Agg) for several trackers."""
+"""Success and precision plots and the tuning heatmap (PNG, matplotlib Agg)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,8 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from track.metrics import NORM_PRECISION_THRESHOLDS, PRECISION_THRESHOLDS, SUCCESS_THRESHOLDS  # noqa: E402
 
@@ -46,3 +48,37 @@ def plot_curves(scores: dict, out_dir, title: str = '') -> list:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_heatmap(points, x_key: str, y_key: str, metric: str, path, title: str = '') -> Path:
+    """PNG of `metric` over two parameters from [(x, y, value)]: a grid of cells (the best value
+    per cell when other parameters vary) when each axis has at most 12 distinct values, else a
+    scatter coloured by value (random search)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    xs, ys = sorted({p[0] for p in points}), sorted({p[1] for p in points})
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    if len(xs) <= 12 and len(ys) <= 12:
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for x, y, v in points:
+            i, j = ys.index(y), xs.index(x)
+            if np.isnan(grid[i, j]) or v > grid[i, j]:
+                grid[i, j] = v
+        image = ax.imshow(grid, origin='lower', cmap='viridis', aspect='auto')
+        ax.set_xticks(range(len(xs)), [f'{x:g}' for x in xs])
+        ax.set_yticks(range(len(ys)), [f'{y:g}' for y in ys])
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                if not np.isnan(grid[i, j]):
+                    bright = image.norm(grid[i, j]) > 0.6  # dark text on the light end of viridis
+                    ax.text(j, i, f'{grid[i, j]:.3f}', ha='center', va='center', fontsize=8,
+                            color='k' if bright else 'w')
+    else:
+        image = ax.scatter([p[0] for p in points], [p[1] for p in points], c=[p[2] for p in points],
+                           cmap='viridis', s=40)
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set(xlabel=x_key, ylabel=y_key, title=title or f'{metric} over {x_key} x {y_key}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

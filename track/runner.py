@@ -3,20 +3,24 @@
 Result layouts under `<out>/<tracker>/`:
 - otb / lasot: `<seq>.txt`, one `x,y,w,h` line per frame (PySOT's test.py format).
 - got10k: `<seq>/<seq>_001.txt` (boxes, comma separated) and `<seq>/<seq>_time.txt` (seconds per
-  frame), the GOT-10k toolkit's submission format.
+  frame), the GOT-10k toolkit's layout; `<out>/<tracker>.zip` holds the `<seq>/` folders at its
+  top level, as the GOT-10k evaluation server takes a submission.
 Frame 0 reports the init box.  A frame that cannot be read is skipped (the previous box is
 repeated, the tracker is not called) and counted.
 """
 from __future__ import annotations
 
-import time
+import io
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.fileio import atomic_write
-from tqdm import tqdm
+from track.engine import EngineOptions, Job, run_batched
+from track.protocol import OnePassProtocol, run_sequential
 
 
 def result_file(out_dir, tracker_name: str, fmt: str, seq_name: str) -> Path:
@@ -37,59 +41,73 @@ def write_results(out_dir, tracker_name: str, fmt: str, seq_name: str, boxes, ti
     return path
 
 
+def write_got10k_submission(out_dir, tracker_name: str, seq_names) -> Path:
+    """`<out_dir>/<tracker>.zip` with `<seq>/<seq>_001.txt` and `<seq>/<seq>_time.txt` per sequence
+    at the top level (the layout the GOT-10k server evaluates)."""
+    base = Path(out_dir) / tracker_name
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name in seq_names:
+            for file in (f'{name}_001.txt', f'{name}_time.txt'):
+                archive.write(base / name / file, f'{name}/{file}')
+    path = Path(out_dir) / f'{tracker_name}.zip'
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
 def read_results(out_dir, tracker_name: str, fmt: str, seq_name: str) -> np.ndarray:
     """(N, 4) boxes written by `write_results` (or any comma/space separated x,y,w,h file)."""
     from track.sequences import read_boxes
     return read_boxes(result_file(out_dir, tracker_name, fmt, seq_name))
 
 
-def track_sequence(tracker, seq, bar=None) -> dict:
-    """Run `tracker` (init/track API) over `seq`; returns boxes (N, 4), times (N,), skipped frames."""
-    boxes = np.zeros((len(seq), 4))
-    times = np.zeros(len(seq))
-    skipped = 0
-    for i, path in enumerate(seq.frames):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        start = time.perf_counter()
-        if img is None:
-            if i == 0:
-                raise ValueError(f'cannot read the first frame of {seq.name!r}: {path}')
-            skipped += 1
-            boxes[i] = boxes[i - 1]
-        elif i == 0:
-            tracker.init(img, seq.init_box)
-            boxes[0] = seq.init_box
-        else:
-            boxes[i] = tracker.track(img)['bbox']
-        times[i] = time.perf_counter() - start
-        if bar is not None:
-            bar.update(1)
-    return {'boxes': boxes, 'times': times, 'skipped': skipped}
+def frame_reader(seq):
+    """`read_frame(i)` for `seq`: BGR uint8 image i, None if it cannot be decoded."""
+    return lambda i: cv2.imread(str(seq.frames[i]), cv2.IMREAD_COLOR)
+
+
+def track_sequence(tracker, seq) -> dict:
+    """Run `tracker` (init/track API) over `seq` one frame at a time, as PySOT does; returns
+    boxes (N, 4), times (N,), skipped frames."""
+    return run_sequential(OnePassProtocol(seq), tracker, frame_reader(seq)).result()
 
 
 def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
-                progress: bool = True) -> dict:
-    """Track every sequence; write result files under `out_dir/name` if given.
+                progress: bool = True, engine: EngineOptions | None = EngineOptions()) -> dict:
+    """Track every sequence with the batched engine (`engine`; None: one sequence at a time,
+    frame by frame, as PySOT); write result files under `out_dir/name` as sequences finish.
 
     Returns {seq_name: {'boxes', 'times', 'skipped'}}; the bar shows frames per second.
     """
-    results = {}
-    total = sum(len(s) for s in sequences)
-    with tqdm(total=total, desc=f'track {name}', unit='frame', disable=not progress,
-              dynamic_ncols=True) as bar:
-        for seq in sequences:
-            res = track_sequence(tracker, seq, bar)
-            results[seq.name] = res
-            if out_dir is not None:
-                write_results(out_dir, name, fmt, seq.name, res['boxes'], res['times'])
+    def done(job):
+        if out_dir is not None:
+            res = job.protocol.result()
+            write_results(out_dir, name, fmt, job.source, res['boxes'], res['times'])
+
+    if engine is None:
+        protocols = []
+        with tqdm(total=sum(len(s) for s in sequences), desc=f'track {name}', unit='frame',
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for seq in sequences:
+                read = frame_reader(seq)
+                job = Job(OnePassProtocol(seq), None, seq.name)
+                run_sequential(job.protocol, tracker, lambda i: (bar.update(1), read(i))[1])
+                done(job)
+                protocols.append(job.protocol)
+    else:
+        jobs = [Job(OnePassProtocol(seq), frame_reader(seq), seq.name, frames=len(seq)) for seq in sequences]
+        protocols = run_batched(jobs, tracker, engine, progress, f'track {name}', done)
+    results = {seq.name: p.result() for seq, p in zip(sequences, protocols)}
     skipped = sum(r['skipped'] for r in results.values())
     if skipped:
         tqdm.write(f'{name}: {skipped} unreadable frame(s) skipped (previous box repeated)')
     return results
 
 
-def fps(results: dict) -> float:
-    """Frames per second over all tracked frames (frame 0 = init included)."""
+def fps(results: dict) -> float | None:
+    """Frames per second over all tracked frames (frame 0 = init included); None without times."""
     t = sum(float(np.sum(r['times'])) for r in results.values())
     n = sum(len(r['times']) for r in results.values())
+    if n == 0:
+        return None
     return n / t if t > 0 else float('inf')

@@ -8,8 +8,10 @@
 - Index JSON (PySOT toolkit, e.g. `OTB100.json`): `{video: {"video_dir", "init_rect",
   "img_names": [paths relative to the root], "gt_rect": [[x,y,w,h], ...], "attr"}}`; when given
   (or, for OTB, when the root holds exactly one such `*.json`) it alone defines the sequences.
-- GOT-10k: `<root>/<seq>/*.jpg` + `groundtruth.txt` (+ optional `absence.label`, one 0/1 per
-  frame, 1 = absent; optional `list.txt` in the root gives the order).  The test split has only
+- GOT-10k: `<root>/<seq>/*.jpg` + `groundtruth.txt` (+ optional `cover.label`, 0..8 per frame,
+  0 = not visible; `absence.label`, 1 = absent; `meta_info.ini` with `resolution: (w, h)`;
+  optional `list.txt` in the root gives the order).  A frame is visible when its cover is > 0
+  (the official toolkit's rule), else when it is not marked absent.  The test split has only
   the first box: such sequences are tracked but have no metrics (`Sequence.has_full_gt`).
 - LaSOT: `<root>/<class>-<n>/img/*.jpg` + `groundtruth.txt` + `full_occlusion.txt` and
   `out_of_view.txt` (comma-separated 0/1); `<root>/<class>/<class>-<n>/` is accepted as well.
@@ -40,11 +42,18 @@ OTB_FRAME_RANGES = {
 
 @dataclass
 class Sequence:
-    """One video: frame paths, ground truth (N, 4) x,y,w,h and optional visibility flags."""
+    """One video: frame paths, ground truth (N, 4) x,y,w,h and optional visibility flags.
+
+    `init_source` says where the first box was read ("file:line"), for error messages; GOT-10k
+    sequences also carry `cover` (0..8 per frame) and `resolution` (w, h) for its official figures.
+    """
     name: str
     frames: list
     gt: np.ndarray
     visible: np.ndarray | None = None
+    init_source: str = ''
+    cover: np.ndarray | None = None
+    resolution: tuple | None = None
 
     @property
     def init_box(self):
@@ -60,8 +69,13 @@ class Sequence:
 
 def read_boxes(path) -> np.ndarray:
     """(N, 4) float64 boxes from a text file; values split on commas, tabs or spaces."""
+    return read_boxes_with_lines(path)[0]
+
+
+def read_boxes_with_lines(path) -> tuple:
+    """(boxes (N, 4) float64, the 1-based line number of each box); blank lines are skipped."""
     path = Path(path)
-    rows = []
+    rows, numbers = [], []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
         if not line:
@@ -74,19 +88,34 @@ def read_boxes(path) -> np.ndarray:
         if len(values) != 4:
             raise ValueError(f'{path}:{lineno}: expected 4 values x,y,w,h, got {len(values)}: {line!r}')
         rows.append(values)
+        numbers.append(lineno)
     if not rows:
         raise ValueError(f'{path}: no boxes')
-    return np.asarray(rows, dtype=np.float64)
+    return np.asarray(rows, dtype=np.float64), numbers
 
 
-def read_flags(path) -> np.ndarray:
-    """0/1 flags from a file (one per line or comma separated) as a bool array."""
+def check_init_box(seq: Sequence) -> Sequence:
+    """`seq` unchanged if its first box can start a tracker (finite, w and h > 0), else a
+    ValueError naming the file, line and sequence."""
+    box = np.asarray(seq.gt[0], dtype=np.float64)
+    if not (np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0):
+        shown = ','.join(f'{v:g}' for v in box)
+        raise ValueError(f'{seq.init_source or seq.name}: sequence {seq.name!r}: first box {shown} cannot '
+                         'start a tracker (x, y must be finite numbers and w, h > 0)')
+    return seq
+
+
+def read_flags(path, integer: bool = False) -> np.ndarray:
+    """0/1 flags from a file (one per line or comma separated) as a bool array, or with
+    `integer` the values themselves (GOT-10k's 0..8 cover levels)."""
     path = Path(path)
     text = path.read_text()
     try:
-        return np.asarray([int(float(v)) for v in re.split(r'[,\s]+', text.strip()) if v]) != 0
+        values = np.asarray([int(float(v)) for v in re.split(r'[,\s]+', text.strip()) if v], dtype=np.int64)
     except ValueError:
-        raise ValueError(f'{path}: expected 0/1 flags, got {text[:60]!r}') from None
+        raise ValueError(f'{path}: expected {"integer labels" if integer else "0/1 flags"}, '
+                         f'got {text[:60]!r}') from None
+    return values if integer else values != 0
 
 
 def list_images(folder) -> list:
@@ -143,10 +172,12 @@ def load_otb(root, ranges=OTB_FRAME_RANGES) -> list:
     for d in sorted(p for p in root.iterdir() if (p / 'img').is_dir()):
         images = list_images(d / 'img')
         for name, gt_path in otb_targets(d):
-            frames, gt = otb_benchmark_range(d.name, images, read_boxes(gt_path), ranges)
+            boxes, lines = read_boxes_with_lines(gt_path)
+            frames, gt = otb_benchmark_range(d.name, images, boxes, ranges)
             hint = '' if d.name in ranges else f' (folder {d.name!r} has no OTB start/end frames)'
             _check_lengths(name, frames, gt, gt_path, hint=hint)
-            seqs.append(Sequence(name, frames, gt))
+            first = 0 if gt is boxes else ranges[d.name][0] - 1  # the box file was cut to the range
+            seqs.append(Sequence(name, frames, gt, init_source=f'{gt_path}:{lines[first]}'))
     return seqs
 
 
@@ -195,7 +226,7 @@ def load_index(root, index) -> list:
         if missing:
             raise FileNotFoundError(f'{index}: video {name!r}: {len(missing)} of {len(frames)} images '
                                     f'missing under {root}, first {missing[0]}')
-        seqs.append(Sequence(name, frames, gt))
+        seqs.append(Sequence(name, frames, gt, init_source=f'{index}: video {name!r} gt_rect[0]'))
     return seqs
 
 
@@ -212,6 +243,26 @@ def resolve_index(root, fmt: str, index=None):
     return find_index(root) if fmt == 'otb' else None
 
 
+def read_resolution(path) -> tuple:
+    """(width, height) from a GOT-10k `meta_info.ini` line `resolution: (w, h)`."""
+    path = Path(path)
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(':')
+        if key.strip() == 'resolution':
+            numbers = re.findall(r'\d+(?:\.\d+)?', value)
+            if len(numbers) == 2:
+                return float(numbers[0]), float(numbers[1])
+            break
+    raise ValueError(f'{path}: no "resolution: (width, height)" line')
+
+
+def _frame_flags(path, frames, integer=False):
+    flags = read_flags(path, integer)
+    if len(flags) != len(frames):
+        raise ValueError(f'{path}: {len(flags)} flags for {len(frames)} frames')
+    return flags
+
+
 def load_got10k(root) -> list:
     root = Path(root)
     list_file = root / 'list.txt'
@@ -224,16 +275,18 @@ def load_got10k(root) -> list:
         d = root / name
         gt_path = d / 'groundtruth.txt'
         frames = list_images(d)
-        gt = read_boxes(gt_path)
+        gt, lines = read_boxes_with_lines(gt_path)
         _check_lengths(name, frames, gt, gt_path, allow_first_only=True)
-        visible = None
-        absence = d / 'absence.label'
-        if absence.is_file() and len(gt) == len(frames):
-            flags = read_flags(absence)
-            if len(flags) != len(frames):
-                raise ValueError(f'{absence}: {len(flags)} flags for {len(frames)} frames')
-            visible = ~flags
-        seqs.append(Sequence(name, frames, gt, visible))
+        visible = cover = resolution = None
+        if len(gt) == len(frames):
+            if (d / 'cover.label').is_file():
+                cover = _frame_flags(d / 'cover.label', frames, integer=True)
+                visible = cover > 0
+            elif (d / 'absence.label').is_file():
+                visible = ~_frame_flags(d / 'absence.label', frames)
+        if (d / 'meta_info.ini').is_file():
+            resolution = read_resolution(d / 'meta_info.ini')
+        seqs.append(Sequence(name, frames, gt, visible, f'{gt_path}:{lines[0]}', cover, resolution))
     return seqs
 
 
@@ -245,16 +298,13 @@ def load_lasot(root) -> list:
     for d in sorted(dirs, key=lambda p: p.name):
         gt_path = d / 'groundtruth.txt'
         frames = list_images(d / 'img')
-        gt = read_boxes(gt_path)
+        gt, lines = read_boxes_with_lines(gt_path)
         _check_lengths(d.name, frames, gt, gt_path)
         visible = np.ones(len(frames), bool)
         for flag_name in ('full_occlusion.txt', 'out_of_view.txt'):
             if (d / flag_name).is_file():
-                flags = read_flags(d / flag_name)
-                if len(flags) != len(frames):
-                    raise ValueError(f'{d / flag_name}: {len(flags)} flags for {len(frames)} frames')
-                visible &= ~flags
-        seqs.append(Sequence(d.name, frames, gt, visible))
+                visible &= ~_frame_flags(d / flag_name, frames)
+        seqs.append(Sequence(d.name, frames, gt, visible, f'{gt_path}:{lines[0]}'))
     return seqs
 
 
@@ -273,4 +323,4 @@ def load_sequences(root, fmt: str, index=None) -> list:
     seqs = load_index(root, index) if index is not None else LOADERS[fmt](root)
     if not seqs:
         raise ValueError(f'no {fmt} sequences found under {root}')
-    return seqs
+    return [check_init_box(seq) for seq in seqs]

@@ -1,4 +1,4 @@
-"""Single-object trackers over a Siamese model, with PySOT's tracking semantics.
+"""Single-object trackers over a Siamese model, with PySOT's tracking semantics, batched.
 
 `SiamRPNTracker` reproduces PySOT's `SiamRPNTracker` step by step (template crop with rounded
 context size and mean-colour padding, search crop at TRACK.INSTANCE_SIZE, softmax score on the
@@ -7,14 +7,25 @@ to the frame), so the same weights on the same video give the same boxes.  `Siam
 adds PySOT's lost mode (wider search, almost no window) and `SiamMaskTracker` adds the mask →
 rotated-box step.  `StaticTracker` is the "never moves" baseline.
 
-The model contract: `model.template(z)` with z (1, 3, EXEMPLAR, EXEMPLAR) float BGR 0..255 and
-`model.track(x)` → {'cls': (1, 2A, S, S), 'loc': (1, 4A, S, S)} where cls channels 0..A-1 are
-class 0 (background) and A..2A-1 class 1, and loc channels are (dx, dy, dw, dh) blocks of A.
-Trackers take the config object as an argument (duck-typed, PySOT key names).
+Each target's state (position, size, mean colour, template features, TRACK settings) is a
+`TargetState`.  `init_batch(states, imgs, boxes)` and `track_batch(states, imgs)` serve many
+targets with one network forward (the batched engine, `track.engine`, drives them);
+`init(img, box)` / `track(img)` (PySOT's API) are the same code on a batch of one.  A state may
+carry its own TRACK section (hyper-parameter search: one forward serves several settings).
+
+The model contract: `model.template(z)` with z (B, 3, EXEMPLAR, EXEMPLAR) float BGR 0..255
+caches the template features in `model.zf` (a tensor or a list of per-level tensors, batch
+first), and `model.track(x)` → {'cls': (B, 2A, S, S), 'loc': (B, 4A, S, S)} correlates x[i]
+with zf[i]; cls channels 0..A-1 are class 0 (background) and A..2A-1 class 1, loc channels are
+(dx, dy, dw, dh) blocks of A.  The tracker keeps each target's slice of `zf` and hands the model
+the stacked slices of the targets in a batch.  Trackers take the config as an argument
+(duck-typed, PySOT key names).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -30,14 +41,13 @@ def _model_device(model) -> torch.device:
     return torch.device('cpu')
 
 
-def get_subwindow(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_chans,
-                  device=None) -> torch.Tensor:
-    """Square crop of side `original_sz` centred on `pos` resized to `model_sz` (PySOT semantics).
+def crop_patch(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_chans) -> np.ndarray:
+    """Square crop of side `original_sz` centred on `pos` resized to `model_sz` (PySOT semantics),
+    as a (model_sz, model_sz, 3) uint8 array.
 
     The window starts at floor(pos - (sz + 1) / 2 + 0.5) and spans sz pixels; parts outside the
     image are filled with `avg_chans` written into a uint8 canvas (so the colour is truncated to
     integers, as in PySOT), then cv2.resize (bilinear) to model_sz if the sizes differ.
-    Returns a (1, 3, model_sz, model_sz) float32 BGR tensor, not normalised.
     """
     sz = int(original_sz)
     h, w, k = img.shape
@@ -60,14 +70,32 @@ def get_subwindow(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_cha
         patch = img[ymin:ymax + 1, xmin:xmax + 1]
     if model_sz != sz:
         patch = cv2.resize(patch, (model_sz, model_sz))
-    # uint8 crosses to the device (a quarter of the bytes); the exact cast to float runs there
-    tensor = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)[None]))
-    return (tensor.to(device) if device is not None else tensor).float()
+    return patch
+
+
+def to_batch(patches, device=None, channels_last: bool = False) -> torch.Tensor:
+    """(K, 3, S, S) float32 BGR tensor from K equal-sized (S, S, 3) uint8 patches.  uint8
+    crosses to the device (a quarter of the bytes); the exact cast to float runs there.
+    `channels_last` keeps the patches' own NHWC layout (faster convolutions on CPU)."""
+    batch = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
+    if not channels_last:
+        batch = batch.contiguous()
+    return (batch.to(device) if device is not None else batch).float()
+
+
+def get_subwindow(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_chans,
+                  device=None) -> torch.Tensor:
+    """`crop_patch` as a (1, 3, model_sz, model_sz) float32 BGR tensor, not normalised."""
+    return to_batch([crop_patch(img, pos, model_sz, original_sz, avg_chans)], device)
 
 
 def score_size(instance_size: int, cfg) -> int:
     """Side of the score map for a search crop of `instance_size` (PySOT's formula)."""
-    return (instance_size - cfg.TRACK.EXEMPLAR_SIZE) // cfg.ANCHOR.STRIDE + 1 + cfg.TRACK.BASE_SIZE
+    return _score_side(instance_size, cfg.TRACK.EXEMPLAR_SIZE, cfg.ANCHOR.STRIDE, cfg.TRACK.BASE_SIZE)
+
+
+def _score_side(instance_size, exemplar_size, stride, base_size) -> int:
+    return (instance_size - exemplar_size) // stride + 1 + base_size
 
 
 def cosine_window(size: int, anchor_num: int) -> np.ndarray:
@@ -76,19 +104,19 @@ def cosine_window(size: int, anchor_num: int) -> np.ndarray:
     return np.tile(np.outer(hanning, hanning).flatten(), anchor_num)
 
 
-def _softmax_fg(cls: torch.Tensor) -> np.ndarray:
-    """Foreground probability per anchor, anchor-major, from a (1, 2A, S, S) map."""
-    logits = cls.permute(1, 2, 3, 0).contiguous().view(2, -1).permute(1, 0)
+def foreground_scores(cls: torch.Tensor) -> np.ndarray:
+    """(K, A*S*S) foreground probability per anchor, anchor-major, from (K, 2A, S, S) logits."""
+    logits = cls.reshape(cls.shape[0], 2, -1)
     return torch.softmax(logits, dim=1)[:, 1].float().cpu().numpy()
 
 
 def decode_boxes(loc: torch.Tensor, anchors: np.ndarray) -> np.ndarray:
-    """(4, A*S*S) boxes (cx, cy, w, h) relative to the search centre, in search-crop pixels."""
-    delta = loc.permute(1, 2, 3, 0).contiguous().view(4, -1).float().cpu().numpy().copy()
-    delta[0] = delta[0] * anchors[:, 2] + anchors[:, 0]
-    delta[1] = delta[1] * anchors[:, 3] + anchors[:, 1]
-    delta[2] = np.exp(delta[2]) * anchors[:, 2]
-    delta[3] = np.exp(delta[3]) * anchors[:, 3]
+    """(K, 4, A*S*S) boxes (cx, cy, w, h) relative to the search centre, in search-crop pixels."""
+    delta = loc.reshape(loc.shape[0], 4, -1).float().cpu().numpy().copy()
+    delta[:, 0] = delta[:, 0] * anchors[:, 2] + anchors[:, 0]
+    delta[:, 1] = delta[:, 1] * anchors[:, 3] + anchors[:, 1]
+    delta[:, 2] = np.exp(delta[:, 2]) * anchors[:, 2]
+    delta[:, 3] = np.exp(delta[:, 3]) * anchors[:, 3]
     return delta
 
 
@@ -100,86 +128,234 @@ def _change(r):
     return np.maximum(r, 1.0 / r)
 
 
-def change_penalty(pred: np.ndarray, size, scale_z: float, penalty_k: float) -> np.ndarray:
-    """exp(-(r_c * s_c - 1) * k): scale change s_c and aspect-ratio change r_c vs the current size."""
-    s_c = _change(siamfc_crop_size(pred[2], pred[3]) / siamfc_crop_size(size[0] * scale_z, size[1] * scale_z))
-    r_c = _change((size[0] / size[1]) / (pred[2] / pred[3]))
-    return np.exp(-(r_c * s_c - 1) * penalty_k)
+def change_penalty(pred: np.ndarray, size: np.ndarray, scale_z: np.ndarray,
+                   penalty_k: np.ndarray) -> np.ndarray:
+    """(K, N) exp(-(r_c * s_c - 1) * k): scale change s_c and aspect-ratio change r_c of the K x N
+    candidate boxes `pred` (K, 4, N) against each target's size (K, 2) at its scale (K,)."""
+    w, h = size[:, 0:1], size[:, 1:2]
+    scale = scale_z[:, None]
+    s_c = _change(siamfc_crop_size(pred[:, 2], pred[:, 3]) / siamfc_crop_size(w * scale, h * scale))
+    r_c = _change((w / h) / (pred[:, 2] / pred[:, 3]))
+    return np.exp(-(r_c * s_c - 1) * penalty_k[:, None])
+
+
+def _stack_features(features: list):
+    """One batch from per-target template features (tensors, or lists of per-level tensors)."""
+    first = features[0]
+    if torch.is_tensor(first):
+        return first if len(features) == 1 else torch.cat(features)
+    return type(first)(_stack_features([f[i] for f in features]) for i in range(len(first)))
+
+
+def _feature_slice(features, i: int):
+    if torch.is_tensor(features):
+        return features[i:i + 1]
+    return type(features)(_feature_slice(f, i) for f in features)
+
+
+@dataclass
+class TargetState:
+    """One tracked target: the TRACK settings it uses, its position and size (image pixels,
+    centre and w/h), the mean colour of its first frame, its template features, lost mode."""
+    track: Any
+    center_pos: np.ndarray | None = None
+    size: np.ndarray | None = None
+    channel_average: np.ndarray | None = None
+    kernel: Any = None
+    lost: bool = False
+
+
+class Candidate(NamedTuple):
+    """The winning anchor of one search: box (cx, cy, w, h; centre relative to the target,
+    image pixels), its change penalty and score, and its index on the anchor-major score map."""
+    box: np.ndarray
+    penalty: float
+    score: float
+    index: int
 
 
 class SiamRPNTracker:
-    """PySOT's SiamRPN(++) tracker.  `init(img, [x, y, w, h])` then `track(img)` per frame."""
+    """PySOT's SiamRPN(++) tracker.  `init(img, [x, y, w, h])` then `track(img)` per frame, or
+    the batched `init_batch` / `track_batch` over `TargetState`s."""
 
-    def __init__(self, cfg, model, device=None):
+    batchable = True  # track_batch serves many targets in one forward
+    reports_speed = True
+
+    def __init__(self, cfg, model, device=None, channels_last: bool = False):
         self.cfg = cfg
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else _model_device(model)
+        self.channels_last = bool(channels_last)
         self.anchor_num = len(cfg.ANCHOR.RATIOS) * len(cfg.ANCHOR.SCALES)
-        self.score_size = score_size(cfg.TRACK.INSTANCE_SIZE, cfg)
-        self.window = cosine_window(self.score_size, self.anchor_num)
-        self.anchors = self.generate_anchor(self.score_size)
+        self.map = map  # runs the per-target crops; the engine gives a thread pool's map
+        self._geometries = {}
+        self.state = self.new_state()
 
+    def replica(self, model=None, channels_last=None) -> 'SiamRPNTracker':
+        """The same tracker over `model` (default: the same model), e.g. an inference copy."""
+        return type(self)(self.cfg, self.model if model is None else model, self.device,
+                          self.channels_last if channels_last is None else channels_last)
+
+    # -- geometry of a search at one crop size -------------------------------------------------
     def generate_anchor(self, size: int) -> np.ndarray:
         a = self.cfg.ANCHOR
         return tracker_anchors(a.STRIDE, a.RATIOS, a.SCALES, size)
 
-    def _context_size(self) -> float:
-        return siamfc_crop_size(self.size[0], self.size[1], self.cfg.TRACK.CONTEXT_AMOUNT)
+    def _geometry(self, instance_size: int, track) -> tuple:
+        """(score-map side, anchors, cosine window) of a search at `instance_size`."""
+        key = (instance_size, track.EXEMPLAR_SIZE, track.BASE_SIZE)
+        if key not in self._geometries:
+            side = _score_side(instance_size, track.EXEMPLAR_SIZE, self.cfg.ANCHOR.STRIDE, track.BASE_SIZE)
+            self._geometries[key] = (side, self.generate_anchor(side), cosine_window(side, self.anchor_num))
+        return self._geometries[key]
 
-    def _clip(self, cx, cy, w, h, shape):
+    @property
+    def score_size(self) -> int:
+        return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[0]
+
+    @property
+    def anchors(self) -> np.ndarray:
+        return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[1]
+
+    @property
+    def window(self) -> np.ndarray:
+        return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[2]
+
+    # -- the single-target API (PySOT's) ---------------------------------------------------------
+    @property
+    def center_pos(self) -> np.ndarray:
+        return self.state.center_pos
+
+    @property
+    def size(self) -> np.ndarray:
+        return self.state.size
+
+    def new_state(self, track=None) -> TargetState:
+        """A fresh target using TRACK section `track` (default: the config's)."""
+        return TargetState(self.cfg.TRACK if track is None else track)
+
+    def init(self, img: np.ndarray, bbox) -> None:
+        """Start tracking the box [x, y, w, h] (0-based) in BGR uint8 frame `img`."""
+        self.state = self.new_state()
+        self.init_batch([self.state], [img], [bbox])
+
+    def track(self, img: np.ndarray) -> dict:
+        """Track one frame; returns {'bbox': [x, y, w, h], 'best_score': float}."""
+        return self.track_batch([self.state], [img])[0]
+
+    # -- the batched core ------------------------------------------------------------------------
+    @staticmethod
+    def _context_size(state: TargetState) -> float:
+        return siamfc_crop_size(state.size[0], state.size[1], state.track.CONTEXT_AMOUNT)
+
+    def _crops(self, jobs: list) -> list:
+        """crop_patch over [(img, pos, model_sz, original_sz, avg_chans)] with `self.map`."""
+        return list(self.map(lambda job: crop_patch(*job), jobs))
+
+    def _batch(self, patches) -> torch.Tensor:
+        return to_batch(patches, self.device, self.channels_last)
+
+    @torch.no_grad()
+    def init_batch(self, states: list, imgs: list, boxes: list) -> None:
+        """Start tracking boxes[i] ([x, y, w, h], 0-based) in frame imgs[i] for states[i].
+        Targets with the same frame object, box and template geometry share one template."""
+        means, unique, owner = {}, {}, []
+        for state, img, box in zip(states, imgs, boxes):
+            x, y, w, h = (float(v) for v in box)
+            state.center_pos = np.array([x + (w - 1) / 2, y + (h - 1) / 2])
+            state.size = np.array([w, h])
+            state.lost = False
+            if id(img) not in means:
+                means[id(img)] = np.mean(img, axis=(0, 1))
+            state.channel_average = means[id(img)]
+            key = (id(img), x, y, w, h, state.track.EXEMPLAR_SIZE, state.track.CONTEXT_AMOUNT)
+            owner.append(unique.setdefault(key, len(unique)))
+        first = {}  # unique template -> the first target that asked for it
+        for i, u in enumerate(owner):
+            first.setdefault(u, i)
+        kernels = {}
+        by_size = {}
+        for u, i in first.items():
+            by_size.setdefault(states[i].track.EXEMPLAR_SIZE, []).append(u)
+        for exemplar, group in by_size.items():
+            patches = self._crops([(imgs[first[u]], states[first[u]].center_pos, exemplar,
+                                    round(self._context_size(states[first[u]])),
+                                    states[first[u]].channel_average) for u in group])
+            self.model.template(self._batch(patches))
+            features = getattr(self.model, 'zf', None)  # None: a model without cached features
+            for j, u in enumerate(group):
+                kernels[u] = None if features is None else _feature_slice(features, j)
+        for state, u in zip(states, owner):
+            state.kernel = kernels[u]
+
+    def _search_mode(self, state: TargetState) -> tuple:
+        """(search crop size, window influence) of the next search of `state`."""
+        return state.track.INSTANCE_SIZE, state.track.WINDOW_INFLUENCE
+
+    def _search(self, states: list, imgs: list, instance_size: int) -> tuple:
+        """One forward over the search crops of `states` (same crop and template sizes).
+        Returns ([Candidate per state], the network outputs)."""
+        track = states[0].track
+        side, anchors, window = self._geometry(instance_size, track)
+        s_z = np.array([self._context_size(s) for s in states])
+        scale_z = np.array([s.track.EXEMPLAR_SIZE for s in states]) / s_z
+        patches = self._crops([(img, s.center_pos, instance_size,
+                                round(sz * (instance_size / s.track.EXEMPLAR_SIZE)), s.channel_average)
+                               for s, img, sz in zip(states, imgs, s_z)])
+        kernels = [s.kernel for s in states]
+        if all(k is not None for k in kernels):
+            self.model.zf = _stack_features(kernels)
+        outputs = self.model.track(self._batch(patches))
+        score = foreground_scores(outputs['cls'])
+        sizes = np.stack([s.size for s in states])
+        penalty_k = np.array([s.track.PENALTY_K for s in states], np.float64)
+        influence = np.array([self._search_mode(s)[1] for s in states], np.float64)[:, None]
+        # an untrained network overflows exp(dw); PySOT carries on the same way, quietly here
+        with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
+            pred = decode_boxes(outputs['loc'], anchors)
+            penalty = change_penalty(pred, sizes, scale_z, penalty_k)
+            pscore = penalty * score * (1 - influence) + window * influence
+        best = np.argmax(pscore, axis=1)
+        rows = np.arange(len(states))
+        # float64 like PySOT's (its scale_z is a NumPy float64); float32 here drifts ~1e-5 px a frame
+        boxes = pred[rows, :, best].astype(np.float64) / scale_z[:, None]
+        return [Candidate(boxes[k], penalty[k, best[k]], score[k, best[k]], int(best[k]))
+                for k in rows], outputs
+
+    @torch.no_grad()
+    def track_batch(self, states: list, imgs: list) -> list:
+        """Track imgs[i] for states[i]; one forward per group of equal search geometry.
+        Returns one {'bbox': [x, y, w, h], 'best_score'} per state."""
+        groups = {}
+        for i, state in enumerate(states):
+            size = self._search_mode(state)[0]
+            groups.setdefault((size, state.track.EXEMPLAR_SIZE, state.track.BASE_SIZE), []).append(i)
+        results = [None] * len(states)
+        for (instance_size, _, _), idx in groups.items():
+            candidates, _ = self._search([states[i] for i in idx], [imgs[i] for i in idx], instance_size)
+            for i, cand in zip(idx, candidates):
+                results[i] = self._advance(states[i], cand, imgs[i].shape)
+        return results
+
+    @staticmethod
+    def _moved(state: TargetState, cand: Candidate) -> tuple:
+        """(cx, cy, w, h) after moving to the candidate, the size updated at rate penalty*score*LR."""
+        lr = cand.penalty * cand.score * state.track.LR
+        return (cand.box[0] + state.center_pos[0], cand.box[1] + state.center_pos[1],
+                state.size[0] * (1 - lr) + cand.box[2] * lr, state.size[1] * (1 - lr) + cand.box[3] * lr)
+
+    @staticmethod
+    def _clip(cx, cy, w, h, shape):
         height, width = shape[:2]
         return (max(0, min(cx, width)), max(0, min(cy, height)),
                 max(10, min(w, width)), max(10, min(h, height)))
 
-    @torch.no_grad()
-    def init(self, img: np.ndarray, bbox) -> None:
-        """Start tracking the box [x, y, w, h] (0-based) in BGR uint8 frame `img`."""
-        x, y, w, h = (float(v) for v in bbox)
-        self.center_pos = np.array([x + (w - 1) / 2, y + (h - 1) / 2])
-        self.size = np.array([w, h])
-        s_z = round(self._context_size())
-        self.channel_average = np.mean(img, axis=(0, 1))
-        z = get_subwindow(img, self.center_pos, self.cfg.TRACK.EXEMPLAR_SIZE, s_z,
-                          self.channel_average, self.device)
-        self.model.template(z)
-
-    def _search(self, img, instance_size, anchors, window, window_influence):
-        """One search step; returns (pred box in image units rel. to centre, penalty, score, best idx, s_x)."""
-        t = self.cfg.TRACK
-        s_z = self._context_size()
-        scale_z = t.EXEMPLAR_SIZE / s_z
-        s_x = round(s_z * (instance_size / t.EXEMPLAR_SIZE))
-        x = get_subwindow(img, self.center_pos, instance_size, s_x, self.channel_average, self.device)
-        outputs = self.model.track(x)
-        score = _softmax_fg(outputs['cls'])
-        # an untrained network overflows exp(dw); PySOT carries on the same way, quietly here
-        with np.errstate(over='ignore', divide='ignore', invalid='ignore'):
-            pred = decode_boxes(outputs['loc'], anchors)
-            penalty = change_penalty(pred, self.size, scale_z, t.PENALTY_K)
-            pscore = penalty * score * (1 - window_influence) + window * window_influence
-        best = int(np.argmax(pscore))
-        # float64 like PySOT's (its scale_z is a NumPy float64); float32 here drifts ~1e-5 px a frame
-        return pred[:, best].astype(np.float64) / scale_z, penalty, score, best, s_x, outputs
-
-    def _update(self, bbox, lr):
-        cx = bbox[0] + self.center_pos[0]
-        cy = bbox[1] + self.center_pos[1]
-        w = self.size[0] * (1 - lr) + bbox[2] * lr
-        h = self.size[1] * (1 - lr) + bbox[3] * lr
-        return cx, cy, w, h
-
-    @torch.no_grad()
-    def track(self, img: np.ndarray) -> dict:
-        """Track one frame; returns {'bbox': [x, y, w, h], 'best_score': float}."""
-        t = self.cfg.TRACK
-        bbox, penalty, score, best, _, self._last = self._search(
-            img, t.INSTANCE_SIZE, self.anchors, self.window, t.WINDOW_INFLUENCE)
-        self._best = best
-        lr = penalty[best] * score[best] * t.LR
-        cx, cy, w, h = self._clip(*self._update(bbox, lr), img.shape)
-        self.center_pos = np.array([cx, cy])
-        self.size = np.array([w, h])
-        return {'bbox': _xywh(cx, cy, w, h), 'best_score': float(score[best])}
+    def _advance(self, state: TargetState, cand: Candidate, shape) -> dict:
+        """Apply the winning candidate to `state`; the frame's result."""
+        cx, cy, w, h = self._clip(*self._moved(state, cand), shape)
+        state.center_pos = np.array([cx, cy])
+        state.size = np.array([w, h])
+        return {'bbox': _xywh(cx, cy, w, h), 'best_score': float(cand.score)}
 
 
 class SiamRPNLTTracker(SiamRPNTracker):
@@ -191,39 +367,30 @@ class SiamRPNLTTracker(SiamRPNTracker):
 
     LOST_WINDOW_INFLUENCE = 0.001
 
-    def __init__(self, cfg, model, device=None):
-        super().__init__(cfg, model, device)
-        self.longterm_state = False
-        lost = score_size(cfg.TRACK.LOST_INSTANCE_SIZE, cfg)
-        self._lost_anchors = self.generate_anchor(lost)
-        self._lost_window = cosine_window(lost, self.anchor_num)
+    @property
+    def longterm_state(self) -> bool:
+        return self.state.lost
 
-    def init(self, img, bbox):
-        self.longterm_state = False
-        super().init(img, bbox)
+    def _search_mode(self, state):
+        if state.lost:
+            return state.track.LOST_INSTANCE_SIZE, self.LOST_WINDOW_INFLUENCE
+        return state.track.INSTANCE_SIZE, state.track.WINDOW_INFLUENCE
 
-    @torch.no_grad()
-    def track(self, img: np.ndarray) -> dict:
-        t = self.cfg.TRACK
-        if self.longterm_state:
-            args = (t.LOST_INSTANCE_SIZE, self._lost_anchors, self._lost_window, self.LOST_WINDOW_INFLUENCE)
+    def _advance(self, state, cand, shape):
+        t = state.track
+        if cand.score >= t.CONFIDENCE_LOW:
+            cx, cy, w, h = self._moved(state, cand)
         else:
-            args = (t.INSTANCE_SIZE, self.anchors, self.window, t.WINDOW_INFLUENCE)
-        bbox, penalty, score, best, _, _ = self._search(img, *args)
-        best_score = float(score[best])
-        if best_score >= t.CONFIDENCE_LOW:
-            cx, cy, w, h = self._update(bbox, penalty[best] * score[best] * t.LR)
-        else:
-            (cx, cy), (w, h) = self.center_pos, self.size
+            (cx, cy), (w, h) = state.center_pos, state.size
         # PySOT stores the unclipped state and clips only the returned box.
-        self.center_pos = np.array([cx, cy])
-        self.size = np.array([w, h])
-        cx, cy, w, h = self._clip(cx, cy, w, h, img.shape)
-        if best_score < t.CONFIDENCE_LOW:
-            self.longterm_state = True
-        elif best_score > t.CONFIDENCE_HIGH:
-            self.longterm_state = False
-        return {'bbox': _xywh(cx, cy, w, h), 'best_score': best_score}
+        state.center_pos = np.array([cx, cy])
+        state.size = np.array([w, h])
+        cx, cy, w, h = self._clip(cx, cy, w, h, shape)
+        if cand.score < t.CONFIDENCE_LOW:
+            state.lost = True
+        elif cand.score > t.CONFIDENCE_HIGH:
+            state.lost = False
+        return {'bbox': _xywh(cx, cy, w, h), 'best_score': float(cand.score)}
 
 
 class SiamMaskTracker(SiamRPNTracker):
@@ -231,19 +398,22 @@ class SiamMaskTracker(SiamRPNTracker):
     the frame, thresholded at MASK_THERSHOLD and turned into a rotated rectangle (4 points).
 
     Uses `model.mask_refine((y, x))` when the model has a refine head (`model.has_refine`),
-    else the raw mask vector outputs['mask'][0, :, y, x] (a square mask).
+    else the raw mask vector outputs['mask'][0, :, y, x] (a square mask).  Runs one target at a
+    time (the refine head works on the last forward's features): not batched.
     """
 
-    def __init__(self, cfg, model, device=None):
-        if not hasattr(model, 'mask_head'):
-            raise ValueError('SiamMaskTracker needs a model with a mask_head (cfg.MASK.MASK true)')
-        super().__init__(cfg, model, device)
+    batchable = False
 
-    def _mask_at(self, y: int, x: int) -> np.ndarray:
+    def __init__(self, cfg, model, device=None, channels_last: bool = False):
+        if not getattr(model, 'has_mask', False):
+            raise ValueError('SiamMaskTracker needs a model with a mask head (cfg.MASK.MASK true)')
+        super().__init__(cfg, model, device, channels_last)
+
+    def _mask_at(self, outputs: dict, y: int, x: int) -> np.ndarray:
         if self.model.has_refine:
             mask = self.model.mask_refine((y, x))
         else:
-            mask = self._last['mask'][0, :, y, x]
+            mask = outputs['mask'][0, :, y, x]
         mask = mask.sigmoid().float().flatten().cpu().numpy()
         side = int(round(math.sqrt(mask.size)))
         return mask.reshape(side, side)
@@ -267,14 +437,22 @@ class SiamMaskTracker(SiamRPNTracker):
         w, h = self.size
         return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
 
+    def track_batch(self, states, imgs):
+        if len(states) != 1:
+            raise ValueError(f'SiamMaskTracker tracks one target at a time, got {len(states)}')
+        self.state = states[0]
+        return [self.track(imgs[0])]
+
     @torch.no_grad()
     def track(self, img: np.ndarray) -> dict:
-        t = self.cfg.TRACK
-        s_x = round(self._context_size() * (t.INSTANCE_SIZE / t.EXEMPLAR_SIZE))
-        crop_box = [self.center_pos[0] - s_x / 2, self.center_pos[1] - s_x / 2, s_x, s_x]
-        out = super().track(img)
-        _, dy, dx = np.unravel_index(self._best, (self.anchor_num, self.score_size, self.score_size))
-        mask = self._mask_at(int(dy), int(dx))
+        state, t = self.state, self.state.track
+        s_x = round(self._context_size(state) * (t.INSTANCE_SIZE / t.EXEMPLAR_SIZE))
+        crop_box = [state.center_pos[0] - s_x / 2, state.center_pos[1] - s_x / 2, s_x, s_x]
+        (cand,), outputs = self._search([state], [img], t.INSTANCE_SIZE)
+        out = self._advance(state, cand, img.shape)
+        side = self._geometry(t.INSTANCE_SIZE, t)[0]
+        _, dy, dx = np.unravel_index(cand.index, (self.anchor_num, side, side))
+        mask = self._mask_at(outputs, int(dy), int(dx))
         s = crop_box[2] / t.INSTANCE_SIZE
         stride, base = self.cfg.ANCHOR.STRIDE, t.BASE_SIZE
         sub = [crop_box[0] + (dx - base / 2) * stride * s, crop_box[1] + (dy - base / 2) * stride * s,
@@ -291,6 +469,9 @@ class SiamMaskTracker(SiamRPNTracker):
 class StaticTracker:
     """Baseline that reports its first box on every frame."""
 
+    batchable = False
+    reports_speed = False  # it does no work: its frames per second mean nothing
+
     def init(self, img, bbox):
         self.box = [float(v) for v in bbox]
 
@@ -302,9 +483,9 @@ TRACKERS = {'SiamRPNTracker': SiamRPNTracker, 'SiamRPNLTTracker': SiamRPNLTTrack
             'SiamMaskTracker': SiamMaskTracker}
 
 
-def build_tracker(cfg, model, device=None):
+def build_tracker(cfg, model, device=None, channels_last: bool = False):
     """Tracker named by cfg.TRACK.TYPE around `model` (put in eval mode)."""
     name = cfg.TRACK.TYPE
     if name not in TRACKERS:
         raise ValueError(f'unknown TRACK.TYPE {name!r}; expected one of {sorted(TRACKERS)}')
-    return TRACKERS[name](cfg, model, device)
+    return TRACKERS[name](cfg, model, device, channels_last)

@@ -1,0 +1,19 @@
+"""tools/bench_eval.py runs all its modes on a tiny synthetic set and writes its JSON (no timing
+assertions: the figures are measured by running the tool, see the README)."""
+import json
+
+from tools.bench_eval import main
+
+
+def test_bench_eval_writes_every_mode_and_ratio(tmp_path):
+    out = tmp_path / 'bench.json'
+    main(['--videos', '2', '--frames', '3', '--settings', '2', '--json', str(out)])
+    report = json.loads(out.read_text())
+    assert set(report['results']) == {'sequential', 'batched', 'batched_1stream', 'batched_fast',
+                                      'tune_batched', 'tune_one_by_one'}
+    assert set(report['ratios']) == {'batched_vs_sequential', 'batched_1stream_vs_sequential',
+                                     'batched_fast_vs_sequential', 'tune_batched_vs_one_by_one'}
+    assert report['results']['sequential']['max_box_diff_px'] == 0.0
+    assert report['results']['batched']['max_box_diff_px'] <= 1e-3
+    assert report['results']['tune_batched']['setting_frames'] == 2 * report['frames']
+    assert len(report['load_average_before']) == 3 and report['cpus'] >= 1
