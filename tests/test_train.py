@@ -246,7 +246,7 @@ def test_bad_inputs_fail_before_training(shards, tmp_path):
         Trainer(_cfg("TRACK.CONTEXT_AMOUNT=0.6"), shards=shards, out_dir=tmp_path, device="cpu")
     with pytest.raises(PreflightError, match="less than one global batch"):
         Trainer(_cfg("TRAIN.BATCH_SIZE=32"), shards=shards, out_dir=tmp_path, device="cpu")
-    with pytest.raises(PreflightError, match="latest.pth does not exist"):
+    with pytest.raises(PreflightError, match="nothing to resume"):
         Trainer(_cfg(), shards=shards, out_dir=tmp_path / "empty", device="cpu", resume=True)
     # a checkpoint of another architecture (full-width AlexNet) against the quarter-width model
     other = load_config(DEMO, ["DATASET.NAMES=[VID]"])
