@@ -4,6 +4,7 @@ resume from, and cut the per-step record files back to a resumed step.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -14,11 +15,11 @@ from pipeline.fileio import atomic_write
 from .checkpoint import CheckpointError, load_checkpoint
 from .preflight import PreflightError
 
-__all__ = ["RUN_FILES", "earlier_run_files", "clear_run", "refuse_or_clear", "ResumePoint",
+__all__ = ["RUN_FILES", "earlier_run_files", "refuse_or_set_aside", "put_back", "discard", "ResumePoint",
            "find_resume_checkpoint", "global_step_of", "truncate_records"]
 
 _EPOCH_CKPT = re.compile(r"^checkpoint_e(\d+)\.pth$")
-# What a training run writes into its folder (train.log and the plot included); --overwrite removes these only.
+# What a training run writes into its folder (train.log and the plot included); --overwrite removes only these.
 RUN_FILES = ("latest.pth", "checkpoint_e*.pth", "metrics.jsonl", "summary.json", "train.log", "curves.png",
              "batches_rank*.jsonl", "tb")
 # The files that show a run has trained (a train.log alone may come from a run that stopped in preflight).
@@ -31,28 +32,44 @@ def earlier_run_files(out_dir: Path) -> list[Path]:
     return sorted(p for pattern in _EVIDENCE for p in out_dir.glob(pattern))
 
 
-def clear_run(out_dir: Path) -> list[Path]:
-    """Delete the files of a training run in ``out_dir`` (only :data:`RUN_FILES`); returns them."""
-    removed = sorted(p for pattern in RUN_FILES for p in Path(out_dir).glob(pattern))
-    for p in removed:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    return removed
+def _run_files(out_dir: Path) -> list[Path]:
+    return sorted(p for pattern in RUN_FILES for p in Path(out_dir).glob(pattern))
 
 
-def refuse_or_clear(out_dir: Path, overwrite: bool) -> list[Path]:
+def refuse_or_set_aside(out_dir: Path, overwrite: bool) -> Path | None:
     """For a fresh run: raise PreflightError if ``out_dir`` holds an earlier run, unless
-    ``overwrite``, which deletes that run's files (returned)."""
+    ``overwrite``: then that run's files (only :data:`RUN_FILES`) move into a hidden folder,
+    returned, which :func:`discard` deletes once the new run has started and :func:`put_back`
+    restores if it fails to start (a typo in the command must not cost the earlier run)."""
     found = earlier_run_files(out_dir)
     if not found:
-        return []
+        return None
     if not overwrite:
         names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
         raise PreflightError(f"{out_dir} holds an earlier run ({names}); continue it with --resume, or start "
                              f"afresh with --overwrite (deletes that run's checkpoints, logs and metrics)")
-    return clear_run(out_dir)
+    aside = Path(out_dir) / f".overwritten-run.{os.getpid()}"
+    aside.mkdir()
+    for p in _run_files(out_dir):
+        p.rename(aside / p.name)
+    return aside
+
+
+def put_back(aside: Path) -> None:
+    """Undo :func:`refuse_or_set_aside` (files the failed start wrote are replaced)."""
+    for p in sorted(Path(aside).iterdir()):
+        target = Path(aside).parent / p.name
+        if target.is_dir() and p.is_dir():
+            shutil.rmtree(target)
+        p.replace(target)
+    Path(aside).rmdir()
+
+
+def discard(aside: Path) -> int:
+    """Delete the set-aside earlier run; returns how many files and folders it held."""
+    count = len(list(Path(aside).iterdir()))
+    shutil.rmtree(aside)
+    return count
 
 
 def global_step_of(ckpt: dict, steps_per_epoch: int) -> int:

@@ -28,7 +28,7 @@ from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_tra
 from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
 from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_compile, check_shards
-from .run_folder import find_resume_checkpoint, refuse_or_clear, truncate_records
+from .run_folder import discard, find_resume_checkpoint, put_back, refuse_or_set_aside, truncate_records
 from .step import BufferGuard, GradBuffer, masked_sgd_step
 from .telemetry import IntervalMeter, MetricsWriter, bound_verdict, setup_logger
 
@@ -103,13 +103,22 @@ class Trainer:
         self.on_cuda = self.device.type == "cuda"
         self.out_dir = Path(out_dir)
         self.show_progress = show_progress and self.ctx.is_main
-        tr = cfg.TRAIN
-        fresh = resume is None and not tr.RESUME
-        cleared = self._agreed(lambda: refuse_or_clear(self.out_dir, overwrite)) if fresh else []
+        fresh = resume is None and not cfg.TRAIN.RESUME
+        aside = self._agreed(lambda: refuse_or_set_aside(self.out_dir, overwrite)) if fresh else None
+        aside = aside if self.ctx.is_main else None  # rank 0 owns the folder
+        try:
+            self._setup(shards, resume, loader)
+        except BaseException:
+            if aside is not None:
+                put_back(aside)
+            raise
+        if aside is not None:
+            self.log.info(f"--overwrite: deleted the earlier run's {discard(aside)} files from {self.out_dir}")
+
+    def _setup(self, shards, resume, loader):
+        cfg, tr = self.cfg, self.cfg.TRAIN
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_logger(self.out_dir if self.ctx.is_main else None, self.ctx.rank)
-        if cleared:
-            self.log.info(f"--overwrite: removed the earlier run's {len(cleared)} files from {self.out_dir}")
         if self.ctx.is_main:  # leftovers of a checkpoint write that was killed (only rank 0 writes them)
             for p in remove_stale_temp_files(self.out_dir):
                 self.log.warning(f"removed {p}: temp file of an interrupted checkpoint write (its process is gone)")
