@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from test_train import shards  # noqa: F401  (module fixture: synthetic VID shards)
 from train.distributed import choose_device, init_distributed, loader_device, parse_device, shutdown_distributed
 from train.preflight import PreflightError
 from train.step import GradBuffer
@@ -97,3 +98,41 @@ def test_two_ranks_hand_the_loader_their_own_gpu_and_keep_gradient_views(tmp_pat
         model(torch.randn(2, 3, 8, 8)).square().sum().backward()
         own.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(torch.tensor(result[0]["grad"]), (own[0] + own[1]) / 2)
+
+
+def _nan_on_one_rank(rank, world, port, shards, out_dir):
+    """One rank of a real gloo DDP run whose rank 1 sees a NaN template in its second batch."""
+    from pipeline import build_loader
+    from test_train import _NaNTemplateAt, _cfg
+    from train.trainer import Trainer
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "OMP_NUM_THREADS": "1"})
+    cfg = _cfg("TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False", "DATASET.VIDEOS_PER_EPOCH=24", "TRAIN.CKPT_INTERVAL=0")
+    loader = build_loader(cfg, shards=shards, batch_size=4, device="cpu", rank=rank, world_size=world,
+                          seed=cfg.TRAIN.SEED)
+    trainer = Trainer(cfg, shards=shards, out_dir=out_dir, device="cpu", show_progress=False,
+                      loader=_NaNTemplateAt(loader, [(0, 1)] if rank == 1 else []))
+    summary = trainer.fit()
+    params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"skipped": summary["skipped_steps"], "params": params.tolist(),
+                                      "finite": bool(torch.isfinite(params).all())})
+    if rank == 0:
+        with open(os.path.join(out_dir, "ranks.json"), "w") as f:
+            json.dump(gathered, f)
+    shutdown_distributed()
+
+
+def test_a_bad_step_on_one_rank_is_skipped_on_every_rank(shards, tmp_path):  # noqa: F811
+    """Real DDP on gloo: rank 1's loss is NaN at step 2 of 3; both ranks skip that step (decided on the
+    device from the all-reduced flag), count it, and end with the same finite weights."""
+    out = tmp_path / "run"
+    mp.spawn(_nan_on_one_rank, args=(2, _free_port(), str(shards), str(out)), nprocs=2, join=True)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert [r["skipped"] for r in ranks] == [1, 1]
+    assert all(r["finite"] for r in ranks)
+    assert ranks[0]["params"] == ranks[1]["params"]  # no rank applied the step the other skipped
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["total_loss"] is None for r in recs] == [False, True, False]
