@@ -247,8 +247,8 @@ def build_rows(info, tests, loader, bench, run, stages, dry) -> list:
                  else f"{info.get('device_name')}: no known peak")]
     failed = sum(tests.get(k, 0) for k in ("failed", "error", "errors"))
     ran_tests = stages.results.get("gpu_tests", {}).get("status") == "ok"
-    rows.append(_row("GPU tests", f"{tests.get('passed', 0)} passed, {tests.get('skipped', 0)} skipped, {failed} failed",
-                     "all pass", "PASS" if ran_tests and not failed else "FAIL"))
+    counts = f"{tests.get('passed', 0)} passed, {tests.get('skipped', 0)} skipped, {failed} failed"
+    rows.append(_row("GPU tests", counts, "all pass", "PASS" if ran_tests and not failed else "FAIL"))
     dali = (loader or {}).get("dali", {})
     rate, cores = dali.get("pairs_per_s"), dali.get("cpu_cores_busy")
     rows.append(_row("loader pairs/s", rate, f">= {LOADER_MIN_PAIRS_S}",
@@ -272,7 +272,7 @@ def build_rows(info, tests, loader, bench, run, stages, dry) -> list:
             mfu_row["note"] = f"profile: {entry['profile']}"
         xc = entry.get("xcorr_layout")
         if xc is not None:
-            rows.append(_row(f"{phase} xcorr layout copies", xc["share_of_step"], f"< {MAX_XCORR_SHARE:.0%} of the step",
+            rows.append(_row(f"{phase} xcorr layout copies", xc["share_of_step"], f"< {MAX_XCORR_SHARE:.0%} of a step",
                              _judge(True, xc["share_of_step"], xc["share_of_step"] < MAX_XCORR_SHARE, dry), unit="%",
                              note=f"{xc['round_trip_ms_per_step']:.3f} ms per step, {xc['calls_per_step']} calls"))
     mem = (bench or {}).get("peak_memory", {})
