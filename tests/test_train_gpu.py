@@ -50,6 +50,8 @@ def test_trainer_across_the_unfreeze_and_resume(shards, tmp_path, device, compil
     assert summary["global_step"] == 4 and summary["skipped_steps"] == 0 and trainer.unfrozen
     losses = _losses(tmp_path / "run")
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    if compile_:
+        return  # resuming is the same code compiled or not; compiling twice more costs a minute of GPU time
 
     resumed = Trainer(cfg, shards=shards, out_dir=tmp_path / "resumed", device=device, show_progress=False,
                       resume=tmp_path / "run" / "checkpoint_e1.pth")

@@ -221,7 +221,7 @@ def profile_loader(cfg_path, opts, shards, device, out_path, batches=5) -> None:
             next(it)
         if device == "cuda":
             torch.cuda.synchronize()
-    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    sort = "device_time_total" if device == "cuda" else "cpu_time_total"
     Path(out_path).write_text(f"torch.profiler, {batches} loader batches, sorted by {sort}\n"
                               + prof.key_averages().table(sort_by=sort, row_limit=40))
 

@@ -156,7 +156,7 @@ def profile_steps(trainer, batches, steps: int, path) -> Path:
             trainer.train_step(next(batches))
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
-    sort = "cuda_time_total" if trainer.device.type == "cuda" else "cpu_time_total"
+    sort = "device_time_total" if trainer.device.type == "cuda" else "cpu_time_total"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"torch.profiler, {steps} training steps ({'frozen' if not trainer.unfrozen else 'unfrozen'} "

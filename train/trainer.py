@@ -241,6 +241,7 @@ class Trainer:
             raise PreflightError(f"{key}={path!r}: file not found (also tried {p})")
         report = load_pretrained(module, str(p))
         self.log.info(f"{key}: loaded {p}: {report}")
+
     def _restore(self, ckpt, path):
         cfg = self.cfg
         if ckpt.get("format") != CHECKPOINT_FORMAT:
