@@ -53,7 +53,7 @@ PLANS = {
             "bench": ["--steps", "30", "--warmup", "5"],
             "run": ["TRAIN.EPOCH=2", "BACKBONE.TRAIN_EPOCH=1", "TRAIN.LR_WARMUP.EPOCH=1",
                     "DATASET.VIDEOS_PER_EPOCH=280", "TRAIN.PRINT_FREQ=5", "TRAIN.CKPT_INTERVAL=0"],
-            "budgets": {"card": 15, "shards": 25, "gpu_tests": 105, "loader": 35, "train_bench": 75, "train_run": 45}},
+            "budgets": {"card": 15, "shards": 25, "gpu_tests": 95, "loader": 35, "train_bench": 70, "train_run": 60}},
     "cpu-dry-run": {"device": "cpu", "cfg": DEMO, "opts": DRY_OPTS, "videos": 4, "frames": 12,
                     "loader": ["--batch-size", "4", "--batches", "2", "--rounds", "1", "--warmup", "1"],
                     "bench": ["--steps", "1", "--warmup", "0", "--profile-steps", "1"],
@@ -317,6 +317,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="runs/gpu_check", help="folder for shards, logs, profiles and the training run")
     p.add_argument("--cpu-dry-run", action="store_true", help="the same stages, tiny, on the CPU (targets not judged)")
     p.add_argument("--build-shards-only", action="store_true", help="build the synthetic shards into WORK and stop")
+    p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
+                   help="another time budget for a stage (card, shards, gpu_tests, loader, train_bench, train_run); "
+                        "the 5-minute total still applies")
     p.add_argument("--profile-loader", nargs=4, metavar=("CFG", "SHARDS", "DEVICE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.profile_loader:
@@ -324,7 +327,12 @@ def main(argv=None) -> int:
         profile_loader(cfg, PLANS["cpu-dry-run" if device == "cpu" else "gpu"]["opts"], shards, device, out)
         return 0
     mode = "cpu-dry-run" if args.cpu_dry_run else "gpu"
-    plan = PLANS[mode]
+    plan = {**PLANS[mode], "budgets": dict(PLANS[mode]["budgets"])}
+    for item in args.budget:
+        stage, _, seconds = item.partition("=")
+        if stage not in plan["budgets"] or not seconds.replace(".", "", 1).isdigit():
+            p.error(f"--budget {item!r}: expected STAGE=SECONDS with STAGE one of {sorted(plan['budgets'])}")
+        plan["budgets"][stage] = float(seconds)
     dry = mode == "cpu-dry-run"
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
