@@ -149,3 +149,46 @@ def test_non_state_dict_and_missing_files(tmp_path):
         load_pretrained(demo_model(0), path)
     with pytest.raises(FileNotFoundError, match='absent.pth'):
         load_pretrained(demo_model(0), tmp_path / 'absent.pth')
+
+
+def _one_line_about(err, path, words):
+    msg = str(err.value)
+    assert str(path) in msg and words in msg, msg
+    assert '\n' not in msg and 'weights_only' not in msg, msg  # never torch's advice to load unsafely
+
+
+@pytest.mark.parametrize('content', [b'', b'epoch 3, loss 0.12\nnot a model\n'], ids=['empty', 'text'])
+def test_text_or_empty_file_is_named_and_not_a_torch_checkpoint(tmp_path, content):
+    path = tmp_path / 'model.pth'
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_model_checkpoint(demo_model(0), path)
+    _one_line_about(err, path, 'not a torch checkpoint')
+    with pytest.raises(ValueError) as err:
+        load_pretrained(demo_model(0).backbone, path)
+    _one_line_about(err, path, 'not a torch checkpoint')
+
+
+def test_refused_objects_and_damaged_files_never_suggest_an_unsafe_load(tmp_path):
+    import numpy as np
+
+    pickled = tmp_path / 'numpy.pth'
+    torch.save({'state_dict': {'w': np.zeros(3)}}, pickled)  # a numpy array: refused by weights_only
+    with pytest.raises(ValueError) as err:
+        load_model_checkpoint(demo_model(0), pickled)
+    _one_line_about(err, pickled, 'weights-only load refuses')
+    good = tmp_path / 'good.pth'
+    torch.save(demo_model(0).state_dict(), good)
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])  # a copy that stopped halfway
+    with pytest.raises(ValueError) as err:
+        load_model_checkpoint(demo_model(0), cut)
+    _one_line_about(err, cut, 'damaged or truncated')
+
+
+def test_one_loader_and_one_error_type_for_model_and_train():
+    import model.checkpoint as mc
+    import train.checkpoint as tc
+
+    assert tc.CheckpointError is mc.CheckpointError and issubclass(mc.CheckpointError, ValueError)
+    assert issubclass(mc.CheckpointNotFoundError, (mc.CheckpointError, FileNotFoundError))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_build_diskfull import tmpfs  # noqa: F401  (fixture: a small real tmpfs)
 from train.checkpoint import (CheckpointError, capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng,
                               save_checkpoint, to_plain)
 
@@ -92,3 +93,27 @@ def test_temp_file_of_a_killed_write_is_removed_and_live_ones_kept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, not_ours.name, "latest.pth", "pickling"])
     assert load_checkpoint(tmp_path / "latest.pth")["epoch"] == 1
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("content", [b"", b"just some text\n"], ids=["empty", "text"])
+def test_text_or_empty_checkpoint_is_one_clear_line(tmp_path, content):
+    path = tmp_path / "latest.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and "not a torch checkpoint" in msg and "\n" not in msg and "weights_only" not in msg
+
+
+def test_disk_full_keeps_previous_checkpoint_and_says_so(tmpfs):
+    """A real small file system: the second checkpoint does not fit next to the first."""
+    from train.checkpoint import DiskFullError
+
+    payload = {"epoch": 1, "w": torch.arange(50_000, dtype=torch.float32)}  # ~200 kB
+    mnt = tmpfs(300 * 1024)
+    save_checkpoint(mnt / "latest.pth", payload)
+    with pytest.raises(DiskFullError) as err:
+        save_checkpoint(mnt / "latest.pth", {**payload, "epoch": 2})
+    assert str(err.value).startswith(f"no space left on {mnt}") and "Errno" not in str(err.value)
+    assert load_checkpoint(mnt / "latest.pth")["epoch"] == 1
+    assert os.listdir(mnt) == ["latest.pth"]  # the partial temp file is gone

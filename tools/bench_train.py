@@ -1,10 +1,12 @@
-"""Benchmark training throughput, FLOPs and data wait for the frozen and unfrozen phases.
+"""Benchmark training throughput, MFU, data wait and peak memory for the frozen and unfrozen phases.
 
     python tools/bench_train.py --cfg configs/siamrpn_r50_l234_dwxcorr_8gpu.yaml --shards cache/ \
-        --device cuda --steps 50 [--json out.json] [--opts TRAIN.BATCH_SIZE=64]
+        --device cuda --steps 50 [--json out.json] [--profile-dir DIR] [--opts TRAIN.BATCH_SIZE=64]
 
 Each phase runs the real loader feeding the model, then the same number of steps on one batch
-held in device memory (the compute ceiling). One JSON object on stdout (and --json).
+held in device memory (the compute ceiling). GPU time from CUDA events; MFU against the card's
+own dense peak (train/gpu_peaks.py). One JSON object on stdout (and --json); --profile-dir also
+writes a torch.profiler summary of 5 steps per phase.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.fileio import atomic_write  # noqa: E402
 from train.bench import bench_training  # noqa: E402
 from train.config import ConfigError, load_config  # noqa: E402
-from train.distributed import shutdown_distributed  # noqa: E402
+from train.distributed import parse_device, shutdown_distributed  # noqa: E402
 from train.preflight import PreflightError  # noqa: E402
 
 
@@ -26,15 +28,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", required=True)
     p.add_argument("--shards", default="cache/")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=30, help="timed steps per phase and source")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--profile-dir", default=None, help="write profile_{frozen,unfrozen}.txt (torch.profiler)")
+    p.add_argument("--profile-steps", type=int, default=5, help="steps in each profile (default 5)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VAL")
     args = p.parse_args(argv)
     try:
+        parse_device(args.device)
         cfg = load_config(args.cfg, args.opts)
-        result = bench_training(cfg, args.shards, args.device, args.steps, args.warmup)
+        result = bench_training(cfg, args.shards, args.device, args.steps, args.warmup, args.profile_dir,
+                                args.profile_steps)
     except (ConfigError, PreflightError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,35 +1,56 @@
-"""Training throughput benchmark: real loader vs. in-memory batches, frozen and unfrozen phases."""
+"""Training throughput benchmark: the real loader vs. in-memory batches, frozen and unfrozen phases.
+
+* Time: on CUDA the GPU time of the timed steps, from CUDA events recorded on the training
+  stream (no host sync inside the window, so the host and the loader keep running ahead as in
+  training); on the CPU wall time.
+* MFU: achieved FLOP/s (FlopCounterMode's count of a training forward+backward per pair, in the
+  live freeze state) over the card's own dense peak (:mod:`train.gpu_peaks`): bf16 with AMP,
+  TF32 without.
+* Data wait: on CUDA the step time lost to the loader, 1 - (in-memory step time / real-loader
+  step time); on the CPU, where a step is synchronous, the share of wall time spent waiting for
+  the next batch. ``host_wait_frac`` (time the host blocked in ``next``) is reported too.
+* Memory: torch's allocator peak and the device-wide used memory (``cudaMemGetInfo``, sampled
+  after every step: DALI's pools, nvJPEG and the CUDA contexts included; other processes on the
+  same GPU too).
+* xcorr layout: on CUDA with channels_last, the GPU time of the NCHW round trips around the
+  depthwise correlations (channels_last minus contiguous inputs, forward and backward, at the
+  model's real shapes), per step and as a share of the step.
+"""
 from __future__ import annotations
 
-import math
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .freeze import set_train_mode
+from .gpu_peaks import card_peak
 from .trainer import Trainer
 
-__all__ = ["PEAK_TFLOPS", "peak_tflops", "train_flops_per_pair", "bench_training"]
-
-# Dense bf16 tensor-core peaks (TFLOP/s) of GPUs we know, by a substring of the device name.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+__all__ = ["device_peak", "train_flops_per_pair", "bench_training", "profile_steps", "xcorr_round_trips",
+           "MemoryMeter"]
 
 
-def peak_tflops(device: torch.device) -> tuple[str, float | None]:
+def device_peak(device: torch.device, amp: bool) -> dict:
+    """The card and the dense peak (TFLOP/s) that fits the run; peak None for an unknown card or the CPU."""
     if device.type != "cuda":
-        return "cpu", None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_TFLOPS.items():
-        if key in name:
-            return name, peak
-    return name, None
+        return {"device_name": "cpu", "card": "cpu", "peak_tflops": None, "peak_kind": None}
+    props = torch.cuda.get_device_properties(device)
+    found = card_peak(props.name, props.multi_processor_count, props.total_memory)
+    return {"device_name": props.name, "card": found.card if found else None,
+            "peak_tflops": found.peak(amp) if found else None, "peak_kind": "bf16" if amp else "tf32",
+            "sm_count": props.multi_processor_count, "memory_gib": props.total_memory / 2**30}
 
 
 def _slice(batch, n):
     return {k: v[:n] for k, v in batch.items()}
+
+
+def _autocast(trainer):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if trainer.amp else torch.autocast("cpu", enabled=False)
 
 
 def train_flops_per_pair(trainer: Trainer, batch) -> float:
@@ -39,39 +60,76 @@ def train_flops_per_pair(trainer: Trainer, batch) -> float:
     small = _slice(batch, n)
     counter = FlopCounterMode(display=False)
     with counter:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if trainer.amp else torch.autocast("cpu", enabled=False)
-        with autocast:
+        with _autocast(trainer):
             loss = trainer.model(small)["total_loss"]
         loss.backward()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.grads.zero_()
     return counter.get_total_flops() / n
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class MemoryMeter:
+    """Peak memory over a benchmark: torch's allocator and the whole device (DALI included)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.device_used_peak = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)  # device-wide, no stream sync
+            self.device_used_peak = max(self.device_used_peak, total - free)
+
+    def result(self) -> dict:
+        if self.device.type != "cuda":
+            return {"host_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30}
+        self.sample()
+        reserved = torch.cuda.max_memory_reserved(self.device)
+        return {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / 2**30,
+                "torch_peak_reserved_gib": reserved / 2**30,
+                "device_used_peak_gib": self.device_used_peak / 2**30,
+                # DALI's pools and nvJPEG, the CUDA contexts, and any other process on this GPU
+                "outside_torch_gib": max(0, self.device_used_peak - reserved) / 2**30}
 
 
-def _time_steps(trainer, batches, steps, warmup):
-    """Run warmup+steps training steps from the iterator ``batches``; time the last ``steps``."""
-    dev = trainer.device
+class _Clock:
+    """A timed window: CUDA events on the training stream (GPU time), else wall time."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def start(self):
+        self.t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            self.begin = torch.cuda.Event(enable_timing=True)
+            self.begin.record(torch.cuda.current_stream(self.device))
+
+    def stop(self) -> float:
+        if self.device.type != "cuda":
+            return time.perf_counter() - self.t0
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(torch.cuda.current_stream(self.device))
+        end.synchronize()  # the one wait, after the window
+        return self.begin.elapsed_time(end) / 1e3
+
+
+def _time_steps(trainer, batches, steps, warmup, memory: MemoryMeter):
+    """Run warmup+steps training steps from ``batches``; returns (timed seconds, host wall seconds,
+    host seconds waiting for batches) of the last ``steps``."""
+    clock = _Clock(trainer.device)
     wait = 0.0
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(dev)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
+            clock.start()
             wait = 0.0
-            start = time.perf_counter()
         t0 = time.perf_counter()
         batch = next(batches)
         wait += time.perf_counter() - t0
         trainer.train_step(batch)
-    _sync(dev)
-    elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return elapsed, wait, peak
+        memory.sample()
+    wall = time.perf_counter() - clock.t0
+    return clock.stop(), wall, wait
 
 
 def _loader_batches(trainer):
@@ -82,17 +140,94 @@ def _loader_batches(trainer):
         epoch += 1
 
 
-def bench_training(cfg, shards, device, steps, warmup=5) -> dict:
-    """Measure both phases; returns a JSON-ready dict (see tools/bench_train.py)."""
+def _repeat(batch):
+    while True:
+        yield batch
+
+
+def profile_steps(trainer, batches, steps: int, path) -> Path:
+    """A torch.profiler summary (operators by device time, or CPU time on the CPU) of ``steps``
+    training steps, written as text to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step(next(batches))
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+    sort = "device_time_total" if trainer.device.type == "cuda" else "cpu_time_total"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"torch.profiler, {steps} training steps ({'frozen' if not trainer.unfrozen else 'unfrozen'} "
+                    f"backbone), sorted by {sort}\n" + prof.key_averages().table(sort_by=sort, row_limit=40))
+    return path
+
+
+def _xcorr_shapes(trainer, batch) -> list:
+    """(search, kernel) shapes of every depthwise correlation in one forward of the model."""
+    from model.heads.rpn import DepthwiseXCorr
+
+    shapes, hooks = [], []
+    for m in trainer.model.modules():
+        if isinstance(m, DepthwiseXCorr):
+            seen = {}
+            hooks.append(m.conv_search.register_forward_hook(lambda _m, _i, o, s=seen: s.__setitem__("x", o.shape)))
+            hooks.append(m.conv_kernel.register_forward_hook(
+                lambda _m, _i, o, s=seen: shapes.append((tuple(s["x"]), tuple(o.shape)))))
+    try:
+        with torch.no_grad(), _autocast(trainer):
+            trainer.model(_slice(batch, batch["search"].shape[0]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def xcorr_round_trips(trainer, batch, reps: int = 20) -> dict:
+    """GPU time per step of the layout copies around the depthwise correlations: forward and
+    backward of ``xcorr_depthwise`` on channels_last inputs (output converted back, as the head's
+    convolution does) minus the same on contiguous inputs, summed over the model's calls."""
+    from model.heads.xcorr import xcorr_depthwise
+
+    shapes = _xcorr_shapes(trainer, batch)
+    dtype = torch.bfloat16 if trainer.amp else torch.float32
+    clock = _Clock(trainer.device)
+
+    def run(fmt):
+        tensors = []
+        for xs, ks in shapes:
+            x = torch.randn(xs, device=trainer.device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+            k = torch.randn(ks, device=trainer.device, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+            tensors.append((x, k))
+        for i in range(reps + 2):
+            if i == 2:
+                clock.start()
+            for x, k in tensors:
+                out = xcorr_depthwise(x, k).contiguous(memory_format=fmt)
+                out.backward(torch.ones_like(out))
+        return clock.stop() / reps
+
+    channels_last, contiguous = run(torch.channels_last), run(torch.contiguous_format)
+    return {"calls_per_step": len(shapes), "channels_last_ms": 1e3 * channels_last,
+            "contiguous_ms": 1e3 * contiguous, "round_trip_ms_per_step": 1e3 * max(0.0, channels_last - contiguous)}
+
+
+def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profile_steps_n=5) -> dict:
+    """Measure both phases; returns a JSON-ready dict (see tools/bench_train.py). With
+    ``profile_dir``, also writes a torch.profiler summary of ``profile_steps_n`` steps per phase there."""
     from model.flops import count_flops
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, shards=shards, out_dir=tmp, device=device, show_progress=False)
-        gpu, peak = peak_tflops(trainer.device)
+        memory = MemoryMeter(trainer.device)
         pairs_per_step = cfg.TRAIN.BATCH_SIZE * trainer.ctx.world_size
-        result = {"device": gpu, "peak_bf16_tflops": peak, "batch_size": cfg.TRAIN.BATCH_SIZE,
+        card = device_peak(trainer.device, trainer.amp)
+        peak = card["peak_tflops"]
+        result = {**card, "batch_size": cfg.TRAIN.BATCH_SIZE,
                   "world_size": trainer.ctx.world_size, "steps": steps, "warmup": warmup,
                   "amp_bf16": trainer.amp, "channels_last": trainer.channels_last, "compile": cfg.TRAIN.COMPILE,
+                  "timing": "cuda_events" if trainer.device.type == "cuda" else "wall",
                   "model_forward_gflop_per_pair": count_flops(trainer.model, cfg.TRAIN.EXEMPLAR_SIZE,
                                                               cfg.TRAIN.SEARCH_SIZE) / 1e9,
                   "phases": {}}
@@ -108,20 +243,24 @@ def bench_training(cfg, shards, device, steps, warmup=5) -> dict:
             flops = train_flops_per_pair(trainer, fixed)
             entry = {"train_gflop_per_pair": flops / 1e9}
             for source, it in (("real_loader", batches), ("synthetic_in_memory", _repeat(fixed))):
-                elapsed, wait, peak_mem = _time_steps(trainer, it, steps, warmup)
-                rate = steps * pairs_per_step / elapsed
+                seconds, wall, wait = _time_steps(trainer, it, steps, warmup, memory)
+                rate = steps * pairs_per_step / seconds
                 tflops = rate * flops / 1e12
-                entry[source] = {"pairs_per_s": rate, "step_ms": 1e3 * elapsed / steps,
-                                 "data_wait_frac": wait / elapsed, "achieved_tflops": tflops,
-                                 "mfu": (tflops / trainer.ctx.world_size / peak) if peak else None,
-                                 "peak_mem_gib": peak_mem / 2**30}
-            real, synth = entry["real_loader"]["pairs_per_s"], entry["synthetic_in_memory"]["pairs_per_s"]
-            entry["real_over_synthetic"] = real / synth if synth else math.nan
+                entry[source] = {"pairs_per_s": rate, "step_ms": 1e3 * seconds / steps,
+                                 "host_wait_frac": wait / wall, "achieved_tflops": tflops,
+                                 "mfu": (tflops / trainer.ctx.world_size / peak) if peak else None}
+            real, synth = entry["real_loader"], entry["synthetic_in_memory"]
+            entry["real_over_synthetic"] = real["pairs_per_s"] / synth["pairs_per_s"]
+            entry["data_wait_frac"] = (max(0.0, 1.0 - synth["step_ms"] / real["step_ms"])
+                                       if trainer.device.type == "cuda" else real["host_wait_frac"])
+            if trainer.device.type == "cuda" and trainer.channels_last:
+                xc = xcorr_round_trips(trainer, fixed)
+                xc["share_of_step"] = xc["round_trip_ms_per_step"] / synth["step_ms"]
+                entry["xcorr_layout"] = xc
+            if profile_dir is not None:
+                entry["profile"] = str(profile_steps(trainer, batches, profile_steps_n,
+                                                     Path(profile_dir) / f"profile_{phase}.txt"))
             result["phases"][phase] = entry
+        result["peak_memory"] = memory.result()
         result["skipped_steps"] = trainer.skipped_steps
     return result
-
-
-def _repeat(batch):
-    while True:
-        yield batch

@@ -3,8 +3,9 @@
 A checkpoint is PySOT's ``{'epoch', 'state_dict', 'optimizer'}`` (state_dict without
 ``module.``) plus our keys for an exact resume: ``scheduler``, ``loader``, ``rng``, ``epoch_step``
 (batches of ``epoch`` already trained), ``global_step``, ``backbone_unfrozen``, ``skipped_steps``,
-``meta_arc``, ``config``. Everything is tensors, plain containers, numbers and strings, so
-``torch.load(path, weights_only=True)`` reads it.
+``meta_arc``, ``config``, ``meters`` (the unfinished metrics intervals). Everything is tensors,
+plain containers, numbers and strings, so ``torch.load(path, weights_only=True)`` reads it; files
+are read with ``model.checkpoint.load_weights_only`` (one reader, one error type for the project).
 """
 from __future__ import annotations
 
@@ -18,18 +19,41 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from model.checkpoint import CheckpointError, CheckpointNotFoundError, load_weights_only
+
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "to_plain", "CheckpointError",
-           "remove_stale_temp_files"]
+           "CheckpointNotFoundError", "DiskFullError", "remove_stale_temp_files"]
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+\.pth)\.tmp(?P<pid>\d+)$")  # _temp_path of a .pth checkpoint
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the run; the message names it."""
+class DiskFullError(OSError):
+    """A checkpoint could not be written because its file system is full (or over quota)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _no_space(err: BaseException) -> bool:
+    """True if ``err`` or an exception it was raised from is ENOSPC/EDQUOT (torch.save wraps the
+    OSError of a failed write in a RuntimeError that only keeps it as __context__)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash leaves the previous file intact."""
+    """Write ``payload`` to ``path`` atomically: a crash leaves the previous file intact.
+
+    A full disk raises :class:`DiskFullError` ("no space left on <folder> ...") after the
+    partial temp file is removed; other errors propagate as they are.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
@@ -39,6 +63,11 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        if _no_space(err):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}; {kept}") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -83,14 +112,11 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint (CPU tensors) with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file or non-weights_only content: name the file
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    """Read a checkpoint (CPU tensors) with ``weights_only=True``; CheckpointError names the file."""
+    obj = load_weights_only(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return dict(obj)
 
 
 def to_plain(obj):

@@ -85,7 +85,8 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     beats = all(auc["trained"] > auc[b] for b in ("untrained", "static"))
     summary = {
         "work": str(work), "config": str(cfg_path), "device": device, "timings_s": timings,
-        "train": {k: train_summary.get(k) for k in ("global_step", "pairs_per_s", "data_wait_frac", "skipped_steps")},
+        "train": {k: train_summary.get(k) for k in ("global_step", "pairs_per_s", "data_wait_frac", "skipped_steps",
+                                                         "replaced_crops")},
         "curves_png": train_summary.get("curves"), "success_auc": auc, "trained_beats_baselines": beats,
         "eval_dir": str(work / "eval"),
     }
@@ -93,7 +94,8 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     tr = summary["train"]
     log("\n== summary")
     log(f"   training: {tr['global_step']} steps, {tr['pairs_per_s']:.1f} pairs/s, "
-        f"data wait {100 * tr['data_wait_frac']:.1f}% of step time, {tr['skipped_steps']} skipped steps")
+        f"data wait {100 * tr['data_wait_frac']:.1f}% of step time, {tr['skipped_steps']} skipped steps, "
+        f"{tr['replaced_crops']} replaced crops")
     log(f"   loss curves: {summary['curves_png']}")
     log("   success AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in auc.items()))
     log(f"   plots and report: {work / 'eval'}")

@@ -1,7 +1,10 @@
-"""Process-group setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+"""Process-group setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE)
+and the device of each process.
 
 A plain ``python train/run.py`` (no torchrun variables) is a single-process run: rank 0 of 1,
-with no process group at all.
+with no process group at all. Every process works on its own GPU: ``--device cuda`` means
+``cuda:LOCAL_RANK`` (model, loader, DALI, streams); ``--device cuda:N`` pins a single process
+per node to GPU N.
 """
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.devices import local_world_size
+
 from .preflight import PreflightError
 
-__all__ = ["DistContext", "init_distributed", "shutdown_distributed"]
+__all__ = ["DistContext", "init_distributed", "shutdown_distributed", "choose_device", "loader_device",
+           "parse_device"]
 
 
 @dataclass(frozen=True)
@@ -42,31 +48,67 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def init_distributed(device: str) -> DistContext:
-    """Read torchrun's environment, pick this rank's device, init the process group if world > 1.
+def parse_device(device) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' as a torch.device; ValueError naming the value otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return torch.device("cpu") if dev.type == "cpu" else dev
 
-    ``device`` is 'cuda' or 'cpu'. NCCL on CUDA, gloo on CPU. Raises PreflightError for
-    'cuda' without a visible GPU.
+
+def choose_device(device, local_rank: int, local_processes: int, cuda_count: int) -> torch.device:
+    """This process's training device: 'cpu'; 'cuda' -> ``cuda:LOCAL_RANK``; 'cuda:N' -> ``cuda:N``.
+
+    Pure (``cuda_count`` is the number of visible GPUs), so it is testable without one. Raises
+    PreflightError for CUDA without a GPU, a GPU index that does not exist, and 'cuda:N' with
+    more than one process on the node (they would all share GPU N).
     """
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"--device must be 'cuda' or 'cpu', got {device!r}")
+    dev = parse_device(device)
+    if dev.type == "cpu":
+        return dev
+    if cuda_count < 1:
+        raise PreflightError(f"--device {device} was requested but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu")
+    if dev.index is None:
+        index, why = local_rank, f"LOCAL_RANK={local_rank}"
+    elif local_processes > 1:
+        raise PreflightError(f"--device {device} names one GPU but {local_processes} processes run on this node; "
+                             f"use --device cuda (each process takes cuda:LOCAL_RANK)")
+    else:
+        index, why = dev.index, f"--device {device}"
+    if index >= cuda_count:
+        raise PreflightError(f"{why} needs GPU {index} but only {cuda_count} GPU(s) are visible on this node")
+    return torch.device("cuda", index)
+
+
+def loader_device(setting: str, train_device: torch.device) -> torch.device:
+    """Where the loader renders for TRAIN.LOADER_DEVICE ``setting``: '' = the training device,
+    'cpu', or 'cuda' = the training GPU (with its index, never a bare 'cuda' that means GPU 0)."""
+    if setting not in ("", "cpu", "cuda"):
+        raise PreflightError(f"TRAIN.LOADER_DEVICE={setting!r} must be '', 'cpu' or 'cuda'")
+    if setting == "cpu":
+        return torch.device("cpu")
+    if setting == "cuda" and train_device.type != "cuda":
+        raise PreflightError("TRAIN.LOADER_DEVICE='cuda' needs a CUDA training device (--device cuda)")
+    return train_device
+
+
+def init_distributed(device) -> DistContext:
+    """Read torchrun's environment, pick and select this rank's device, init the process group
+    if world > 1 (NCCL on CUDA, gloo on CPU)."""
     rank = _env_int("RANK", 0)
     world = _env_int("WORLD_SIZE", 1)
     local = _env_int("LOCAL_RANK", 0)
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise PreflightError("--device cuda was requested but torch sees no CUDA GPU "
-                               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu")
-        n = torch.cuda.device_count()
-        if local >= n:
-            raise PreflightError(f"LOCAL_RANK={local} but only {n} GPU(s) are visible on this node")
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    dev = choose_device(device, local, local_world_size(), cuda_count)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # a bare 'cuda' anywhere (autocast, DALI, streams) now means this GPU
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo",
-                                **({"device_id": dev} if device == "cuda" else {}))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

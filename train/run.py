@@ -2,11 +2,13 @@
 
     python train/run.py --cfg configs/siamrpn_r50_l234_dwxcorr_8gpu.yaml --shards cache/ --out runs/r50
     torchrun --nproc_per_node=8 train/run.py --cfg ... --shards cache/ --device cuda
-    python train/run.py --cfg ... --shards cache/ --out runs/r50 --resume       # continue latest.pth
+    python train/run.py --cfg ... --shards cache/ --out runs/r50 --resume       # continue the newest checkpoint
+    python train/run.py --cfg ... --shards cache/ --device cuda:1                 # one process on GPU 1
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -14,8 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import ConfigError, load_config  # noqa: E402
-from train.distributed import shutdown_distributed  # noqa: E402
+from train.distributed import parse_device, shutdown_distributed  # noqa: E402
 from train.preflight import PreflightError  # noqa: E402
+
+
+def _device_arg(text: str) -> str:
+    try:
+        parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def parse_args(argv=None):
@@ -23,10 +33,14 @@ def parse_args(argv=None):
     p.add_argument("--cfg", required=True, help="experiment YAML (PySOT schema)")
     p.add_argument("--shards", default="cache/", help="root folder of the LMDB shards (default: cache/)")
     p.add_argument("--out", default=None, help="run folder for checkpoints and logs (default: runs/<cfg name>)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                   help="training device (default: cuda if available, else cpu)")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                   help="continue from OUT/latest.pth, or from the given checkpoint")
+    p.add_argument("--device", type=_device_arg, default=None,
+                   help="cpu, cuda (under torchrun: cuda:LOCAL_RANK) or cuda:N for a single process "
+                        "(default: cuda if available, else cpu)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue from the newest checkpoint in OUT that loads, or from the given checkpoint")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an OUT that holds an earlier run, deleting its checkpoints and logs")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs and metrics.jsonl still written)")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VAL", help="config overrides, e.g. TRAIN.EPOCH=2")
     return p.parse_args(argv)
@@ -36,26 +50,38 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from train.trainer import Trainer
+    from train.trainer import RunStopped, Trainer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else Path("runs") / Path(args.cfg).stem
     try:
         cfg = load_config(args.cfg, args.opts)
         trainer = Trainer(cfg, shards=args.shards, out_dir=out, device=device, resume=args.resume,
-                          show_progress=not args.no_progress)
+                          show_progress=not args.no_progress, overwrite=args.overwrite)
     except (ConfigError, PreflightError, CheckpointError, ValueError) as err:  # bad input: message, no traceback
         print(f"error: {err}", file=sys.stderr)
         shutdown_distributed()
         return 2
+    if trainer.finished:  # --resume of a run that is done: say so, leave its files as they are
+        if trainer.ctx.is_main:
+            print(trainer.finished_message())
+        shutdown_distributed()
+        return 0
     try:
         summary = trainer.fit()
+    except RunStopped:  # already logged (stderr and train.log) in one line
+        return 1
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on {err.filename or out}", file=sys.stderr)
+        return 1
     finally:
         shutdown_distributed()
     if trainer.ctx.is_main:
         print(f"done: {summary['global_step']} steps, {summary['pairs_per_s']:.1f} pairs/s, "
-              f"data wait {100 * summary['data_wait_frac']:.1f}%, {summary['skipped_steps']} skipped steps; "
-              f"run folder {out}")
+              f"data wait {100 * summary['data_wait_frac']:.1f}%, {summary['skipped_steps']} skipped steps, "
+              f"{summary['replaced_crops']} replaced crops; run folder {out}")
     return 0
 
 

@@ -6,6 +6,8 @@ import logging
 import math
 from pathlib import Path
 
+import torch
+
 __all__ = ["IntervalMeter", "MetricsWriter", "setup_logger", "bound_verdict", "INPUT_BOUND_FRAC"]
 
 # Above this fraction of step time spent waiting for data, an epoch is called input-bound (the
@@ -14,40 +16,63 @@ INPUT_BOUND_FRAC = 0.02
 
 
 class IntervalMeter:
-    """Sums of losses and times since the last ``reset``; losses only over non-skipped steps."""
+    """Sums since the last ``reset``: timings on the host, losses on the device.
+
+    ``update`` takes a step's loss contribution as a device tensor, float64 ``[total, cls, loc,
+    applied]`` (zeros for a skipped step), and adds it without a host sync; ``means`` reads the
+    sums once. Summed in float64 in step order, so a resumed meter (``state_dict``) continues
+    bit for bit.
+    """
+
+    LOSSES = ("total_loss", "cls_loss", "loc_loss")
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.steps = 0
-        self.valid = 0
         self.pairs = 0
         self.wait_s = 0.0
         self.step_s = 0.0
-        self.loss = {"total_loss": 0.0, "cls_loss": 0.0, "loc_loss": 0.0}
-        self.extra = {}  # optional per-step values (grad norms with TRAIN.LOG_GRADS): key -> [sum, count]
+        self.sums = None  # device float64 [total, cls, loc, applied steps]
+        self.extra = {}  # optional host values per applied step (grad norms with TRAIN.LOG_GRADS): key -> [sum, count]
 
-    def update(self, losses: dict | None, pairs: int, wait_s: float, step_s: float):
+    def update(self, contrib, pairs: int, wait_s: float, step_s: float, extra: dict | None = None):
         self.steps += 1
         self.pairs += pairs
         self.wait_s += wait_s
         self.step_s += step_s
-        if losses is not None:
-            self.valid += 1
-            for k in self.loss:
-                self.loss[k] += losses[k]
-            for k in losses.keys() - self.loss.keys():  # counted per key: not every step need carry every key
-                acc = self.extra.setdefault(k, [0.0, 0])
-                acc[0] += losses[k]
-                acc[1] += 1
+        if self.sums is None:
+            self.sums = torch.zeros_like(contrib)
+        self.sums += contrib
+        for k, v in (extra or {}).items():  # counted per key: not every step need carry every key
+            acc = self.extra.setdefault(k, [0.0, 0])
+            acc[0] += v
+            acc[1] += 1
+
+    def loss_sums(self) -> list[float]:
+        """[total, cls, loc, applied steps] (one device-to-host read)."""
+        return self.sums.tolist() if self.sums is not None else [0.0] * 4
 
     def means(self) -> dict:
-        out = {k: (v / self.valid if self.valid else math.nan) for k, v in self.loss.items()}
+        *losses, valid = self.loss_sums()
+        out = {k: (v / valid if valid else math.nan) for k, v in zip(self.LOSSES, losses)}
         out.update({k: total / n for k, (total, n) in sorted(self.extra.items())})
         out["pairs_per_s"] = self.pairs / self.step_s if self.step_s > 0 else math.nan
         out["data_wait_frac"] = self.wait_s / self.step_s if self.step_s > 0 else math.nan
         return out
+
+    def state_dict(self) -> dict:
+        """Plain numbers (weights_only-safe) for a checkpoint taken mid-interval."""
+        return {"steps": self.steps, "pairs": self.pairs, "wait_s": self.wait_s, "step_s": self.step_s,
+                "sums": self.loss_sums(), "extra": {k: list(v) for k, v in self.extra.items()}}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.reset()
+        self.steps, self.pairs = int(state["steps"]), int(state["pairs"])
+        self.wait_s, self.step_s = float(state["wait_s"]), float(state["step_s"])
+        self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
+        self.extra = {k: [float(v[0]), int(v[1])] for k, v in state["extra"].items()}
 
 
 class MetricsWriter:
@@ -91,13 +116,20 @@ class MetricsWriter:
 
 
 def setup_logger(run_dir: Path | None, rank: int) -> logging.Logger:
-    """Logger 'train' to stderr (rank 0 only) and ``run_dir/train.log``."""
+    """Logger 'train' to stderr (rank 0 only) and ``run_dir/train.log``.
+
+    On rank 0 the warnings of the data pipeline (logger ``pipeline``: replaced crops, damaged
+    shards) also go to ``train.log``; they still reach stderr through the root logger.
+    """
     log = logging.getLogger(f"train.rank{rank}")
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
+    pipeline_log = logging.getLogger("pipeline")
+    for owner in (log, pipeline_log):
+        for h in list(owner.handlers):
+            if owner is log or getattr(h, "run_log", False):
+                owner.removeHandler(h)
+                h.close()
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
     sh = logging.StreamHandler()
     sh.setFormatter(fmt)
@@ -106,6 +138,11 @@ def setup_logger(run_dir: Path | None, rank: int) -> logging.Logger:
         fh = logging.FileHandler(Path(run_dir) / "train.log")
         fh.setFormatter(fmt)
         log.addHandler(fh)
+        pipe_fh = logging.FileHandler(Path(run_dir) / "train.log")
+        pipe_fh.setFormatter(logging.Formatter("[%(asctime)s] %(name)s: %(message)s", "%H:%M:%S"))
+        pipe_fh.setLevel(logging.WARNING)
+        pipe_fh.run_log = True
+        pipeline_log.addHandler(pipe_fh)
     return log
 
 

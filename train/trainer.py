@@ -2,6 +2,8 @@
 gradient) with exact resume, skipped non-finite steps and throughput telemetry.
 
 Single process (CPU or one GPU) and torchrun DDP share one code path; see :class:`Trainer`.
+The steady-state step never waits for the device: losses stay there and are read once per
+``PRINT_FREQ`` interval, and a bad step is cancelled on the device (:mod:`train.step`).
 """
 from __future__ import annotations
 
@@ -19,16 +21,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.fileio import write_json
 
-from .checkpoint import (capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng, save_checkpoint,
-                         to_plain)
-from .distributed import DistContext, init_distributed
+from .checkpoint import (CheckpointError, DiskFullError, capture_rng, load_checkpoint, remove_stale_temp_files,
+                         restore_rng, save_checkpoint, to_plain)
+from .distributed import DistContext, init_distributed, loader_device
 from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_train_mode
 from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
 from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_compile, check_shards
+from .run_folder import discard, find_resume_checkpoint, put_back, refuse_or_set_aside, truncate_records
+from .step import BufferGuard, GradBuffer, masked_sgd_step
 from .telemetry import IntervalMeter, MetricsWriter, bound_verdict, setup_logger
 
-__all__ = ["Trainer", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
+__all__ = ["Trainer", "RunStopped", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
 
 MAX_VALID_LOSS = 1e4  # PySOT's is_valid_number: a loss above this is treated like NaN/Inf
 CHECKPOINT_FORMAT = "siamtrack-train-1"
@@ -42,23 +46,8 @@ def _resolve(path: str) -> Path:
     return p if p.exists() or p.is_absolute() else _REPO_ROOT / p
 
 
-class _BufferGuard:
-    """Snapshot of the model's buffers (BN running stats) so a skipped step leaves no trace.
-
-    A forward pass in train mode updates BN statistics even when the loss turns out NaN.
-    """
-
-    def __init__(self, model):
-        self.live = [b for b in model.buffers()]
-        self.saved = [b.detach().clone() for b in self.live]
-
-    def snapshot(self):
-        with torch.no_grad():
-            torch._foreach_copy_(self.saved, self.live)
-
-    def restore(self):
-        with torch.no_grad():
-            torch._foreach_copy_(self.live, self.saved)
+class RunStopped(RuntimeError):
+    """Training stopped for a reason already logged (train.log and stderr), e.g. a full disk."""
 
 
 def _channels_last_images(batch: dict) -> dict:
@@ -100,22 +89,36 @@ class Trainer:
     """Builds model, loader, optimizer from ``cfg`` and trains into ``out_dir``.
 
     ``resume``: None (fresh run; cfg.TRAIN.RESUME may still name a checkpoint), True (resume
-    from ``out_dir/latest.pth``) or a checkpoint path. ``loader``: an already built loader to
-    use instead of ``pipeline.build_loader`` (same interface). ``ctx``: the distributed
-    context (default: read from torchrun's environment).
+    from the newest checkpoint in ``out_dir`` that loads) or a checkpoint path. A fresh run
+    refuses an ``out_dir`` holding an earlier run unless ``overwrite`` (which deletes that run's
+    files). ``loader``: an already built loader to use instead of ``pipeline.build_loader``
+    (same interface). ``ctx``: the distributed context (default: read from torchrun's environment).
     """
 
     def __init__(self, cfg, shards, out_dir, device="cpu", resume=None, loader=None, ctx: DistContext | None = None,
-                 show_progress=True):
+                 show_progress=True, overwrite=False):
         self.cfg = cfg
         self.ctx = ctx or init_distributed(device)
         self.device = self.ctx.device
         self.on_cuda = self.device.type == "cuda"
         self.out_dir = Path(out_dir)
         self.show_progress = show_progress and self.ctx.is_main
+        fresh = resume is None and not cfg.TRAIN.RESUME
+        aside = self._agreed(lambda: refuse_or_set_aside(self.out_dir, overwrite)) if fresh else None
+        aside = aside if self.ctx.is_main else None  # rank 0 owns the folder
+        try:
+            self._setup(shards, resume, loader)
+        except BaseException:
+            if aside is not None:
+                put_back(aside)
+            raise
+        if aside is not None:
+            self.log.info(f"--overwrite: deleted the earlier run's {discard(aside)} files from {self.out_dir}")
+
+    def _setup(self, shards, resume, loader):
+        cfg, tr = self.cfg, self.cfg.TRAIN
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_logger(self.out_dir if self.ctx.is_main else None, self.ctx.rank)
-        tr = cfg.TRAIN
         if self.ctx.is_main:  # leftovers of a checkpoint write that was killed (only rank 0 writes them)
             for p in remove_stale_temp_files(self.out_dir):
                 self.log.warning(f"removed {p}: temp file of an interrupted checkpoint write (its process is gone)")
@@ -125,16 +128,7 @@ class Trainer:
         if tr.COMPILE:
             check_compile(self.device.type)
         self.shard_counts = check_shards(cfg, shards)
-        resume_path = None
-        if resume is True:
-            resume_path = self.out_dir / "latest.pth"
-            if not resume_path.is_file():
-                raise PreflightError(f"--resume: {resume_path} does not exist (nothing to resume in {self.out_dir})")
-        elif resume:
-            resume_path = Path(resume)
-        elif tr.RESUME:
-            resume_path = _resolve(tr.RESUME)
-        ckpt = load_checkpoint(resume_path) if resume_path is not None else None
+        resume_path, ckpt = self._resume_point(resume)
 
         # ---- determinism and speed knobs ----
         torch.manual_seed(tr.SEED)
@@ -160,17 +154,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
 
         # ---- data ----
-        loader_device = tr.LOADER_DEVICE or self.device.type
-        if loader_device not in ("cpu", "cuda"):
-            raise PreflightError(f"TRAIN.LOADER_DEVICE={tr.LOADER_DEVICE!r} must be '', 'cpu' or 'cuda'")
-        if loader_device == "cuda" and not self.on_cuda:
-            raise PreflightError("TRAIN.LOADER_DEVICE='cuda' needs --device cuda")
-        self.host_loader = loader_device == "cpu" and self.on_cuda
+        self.loader_device = loader_device(tr.LOADER_DEVICE, self.device)
+        self.host_loader = self.loader_device.type == "cpu" and self.on_cuda
         if loader is None:
             from pipeline import build_loader
 
-            loader = build_loader(cfg, shards=str(shards), batch_size=tr.BATCH_SIZE, device=loader_device,
-                                  rank=self.ctx.rank, world_size=self.ctx.world_size, seed=tr.SEED)
+            loader = build_loader(cfg, shards=str(shards), batch_size=tr.BATCH_SIZE, device=str(self.loader_device),
+                                  rank=self.ctx.rank, world_size=self.ctx.world_size, seed=tr.SEED,
+                                  pin_memory=self.host_loader)
         self.loader = loader
         if len(self.loader) != self.steps_per_epoch:
             self.log.warning(f"loader yields {len(self.loader)} batches per epoch; PySOT's count would be "
@@ -181,7 +172,10 @@ class Trainer:
         self.epoch = tr.START_EPOCH
         self.epoch_step = 0
         self.global_step = self.epoch * self.steps_per_epoch
-        self.skipped_steps = 0
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # read lazily: skipped_steps
+        self.interval, self.epoch_meter = IntervalMeter(), IntervalMeter()
+        self.totals = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
+        self.verdicts: list[str] = []
         self.unfrozen = backbone_unfrozen_at(cfg, self.epoch)
         if ckpt is not None:
             self._restore(ckpt, resume_path)
@@ -191,11 +185,54 @@ class Trainer:
                 self._load_pretrained(self.model, tr.PRETRAINED, "TRAIN.PRETRAINED")
         self.grad_scale = float(self.ctx.world_size) if tr.GRAD_SUM else 1.0
         self.param_grad_stats = False  # per-parameter LOG_GRADS scalars: fit() turns them on when TensorBoard is there
+        self.last_grad_stats: dict = {}
         self.last_param_grads: dict = {}
-        self.buffers = _BufferGuard(self.model)
+        self.buffers = BufferGuard(self.model)
         self._wrap()
+        self.finished = self.epoch >= tr.EPOCH
+        if ckpt is not None and not self.finished:
+            self._cut_records_after(self.global_step)
 
     # ------------------------------------------------------------------ setup helpers
+    def _agreed(self, decide):
+        """``decide()`` on rank 0, its result (or its PreflightError/CheckpointError) on every rank."""
+        outcome = [None, None]
+        if self.ctx.is_main:
+            try:
+                outcome = [decide(), None]
+            except (PreflightError, CheckpointError) as err:
+                outcome = [None, str(err)]
+        if self.ctx.distributed:
+            dist.broadcast_object_list(outcome, src=0)
+        if outcome[1] is not None:
+            raise PreflightError(outcome[1])
+        return outcome[0]
+
+    def _resume_point(self, resume):
+        """(path, checkpoint) to start from, or (None, None) for a fresh run."""
+        if resume is True:  # rank 0 picks the newest checkpoint that loads; every rank reads that file
+            found = {}
+
+            def newest():
+                found["point"] = find_resume_checkpoint(self.out_dir, self.steps_per_epoch)
+                return str(found["point"].path)
+
+            path = Path(self._agreed(newest))
+            point = found.get("point")
+            if point is None:
+                return path, load_checkpoint(path)
+            for p, why in point.passed_over:
+                self.log.warning(f"--resume: not using {p}: {why}")
+            self.log.info(f"--resume: the newest checkpoint that loads is {path} (global step {point.global_step})")
+            return path, point.checkpoint
+        if resume:
+            path = Path(resume)
+        elif self.cfg.TRAIN.RESUME:
+            path = _resolve(self.cfg.TRAIN.RESUME)
+        else:
+            return None, None
+        return path, load_checkpoint(path)
+
     def _load_pretrained(self, module, path, key):
         from model.checkpoint import load_pretrained
 
@@ -221,7 +258,7 @@ class Trainer:
                 f"(now {self.ctx.world_size}) or from an epoch checkpoint checkpoint_e{self.epoch}.pth")
         self.unfrozen = bool(ckpt.get("backbone_unfrozen", backbone_unfrozen_at(cfg, self.epoch)))
         self.global_step = int(ckpt.get("global_step", self.epoch * self.steps_per_epoch + self.epoch_step))
-        self.skipped_steps = int(ckpt.get("skipped_steps", 0))
+        self._skipped.fill_(int(ckpt.get("skipped_steps", 0)))
         self._build_optimizer()
         if "optimizer" in ckpt:
             try:
@@ -240,6 +277,13 @@ class Trainer:
             self.loader.load_state_dict(ckpt["loader"])
         if "rng" in ckpt:
             restore_rng(ckpt["rng"])
+        meters = ckpt.get("meters")
+        if meters is not None and self.epoch_step:  # the unfinished PRINT_FREQ interval and epoch go on
+            self.interval.load_state_dict(meters["interval"], self.device)
+            self.epoch_meter.load_state_dict(meters["epoch"], self.device)
+        if meters is not None:
+            self.totals = {k: type(v)(meters["totals"][k]) for k, v in self.totals.items()}
+            self.verdicts = list(meters["verdicts"])
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.epoch_step}/{self.steps_per_epoch}, "
                       f"global step {self.global_step}, backbone {'unfrozen' if self.unfrozen else 'frozen'}")
 
@@ -265,7 +309,10 @@ class Trainer:
         """Freeze the backbone as `self.unfrozen` says, then a fresh optimizer (PySOT's parameter
         groups, zero momentum) and its lr schedule."""
         apply_freeze(self.model, self.cfg, self.unfrozen)
+        for p in self.model.parameters():
+            p.grad = None  # the previous phase's gradient views
         self.optimizer = build_optimizer(self.model, self.cfg)
+        self.grads = GradBuffer(p for g in self.optimizer.param_groups for p in g["params"])
         self.sched = EpochLR(self.optimizer, self.cfg.TRAIN)
 
     # ------------------------------------------------------------------ checkpoints
@@ -281,18 +328,43 @@ class Trainer:
             "global_step": self.global_step,
             "backbone_unfrozen": self.unfrozen,
             "skipped_steps": self.skipped_steps,
+            "meters": {"interval": self.interval.state_dict(), "epoch": self.epoch_meter.state_dict(),
+                       "totals": dict(self.totals), "verdicts": list(self.verdicts)},
             "world_size": self.ctx.world_size,
             "meta_arc": self.cfg.META_ARC,
             "config": self.cfg.to_dict(),
             "format": CHECKPOINT_FORMAT,
         }
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped so far on every rank together (a device read: not for the per-step path)."""
+        return int(self._skipped.item())
+
+    @property
+    def replaced_crops(self) -> int:
+        """Pairs the loader replaced because a crop was unusable (counted in delivered batches)."""
+        return int(getattr(self.loader, "skipped", 0))
+
     def _save(self, *names):
         if not self.ctx.is_main:
             return
         payload = self.checkpoint_payload()
         for name in names:
-            save_checkpoint(self.out_dir / name, payload)
+            try:
+                save_checkpoint(self.out_dir / name, payload)
+            except DiskFullError as err:
+                self.log.error(str(err))
+                raise RunStopped(str(err)) from None
+
+    def _cut_records_after(self, step: int) -> None:
+        """Resuming at ``step``: drop what the earlier run recorded after it, so the files read as
+        one uninterrupted run (those steps are trained again)."""
+        files = [f"batches_rank{self.ctx.rank}.jsonl"] + (["metrics.jsonl"] if self.ctx.is_main else [])
+        for name in files:
+            dropped = truncate_records(self.out_dir / name, step)
+            if dropped:
+                self.log.info(f"{name}: dropped {dropped} records after global step {step} (trained again now)")
 
     # ------------------------------------------------------------------ the loop
     def batches(self):
@@ -304,122 +376,64 @@ class Trainer:
             return map(_channels_last_images, it)
         return it
 
-    def train_step(self, batch):
-        """Forward, all-rank validity vote, backward/clip/step. Returns mean losses or None if skipped."""
+    def train_step(self, batch) -> torch.Tensor:
+        """Forward, all-rank validity vote, backward, then an update that every rank applies or
+        cancels together, decided on the device: no host-device sync (TRAIN.LOG_GRADS excepted).
+
+        Returns the step's loss contribution, a float64 device tensor [total, cls, loc, 1]
+        (means over ranks) for an applied step and zeros for a skipped one.
+        """
         self.buffers.snapshot()
+        self.grads.zero_()
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
         with autocast:
             out = self.net(batch)
-        loss = out["total_loss"]
         vals = torch.stack([out["total_loss"].detach(), out["cls_loss"].detach(), out["loc_loss"].detach()]).float()
         ok = torch.isfinite(vals).all() & (vals[0] <= MAX_VALID_LOSS)
         packed = torch.cat([torch.where(ok, vals, torch.zeros_like(vals)), ok.float().reshape(1)])
         if self.ctx.distributed:  # one collective per step: loss sums and the count of valid ranks
             dist.all_reduce(packed)
-        packed = packed.cpu()
-        if packed[3].item() < self.ctx.world_size:  # some rank saw a bad loss: every rank skips together
-            self.skipped_steps += 1
-            self.buffers.restore()
-            return None
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * self.grad_scale).backward()  # DDP averages; x world_size restores PySOT's SUM
+        apply = packed[3] == self.ctx.world_size  # every rank's loss was valid: the same flag on every rank
+        (out["total_loss"] * self.grad_scale).backward()  # DDP averages; x world_size restores PySOT's SUM
+        self.buffers.keep_if(apply)  # a skipped forward leaves no trace in the BN statistics
+        self.grads.keep_if(apply)
         # Gradients are already reduced here, so rank 0's are every rank's. Before clipping, as PySOT;
-        # one extra device sync per step, so only on request (PySOT's key).
-        grads = {}
-        if self.cfg.TRAIN.LOG_GRADS and self.ctx.is_main:
-            grads, self.last_param_grads = grad_norms(self.model, per_param=self.param_grad_stats)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.GRAD_CLIP)
-        self.optimizer.step()
-        w = self.ctx.world_size
-        return {"total_loss": packed[0].item() / w, "cls_loss": packed[1].item() / w,
-                "loc_loss": packed[2].item() / w, **grads}
+        # a device sync per step, so only on request (PySOT's key).
+        self.last_grad_stats = {}
+        if self.cfg.TRAIN.LOG_GRADS and self.ctx.is_main and bool(apply):
+            self.last_grad_stats, self.last_param_grads = grad_norms(self.model, per_param=self.param_grad_stats)
+        self.grads.clip_(self.cfg.TRAIN.GRAD_CLIP)
+        masked_sgd_step(self.optimizer, apply)
+        self._skipped += ~apply
+        return torch.where(apply, packed.double() / self.ctx.world_size, 0.0)
 
     def _record_batch(self, fh, batch):
         fp = {k: batch[k].double().flatten(1).sum(1).tolist() for k in ("template", "search")}
         fh.write(json.dumps({"epoch": self.epoch, "step": self.global_step, **fp}) + "\n")
 
     def fit(self) -> dict:
-        """Train until cfg.TRAIN.EPOCH; returns a summary dict (also written to summary.json)."""
-        cfg, tr = self.cfg, self.cfg.TRAIN
+        """Train until cfg.TRAIN.EPOCH; returns a summary dict (also written to summary.json).
+
+        A resumed run that had already finished trains nothing, writes nothing and returns the
+        summary it wrote then (``self.finished``).
+        """
+        tr = self.cfg.TRAIN
+        if self.finished:
+            self.log.info(self.finished_message())
+            return self.previous_summary()
         metrics = MetricsWriter(self.out_dir) if self.ctx.is_main else None
         self.param_grad_stats = bool(tr.LOG_GRADS and metrics is not None and metrics.tensorboard)
         record = (open(self.out_dir / f"batches_rank{self.ctx.rank}.jsonl", "a", buffering=1)
                   if tr.RECORD_BATCHES else None)
-        total = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
-        pairs_per_step = tr.BATCH_SIZE * self.ctx.world_size
-        verdicts = []
         try:
-            from tqdm import tqdm
-
             while self.epoch < tr.EPOCH:
-                if not self.unfrozen and backbone_unfrozen_at(cfg, self.epoch):
-                    self.unfreeze()
-                self.sched.set_epoch(self.epoch)
-                if self.epoch_step == 0:
-                    self.loader.set_epoch(self.epoch)
-                set_train_mode(self.model, cfg, self.unfrozen)
-                lr = self.sched.lr_at(self.epoch)
-                self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
-                              f"{[f'{x:.3g}' for x in self.sched.group_lrs()]}, backbone "
-                              f"{'unfrozen' if self.unfrozen else 'frozen'}")
-                meter, ep = IntervalMeter(), IntervalMeter()
-                bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, unit="step", dynamic_ncols=True,
-                           desc=f"epoch {self.epoch + 1}/{tr.EPOCH}", disable=not self.show_progress)
-                it = self.batches()
-                t0 = time.perf_counter()
-                while self.epoch_step < self.steps_per_epoch:
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        raise RuntimeError(f"loader ended after {self.epoch_step} of {self.steps_per_epoch} "
-                                           f"batches in epoch {self.epoch + 1}") from None
-                    t1 = time.perf_counter()
-                    if record is not None:
-                        self._record_batch(record, batch)
-                    losses = self.train_step(batch)
-                    self.epoch_step += 1
-                    self.global_step += 1
-                    if self.param_grad_stats and losses is not None:  # PySOT logs these every step
-                        metrics.tensorboard_scalars(self.last_param_grads, self.global_step)
-                    t2 = time.perf_counter()
-                    meter.update(losses, pairs_per_step, t1 - t0, t2 - t0)
-                    ep.update(losses, pairs_per_step, t1 - t0, t2 - t0)
-                    t0 = t2
-                    if self.show_progress:
-                        bar.update(1)
-                        m = ep.means()  # epoch-so-far means: steadier than the print interval
-                        bar.set_postfix(loss=f"{m['total_loss']:.4f}", lr=f"{lr:.2e}",
-                                        pairs_s=f"{m['pairs_per_s']:.1f}", wait=f"{100 * m['data_wait_frac']:.0f}%",
-                                        refresh=False)
-                    if meter.steps >= tr.PRINT_FREQ or self.epoch_step == self.steps_per_epoch:
-                        if metrics is not None:
-                            metrics.write({"epoch": self.epoch, "step": self.global_step, "lr": lr, **meter.means(),
-                                           "skipped_steps": self.skipped_steps})
-                        meter.reset()
-                    if (tr.CKPT_INTERVAL and self.global_step % tr.CKPT_INTERVAL == 0
-                            and self.epoch_step < self.steps_per_epoch):
-                        self._save("latest.pth")
-                bar.close()
-                verdict = bound_verdict(self.epoch, ep.pairs, ep.wait_s, ep.step_s)
-                verdicts.append(verdict)
-                self.log.info(verdict + (f"; {self.skipped_steps} skipped steps so far" if self.skipped_steps else ""))
-                total["pairs"] += ep.pairs
-                total["wait_s"] += ep.wait_s
-                total["step_s"] += ep.step_s
-                self.epoch += 1
-                self.epoch_step = 0
-                self._save(f"checkpoint_e{self.epoch}.pth", "latest.pth")
+                self.train_epoch(metrics, record)
         finally:
             if metrics is not None:
                 metrics.close()
             if record is not None:
                 record.close()
-        summary = {
-            "epochs": tr.EPOCH, "global_step": self.global_step, "skipped_steps": self.skipped_steps,
-            "pairs_per_s": total["pairs"] / total["step_s"] if total["step_s"] else math.nan,
-            "data_wait_frac": total["wait_s"] / total["step_s"] if total["step_s"] else math.nan,
-            "world_size": self.ctx.world_size, "device": str(self.device), "verdicts": verdicts,
-        }
+        summary = self._summary()
         if self.ctx.is_main:
             write_json(self.out_dir / "summary.json", summary, indent=2)
             try:
@@ -429,3 +443,95 @@ class Trainer:
             except Exception as err:  # a missing plot must not fail a finished training run
                 self.log.warning(f"could not plot {self.out_dir / 'metrics.jsonl'}: {err}")
         return summary
+
+    def train_epoch(self, metrics: MetricsWriter | None, record=None) -> None:
+        """Train the rest of ``self.epoch`` (all of it, or from a resumed ``epoch_step``), then
+        save ``checkpoint_e{N}.pth`` and ``latest.pth``."""
+        cfg, tr = self.cfg, self.cfg.TRAIN
+        if not self.unfrozen and backbone_unfrozen_at(cfg, self.epoch):
+            self.unfreeze()
+        self.sched.set_epoch(self.epoch)
+        if self.epoch_step == 0:
+            self.loader.set_epoch(self.epoch)
+        set_train_mode(self.model, cfg, self.unfrozen)
+        lr = self.sched.lr_at(self.epoch)
+        self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
+                      f"{[f'{x:.3g}' for x in self.sched.group_lrs()]}, backbone "
+                      f"{'unfrozen' if self.unfrozen else 'frozen'}")
+        pairs_per_step = tr.BATCH_SIZE * self.ctx.world_size
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, unit="step", dynamic_ncols=True,
+                   desc=f"epoch {self.epoch + 1}/{tr.EPOCH}", disable=not self.show_progress)
+        shown_loss = math.nan
+        it = self.batches()
+        t0 = time.perf_counter()
+        while self.epoch_step < self.steps_per_epoch:
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise RuntimeError(f"loader ended after {self.epoch_step} of {self.steps_per_epoch} "
+                                   f"batches in epoch {self.epoch + 1}") from None
+            t1 = time.perf_counter()
+            if record is not None:
+                self._record_batch(record, batch)
+            contrib = self.train_step(batch)
+            self.epoch_step += 1
+            self.global_step += 1
+            if self.param_grad_stats and self.last_grad_stats:  # PySOT logs these every step
+                metrics.tensorboard_scalars(self.last_param_grads, self.global_step)
+            t2 = time.perf_counter()
+            for meter in (self.interval, self.epoch_meter):
+                meter.update(contrib, pairs_per_step, t1 - t0, t2 - t0, self.last_grad_stats)
+            t0 = t2
+            # Intervals are aligned to the epoch's steps, so a resumed run (which restores the
+            # unfinished interval's sums) writes the records an uninterrupted run would.
+            if self.epoch_step % tr.PRINT_FREQ == 0 or self.epoch_step == self.steps_per_epoch:
+                if self.ctx.is_main:  # the one device read of an interval
+                    shown_loss = self.epoch_meter.means()["total_loss"]  # epoch so far: steadier than the interval
+                    metrics.write({"epoch": self.epoch, "step": self.global_step, "lr": lr, **self.interval.means(),
+                                   "skipped_steps": self.skipped_steps, "replaced_crops": self.replaced_crops})
+                self.interval.reset()
+            if self.show_progress:
+                bar.update(1)
+                bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{lr:.2e}",
+                                pairs_s=f"{self.epoch_meter.pairs / max(self.epoch_meter.step_s, 1e-9):.1f}",
+                                wait=f"{100 * self.epoch_meter.wait_s / max(self.epoch_meter.step_s, 1e-9):.0f}%",
+                                replaced=self.replaced_crops, refresh=False)
+            if (tr.CKPT_INTERVAL and self.global_step % tr.CKPT_INTERVAL == 0
+                    and self.epoch_step < self.steps_per_epoch):
+                self._save("latest.pth")
+        bar.close()
+        ep = self.epoch_meter
+        verdict = bound_verdict(self.epoch, ep.pairs, ep.wait_s, ep.step_s)
+        self.verdicts.append(verdict)
+        self.log.info(f"{verdict}; {self.skipped_steps} skipped steps, {self.replaced_crops} replaced crops so far")
+        self.totals["pairs"] += ep.pairs
+        self.totals["wait_s"] += ep.wait_s
+        self.totals["step_s"] += ep.step_s
+        self.epoch += 1
+        self.epoch_step = 0
+        self.interval.reset()
+        self.epoch_meter.reset()
+        self._save(f"checkpoint_e{self.epoch}.pth", "latest.pth")
+
+    def _summary(self) -> dict:
+        t = self.totals
+        return {
+            "epochs": self.cfg.TRAIN.EPOCH, "global_step": self.global_step, "skipped_steps": self.skipped_steps,
+            "replaced_crops": self.replaced_crops,
+            "pairs_per_s": t["pairs"] / t["step_s"] if t["step_s"] else math.nan,
+            "data_wait_frac": t["wait_s"] / t["step_s"] if t["step_s"] else math.nan,
+            "world_size": self.ctx.world_size, "device": str(self.device), "verdicts": list(self.verdicts),
+        }
+
+    def finished_message(self) -> str:
+        return (f"nothing to resume: the run finished at epoch {self.epoch} (TRAIN.EPOCH={self.cfg.TRAIN.EPOCH}); "
+                f"its summary is {self.out_dir / 'summary.json'}; raise TRAIN.EPOCH to train on")
+
+    def previous_summary(self) -> dict:
+        """summary.json of the finished run, as it was written (empty dict if there is none)."""
+        try:
+            return json.loads((self.out_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,138 @@
+"""Device per process (cuda:LOCAL_RANK, --device cuda:N) and the flat gradient buffer under real
+DDP: a 2-process gloo group started with torch.multiprocessing."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from test_train import shards  # noqa: F401  (module fixture: synthetic VID shards)
+from train.distributed import choose_device, init_distributed, loader_device, parse_device, shutdown_distributed
+from train.preflight import PreflightError
+from train.step import GradBuffer
+
+
+@pytest.mark.parametrize("arg, local_rank, local_processes, expected", [
+    ("cpu", 3, 8, "cpu"),
+    ("cuda", 0, 1, "cuda:0"),
+    ("cuda", 5, 8, "cuda:5"),      # torchrun: every process its own GPU, never GPU 0 for all
+    ("cuda:1", 0, 1, "cuda:1"),    # one process pinned to GPU 1
+])
+def test_device_per_process(arg, local_rank, local_processes, expected):
+    dev = choose_device(arg, local_rank, local_processes, cuda_count=8)
+    assert dev == torch.device(expected)
+    # the loader gets the same indexed device ('' and 'cuda' alike), or the CPU when asked
+    assert loader_device("", dev) == dev and str(loader_device("", dev)) == expected
+    assert loader_device("cpu", dev) == torch.device("cpu")
+    if dev.type == "cuda":
+        assert loader_device("cuda", dev) == dev
+
+
+def test_device_errors_name_the_problem():
+    with pytest.raises(PreflightError, match="no CUDA GPU"):
+        choose_device("cuda", 0, 1, cuda_count=0)
+    with pytest.raises(PreflightError, match="LOCAL_RANK=2 needs GPU 2 but only 2"):
+        choose_device("cuda", 2, 4, cuda_count=2)
+    with pytest.raises(PreflightError, match="names one GPU but 2 processes"):
+        choose_device("cuda:1", 1, 2, cuda_count=2)
+    with pytest.raises(PreflightError, match="--device cuda:3 needs GPU 3"):
+        choose_device("cuda:3", 0, 1, cuda_count=2)
+    with pytest.raises(PreflightError, match="LOADER_DEVICE='cuda' needs"):
+        loader_device("cuda", torch.device("cpu"))
+    with pytest.raises(PreflightError, match="must be '', 'cpu' or 'cuda'"):
+        loader_device("gpu", torch.device("cpu"))
+    for bad in ("gpu", "cuda:x", "mps", "cpu:1"):
+        with pytest.raises(ValueError, match="--device must be"):
+            parse_device(bad)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, out_dir):
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    ctx = init_distributed("cpu")  # the real process group (gloo); the GPU choice is computed for 2 GPUs
+    train_dev = choose_device("cuda", ctx.local_rank, int(os.environ["LOCAL_WORLD_SIZE"]), cuda_count=2)
+    handed = str(loader_device("", train_dev))
+
+    # the trainer's gradient views stay .grad through DDP's bucketed all-reduce
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    grads = GradBuffer(model.parameters())
+    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    grads.zero_()
+    torch.manual_seed(1 + rank)  # each rank its own batch
+    ddp(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    views_kept = all(p.grad is v for p, v in grads.views)
+    reduced = torch.cat([g.reshape(-1) for g in grads.flats]).tolist()
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"rank": ctx.rank, "loader_device": handed, "views_kept": views_kept,
+                                      "grad": reduced})
+    if ctx.is_main:
+        with open(os.path.join(out_dir, "result.json"), "w") as f:
+            json.dump(gathered, f)
+    shutdown_distributed()
+
+
+def test_two_ranks_hand_the_loader_their_own_gpu_and_keep_gradient_views(tmp_path):
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [r["loader_device"] for r in result] == ["cuda:0", "cuda:1"]
+    assert all(r["views_kept"] for r in result)
+    assert result[0]["grad"] == result[1]["grad"]  # all-reduced into the views: the same on both ranks
+    # and equal to the mean of the two ranks' own gradients, recomputed here
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    own = []
+    for rank in (0, 1):
+        model.zero_grad()
+        torch.manual_seed(1 + rank)
+        model(torch.randn(2, 3, 8, 8)).square().sum().backward()
+        own.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(torch.tensor(result[0]["grad"]), (own[0] + own[1]) / 2)
+
+
+def _nan_on_one_rank(rank, world, port, shards, out_dir):
+    """One rank of a real gloo DDP run whose rank 1 sees a NaN template in its second batch."""
+    from pipeline import build_loader
+    from test_train import _NaNTemplateAt, _cfg
+    from train.trainer import Trainer
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "OMP_NUM_THREADS": "1"})
+    cfg = _cfg("TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False", "DATASET.VIDEOS_PER_EPOCH=24", "TRAIN.CKPT_INTERVAL=0")
+    loader = build_loader(cfg, shards=shards, batch_size=4, device="cpu", rank=rank, world_size=world,
+                          seed=cfg.TRAIN.SEED)
+    trainer = Trainer(cfg, shards=shards, out_dir=out_dir, device="cpu", show_progress=False,
+                      loader=_NaNTemplateAt(loader, [(0, 1)] if rank == 1 else []))
+    summary = trainer.fit()
+    params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"skipped": summary["skipped_steps"], "params": params.tolist(),
+                                      "finite": bool(torch.isfinite(params).all())})
+    if rank == 0:
+        with open(os.path.join(out_dir, "ranks.json"), "w") as f:
+            json.dump(gathered, f)
+    shutdown_distributed()
+
+
+def test_a_bad_step_on_one_rank_is_skipped_on_every_rank(shards, tmp_path):  # noqa: F811
+    """Real DDP on gloo: rank 1's loss is NaN at step 2 of 3; both ranks skip that step (decided on the
+    device from the all-reduced flag), count it, and end with the same finite weights."""
+    out = tmp_path / "run"
+    mp.spawn(_nan_on_one_rank, args=(2, _free_port(), str(shards), str(out)), nprocs=2, join=True)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert [r["skipped"] for r in ranks] == [1, 1]
+    assert all(r["finite"] for r in ranks)
+    assert ranks[0]["params"] == ranks[1]["params"]  # no rank applied the step the other skipped
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["total_loss"] is None for r in recs] == [False, True, False]
