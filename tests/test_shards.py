@@ -95,13 +95,16 @@ def test_pickle_holds_only_what_reopens_it(big):
 
 
 def test_index_loaded_once_per_process(built):
-    class Cfg:  # open_shard_readers reads cfg.DATASET.NAMES only
-        class DATASET:
-            NAMES = ('VID',)
+    """Preflight, the loader and any other reader of the folder share one loaded index."""
+    from train.config import load_config
+    from train.preflight import check_shards
+    cfg = load_config(None, overrides=['DATASET.NAMES=[VID]'])
+    assert check_shards(cfg, built.parent) == {'VID': len(ShardReader(built))}
     a = ShardReader(built)
-    (b,) = open_shard_readers(Cfg, built.parent)
+    (b,) = open_shard_readers(cfg, built.parent)
     for name in ('entry_frame', 'entry_box', 'entry_offset', 'track_entry_start'):
         assert np.shares_memory(getattr(a, name), getattr(b, name))
+    assert a._index is b._index
 
 
 SMAPS_CHILD = '''
@@ -210,3 +213,19 @@ def test_v1_index_is_refused_with_the_command_that_rebuilds_it(built, tmp_path):
 
 def test_key_helpers():
     assert entry_key('a/b', 3, 12) == b'e/a/b/3/12'
+
+
+def test_bench_shards_tool_runs(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run([sys.executable, 'tools/bench_shards.py', '--sizes', '3000', '--procs', '2',
+                           '--read-entries', '300', '--reads', '60', '--build-entries', '2000', '--repeats', '1',
+                           '--work', str(tmp_path / 'work'), '--json', str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    idx = res['index']['3000']
+    assert idx['v2']['procs'] == 2 and idx['v2']['open_and_sampler_s'] > 0 and idx['v1']['open_s'] > 0
+    assert {'warm', 'cold', 'cold_prefetch_window64', 'v1_lmdb_mmap_cold'} <= set(res['reads'])
+    assert res['build']['2000']['entries'] == 2000 and res['build']['2000']['peak_above_interpreter_bytes'] > 0
+    assert not (tmp_path / 'work' / 'build_2000').exists()
