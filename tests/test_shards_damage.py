@@ -130,3 +130,27 @@ def test_rerun_of_a_finished_build_does_not_approve_damage(copy, source):
     assert proc.returncode == 1 and 'FAILED' in proc.stderr
     shard = f'shard-{int(ShardReader(folder).entry_shard[7]):05d}'
     assert shard in proc.stderr and 'crc' in proc.stderr.lower()
+
+
+def test_altered_commit_marker_is_caught(copy, source):
+    """A marker changed after its commit (here a box, rewritten through LMDB itself) no longer matches
+    the shard's recorded digest: the rerun refuses to index it and verify names it."""
+    import lmdb
+    import msgpack
+    import numpy as np
+    shard = copy / 'VID' / 'shard-00001'
+    env = lmdb.open(str(shard), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        key, raw = next((bytes(k), bytes(v)) for k, v in txn.cursor() if bytes(k).startswith(b'v/'))
+        m = msgpack.unpackb(raw, raw=False)
+        boxes = np.frombuffer(m['boxes'], np.float32).copy()
+        boxes[0] += 1
+        m['boxes'] = boxes.tobytes()
+        txn.put(key, msgpack.packb(m, use_bin_type=True))
+    env.close()
+    proc = run_build_cli('--dataset', 'VID', '--out', copy, '--verify-only')
+    _no_signal_no_traceback(proc)
+    assert proc.returncode == 1 and 'shard-00001' in proc.stderr and 'digest' in proc.stderr
+    proc = run_build_cli(*_import_args(source, copy))
+    _no_signal_no_traceback(proc)
+    assert proc.returncode == 2 and 'shard-00001' in proc.stderr and 'digest' in proc.stderr
