@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.build import verify_shards
-from pipeline.shards import INDEX_NAME, ShardReader
+from pipeline.shards import INDEX_NAME, ShardError, ShardReader
 from build_fixtures import _box, make_raw_vid
 from sampling_fixtures import VID_TRACKS, write_crop511
 from shard_damage import REPO, run_build_cli
@@ -152,5 +152,5 @@ def test_import_with_one_odd_crop_names_it(tmp_path):
     proc = run_build_cli('--dataset', 'VID', '--from-crop511', crop_dir, '--anno', anno, '--out', tmp_path / 'o',
                          '--workers', '1', '--no-progress')
     assert proc.returncode == 2 and str(odd) in proc.stderr and '400x511' in proc.stderr, proc.stderr
-    with pytest.raises(Exception):
+    with pytest.raises(ShardError, match='missing'):
         ShardReader(tmp_path / 'o/VID')
