@@ -359,10 +359,15 @@ class ShardIndex:
             raise ShardError(f'{path} is unreadable ({e.strerror}); rebuild: {rebuild_command(folder)} '
                              f'--overwrite') from None
         self.arrays = {}
-        for name, spec in meta['arrays'].items():
-            shape = tuple(spec['shape'])
-            count = int(np.prod(shape))
-            self.arrays[name] = np.frombuffer(self._map, np.dtype(spec['dtype']), count, spec['offset']).reshape(shape)
+        try:
+            for name, spec in meta['arrays'].items():
+                shape = tuple(spec['shape'])
+                count = int(np.prod(shape))
+                self.arrays[name] = np.frombuffer(self._map, np.dtype(spec['dtype']), count,
+                                                  spec['offset']).reshape(shape)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ShardError(f'{folder / INDEX_NAME}: its table of arrays does not fit {path} ({e}); rebuild: '
+                             f'{rebuild_command(folder)} --overwrite') from None
         self._check_shapes(meta)
         self.meta = {k: meta[k] for k in ('format_version', 'dataset', 'crop', 'counts', 'shards')}
         self.meta['checksums'] = meta.get('checksums', {})
@@ -407,9 +412,6 @@ class ShardIndex:
                 os.close(fd)
             fd = kept
         return fd
-
-    def close_files(self):
-        _close_fds(self.fds)
 
 
 def _close_fds(fds: dict):
