@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.sampling import ImageAug, PairPlan, PairSampler
-from pipeline.shards import open_shard_readers
+from pipeline.shards import CorruptCropError, open_shard_readers
 from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class ReferenceDataset(Dataset):
                 template, search = render_pair(plan, self.readers[dt].jpeg_at(et),
                                                self.readers[ds].jpeg_at(es))
                 return plan, template, search, attempt
-            except UndecodableCrop as err:
+            except (UndecodableCrop, CorruptCropError) as err:  # skipped and counted alike
                 self.skipped += 1
                 log.warning("epoch %d index %d attempt %d: %s (template %s, search %s); "
                             "replacing the pair", self.epoch, index, attempt, err,

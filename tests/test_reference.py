@@ -10,9 +10,10 @@ import torch
 from pipeline.build import build_dataset
 from pipeline.reference import ReferenceDataset, blur_kernel, render_image, render_pair
 from pipeline.sampling import PairSampler
-from pipeline.shards import ShardReader, entry_key, open_shard_env, shard_dir
+from pipeline.shards import ShardReader, shard_dir
 from pipeline.synthetic import make_dataset
 from sampling_fixtures import build_test_shards, overrides
+from shard_damage import overwrite_crop
 from train.config import load_config
 
 
@@ -171,12 +172,7 @@ def test_undecodable_crop_is_skipped_and_counted(shard_root, tmp_path):
     ds = ReferenceDataset(cfg, root, seed=4, epoch=0)
     plan = ds.sampler.plan(0, int(ds.indices[3]))
     d, e = plan.search_ref
-    reader = ds.readers[d]
-    env = open_shard_env(reader.folder / reader._shard_names[int(reader.entry_shard[e])],
-                         readonly=False, map_size=1 << 26)
-    with env.begin(write=True) as txn:
-        txn.put(entry_key(*reader.entry_location(e)), b'not a jpeg')
-    env.close()
+    overwrite_crop(ds.readers[d], e, b'not a jpeg')
     item = ds[3]
     assert item['skipped'] >= 1 and ds.skipped >= 1
     assert item['search'].shape == (3, 255, 255)

@@ -497,3 +497,36 @@ def test_cli_all_and_eval(tmp_path):
     assert len(list((tmp_path / 'eval' / 'Synth01' / 'img').glob('*.jpg'))) == 5
     res = run('--dataset', 'VID', '--out', str(tmp_path / 'eval'))
     assert res.returncode != 0 and 'not empty' in res.stderr
+
+
+def test_realistic_crops_have_the_size_of_real_ones():
+    crops = synthetic.realistic_crops(12, seed=3)
+    assert len(set(crops)) == 12
+    for c in crops:
+        assert 28_000 <= len(c) <= 37_000
+        assert cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR).shape == (511, 511, 3)
+
+
+def test_realistic_shards_built_and_aliased(tmp_path):
+    from pipeline.build import verify_shards
+    from pipeline.shards import ShardReader
+    built = synthetic.make_shards(tmp_path / 'b', entries=230, distinct=7, per_track=20, seed=1)
+    r = ShardReader(built['folder'])
+    assert len(r) == 230 and len(r.video_names) == 6 and r.meta['counts']['shards'] == 1
+    assert len({r.jpeg_at(e) for e in range(len(r))}) == 7 and verify_shards(built['folder']) == []
+    assert 28_000 * 230 <= built['bytes'] <= 37_000 * 230
+    aliased = synthetic.make_shards(tmp_path / 'a', entries=5000, distinct=7, per_track=20, alias=True, seed=1)
+    a = ShardReader(aliased['folder'])
+    assert len(a) == 5000 and len(a.video_names) == 125
+    assert (Path(aliased['folder']) / 'shard-00000' / 'data.mdb').stat().st_size < 7 * 40_000 + (1 << 20)
+    assert [a.jpeg_at(e) for e in (0, 7, 4999)] == [r.jpeg_at(0), r.jpeg_at(0), r.jpeg_at(4999 % 7)]
+    assert a.box('synth/00000124', 1, 19) == a.box_at(4999) and a.entry_location(4999) == ('synth/00000124', 1, 19)
+    with pytest.raises(FileExistsError):
+        synthetic.make_shards(tmp_path / 'a', entries=10, distinct=2)
+
+
+def test_cli_shards(tmp_path):
+    res = subprocess.run([sys.executable, 'tools/make_synthetic.py', '--shards', '40', '--distinct', '3',
+                          '--out', str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0 and 'SHARDS' in res.stdout and '40 entries' in res.stdout, res.stderr
+    assert (tmp_path / 'VID' / 'index.msgpack').exists()

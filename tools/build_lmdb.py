@@ -8,13 +8,14 @@
 import argparse
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.build import (DATASETS, LAYOUTS, BuildError, LayoutError, build_dataset,  # noqa: E402
-                            exclude_warning, format_summary, verify_shards)
+from pipeline.build import (DATASETS, LAYOUTS, BuildError, BuildInterrupted, FolderLock, LayoutError,  # noqa: E402
+                            build_dataset, exclude_warning, format_summary, verify_shards)
 
 
 def parse_size(text: str) -> int:
@@ -24,13 +25,49 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** ' KMGT'.index(m.group(2).upper() or ' '))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def verify(out_dir: Path, progress: bool) -> int:
+    """--verify / --verify-only: 0 if OK, 1 if damaged, 2 if the folder is being built."""
+    try:
+        with FolderLock(out_dir, exclusive=False):
+            problems = verify_shards(out_dir, progress=progress)
+    except BuildError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    if problems:
+        print(f'verify {out_dir}: FAILED', file=sys.stderr)
+        for line in problems:
+            print(f'  {line}', file=sys.stderr)
+        return 1
+    print(f'verify {out_dir}: OK')
+    return 0
+
+
 def main(argv=None) -> int:
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a clean stop, resumable, as Ctrl-C
+    try:
+        return _main(argv)
+    except BuildInterrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print('interrupted; rerun the same command to resume', file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv=None) -> int:
     layouts = '\n\n'.join(f'  {LAYOUTS[d]}' for d in DATASETS)
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f'Expected raw layouts (ROOT = --root):\n\n{layouts}\n\n'
-               'Output: OUT/<DATASET>/shard-NNNNN/ (LMDB) + index.msgpack + build_report.json. '
-               'Rerunning the same command after an interruption resumes; see docs/datasets.md.')
+               'Output: OUT/<DATASET>/shard-NNNNN/ (LMDB) + index.arrays + index.msgpack + build_report.json. '
+               'One build per folder at a time (build.lock). Rerunning the same command after an interruption '
+               'resumes; see docs/datasets.md.')
     p.add_argument('--dataset', required=True, type=str.upper, help=f'one of {", ".join(DATASETS)}')
     p.add_argument('--root', help='raw dataset root in its official layout (see below)')
     p.add_argument('--out', default='cache', help='output root; shards go to OUT/<DATASET>/ (default: cache)')
@@ -43,8 +80,10 @@ def main(argv=None) -> int:
                    help='text file of video names, one a line, to leave out (matched against the video key and '
                         'its last component), e.g. LaSOT\'s testing_set.txt; part of the build parameters')
     p.add_argument('--overwrite', action='store_true', help='delete OUT/<DATASET> and rebuild from scratch')
-    p.add_argument('--verify', action='store_true', help='verify the shards after building')
-    p.add_argument('--verify-only', action='store_true', help='only verify an existing OUT/<DATASET>')
+    p.add_argument('--verify', action='store_true',
+                   help='after building, re-read every crop and compare with the checksums recorded at build '
+                        '(exit 1 if anything differs)')
+    p.add_argument('--verify-only', action='store_true', help='only verify an existing OUT/<DATASET> (exit 1 if damaged)')
     p.add_argument('--verbose', action='store_true', help='log every committed video')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     a = p.parse_args(argv)
@@ -63,6 +102,8 @@ def main(argv=None) -> int:
                                    jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
                                    from_crop511=a.from_crop511, anno=a.anno, verbose=a.verbose,
                                    progress=not a.no_progress, exclude=a.exclude)
+        except BuildInterrupted:
+            raise
         except (LayoutError, BuildError) as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
@@ -73,13 +114,10 @@ def main(argv=None) -> int:
             print(f'error: nothing usable was produced for {a.dataset}', file=sys.stderr)
             return 1
     if a.verify or a.verify_only:
-        problems = verify_shards(out_dir)
-        if problems:
-            print(f'verify {out_dir}: FAILED', file=sys.stderr)
-            for line in problems:
-                print(f'  {line}', file=sys.stderr)
-            return 1
-        print(f'verify {out_dir}: OK')
+        if a.verify_only and not out_dir.is_dir():
+            print(f'error: {out_dir} does not exist; nothing to verify', file=sys.stderr)
+            return 2
+        return verify(out_dir, progress=not a.no_progress)
     return 0
 
 

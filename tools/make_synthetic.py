@@ -3,6 +3,8 @@
     python tools/make_synthetic.py --dataset VID --out DIR [--videos N --frames M --seed S --size WxH]
     python tools/make_synthetic.py --dataset all --out DIR      # DIR/<NAME>/ for every dataset
     python tools/make_synthetic.py --eval --out DIR             # held-out OTB-layout sequences
+    python tools/make_synthetic.py --shards 100000 --out DIR    # DIR/VID/: built shards, ~33 KB crops (~3.3 GB)
+    python tools/make_synthetic.py --shards 10000000 --alias --out DIR   # a 10M-entry index over few values
 """
 import argparse
 import sys
@@ -31,6 +33,9 @@ def main(argv=None):
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument('--dataset', help=f"one of {', '.join(synthetic.DATASETS)} (YOUTUBEBB = YTB) or 'all'")
     what.add_argument('--eval', action='store_true', help='write held-out OTB-layout evaluation sequences')
+    what.add_argument('--shards', type=int, metavar='ENTRIES',
+                      help='write a built shard folder OUT/<--shard-dataset>/ of ENTRIES realistic crops (~30-35 KB '
+                           'JPEG 511 crops, --distinct of them repeated), for read-path and index benchmarks')
     parser.add_argument('--out', required=True, type=Path, help='output root directory')
     parser.add_argument('--videos', type=int, help='videos (images for COCO/DET); default per dataset')
     parser.add_argument('--frames', type=int, help='frames per video; default per dataset')
@@ -38,7 +43,21 @@ def main(argv=None):
     parser.add_argument('--size', help='frame size WxH, e.g. 320x240 (default 320x240; YTB 384x216)')
     parser.add_argument('--no-broken', action='store_true', help='write no deliberate faults')
     parser.add_argument('--force', action='store_true', help='replace earlier synthetic output in --out')
+    parser.add_argument('--distinct', type=int, default=256, help='--shards: distinct crop values (default 256)')
+    parser.add_argument('--alias', action='store_true',
+                        help='--shards: store only the distinct values; index entries point at them (a 10M-entry '
+                             'index in seconds; not for --verify)')
+    parser.add_argument('--shard-dataset', default='VID', help='--shards: dataset folder name (default VID)')
     args = parser.parse_args(argv)
+    if args.shards is not None:
+        try:
+            out = synthetic.make_shards(args.out, args.shards, dataset=args.shard_dataset, distinct=args.distinct,
+                                        alias=args.alias, seed=args.seed, overwrite=args.force, progress=True)
+        except (ValueError, FileExistsError) as err:
+            parser.error(str(err))
+        print(f"SHARDS  {out['folder']}: {out['entries']} entries, {out['bytes'] / 2**30:.2f} GiB of crops"
+              f"{' (aliased)' if args.alias else ''} [{out['seconds']:.1f} s]")
+        return 0
     try:
         size = synthetic.parse_size(args.size) if args.size else None
         common = dict(videos=args.videos, frames=args.frames, seed=args.seed, size=size,

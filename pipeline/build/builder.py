@@ -1,28 +1,38 @@
-"""Build orchestration: parse -> crop in a process pool -> ordered shard writes -> index + report."""
+"""Build orchestration: parse -> crop in a process pool -> ordered shard writes -> index + report.
+
+Memory: the parsed dataset is a compact `VideoTable`; at most 2 x workers videos are in flight
+(submitted or cropped, not yet committed); committed videos are not kept (their markers are in the
+shards); the index is assembled from the markers, streaming.  Peak memory is the table plus a
+constant plus the videos in flight.
+"""
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import cv2
-import msgpack
-import numpy as np
 from tqdm import tqdm
 
 from .. import fileio
-from ..shards import FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, pack_array
-from .crop_worker import CropParams, crop_video_task
+from ..shards import FORMAT_VERSION, INDEX_NAME, PARAMS_NAME
+from .crop_worker import CropParams, crop_video, crop_video_task
+from .index import PARTS_NAME, assemble_index
+from .lock import LOCK_NAME, FolderLock
 from .parsers import parse_crop511, parse_raw, read_exclude_file
-from .spec import Exclusion, ParseResult
-from .writer import BuildError, ShardSetWriter, disk_full_error, is_disk_full, shard_digest
+from .pool import OrderedPool, WorkerDied
+from .spec import BuildError, Exclusion, ParseResult
+from .writer import ShardSetWriter, disk_full_error, is_disk_full
 
-PARAMS_NAME = 'build_params.json'
 REPORT_NAME = 'build_report.json'
+
+
+class BuildInterrupted(BuildError):
+    """The build was stopped (Ctrl-C, SIGTERM); what is committed stays and a rerun resumes."""
 
 
 def atomic_write(path: Path, data: bytes):
@@ -35,10 +45,21 @@ def atomic_write(path: Path, data: bytes):
         raise
 
 
+def _clear(out_dir: Path):
+    """Delete a dataset folder's contents but its lock file (held by this build)."""
+    for p in out_dir.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _prepare_out_dir(out_dir: Path, params: dict, overwrite: bool):
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _clear(out_dir)
+    shutil.rmtree(out_dir / PARTS_NAME, ignore_errors=True)  # left by a killed index assembly
     pfile = out_dir / PARAMS_NAME
     if pfile.exists():
         old = json.loads(pfile.read_text())
@@ -68,66 +89,51 @@ def exclude_names(exclude) -> list:
     return sorted(Exclusion(exclude).names)
 
 
-def _check_resume(writer: ShardSetWriter, order: list, out_dir: Path):
-    done = writer.done
-    if not done:
-        return
-    unknown = sorted(set(done) - set(order))
-    n = len(done)
-    if unknown or set(order[:n]) != set(done):
-        raise BuildError(f'{out_dir} holds a partial build whose videos do not match the current input '
-                         f'({len(unknown)} unknown videos, e.g. {unknown[:3]}); the raw data changed since it started. '
-                         f'Pass --overwrite to rebuild')
+def _check_resume(writer: ShardSetWriter, names, out_dir: Path):
+    """The committed videos must be the first videos of the current input, in order."""
+    for seq, name in enumerate(writer.scan()):
+        if seq >= len(names) or names[seq] != name:
+            raise BuildError(f'{out_dir} holds a partial build whose videos do not match the current input '
+                             f'(committed video {seq} is {name!r}, the input has '
+                             f'{names[seq] if seq < len(names) else "fewer videos"!r}); the raw data changed since '
+                             f'it started. Pass --overwrite to rebuild')
 
 
-def build_index(parsed: ParseResult, writer: ShardSetWriter, shards: list, params: CropParams) -> dict:
-    """The msgpack index (see pipeline.shards) from the commit markers, in build order."""
-    names, vstart, tstart, tids, frames, boxes, eshard = [], [0], [0], [], [], [], []
-    for v in parsed.videos:
-        m = writer.markers[v.name]
-        if not m['tracks']:
-            continue
-        names.append(v.name)
-        for tid, fr, bx in m['tracks']:
-            tids.append(tid)
-            frames.extend(fr)
-            boxes.extend(bx)
-            eshard.extend([writer.done[v.name]] * len(fr))
-            tstart.append(len(frames))
-        vstart.append(len(tids))
-    arrays = {'video_track_start': vstart, 'track_entry_start': tstart, 'track_ids': tids,
-              'entry_frame': frames, 'entry_box': np.asarray(boxes, np.float64).reshape(-1, 4),
-              'entry_shard': eshard}
-    return {
-        'format_version': FORMAT_VERSION,
-        'dataset': parsed.dataset,
-        'crop': params.to_dict(),
-        'counts': {'videos': len(names), 'tracks': len(tids), 'entries': len(frames), 'shards': len(shards),
-                   'bytes': sum(s['bytes'] for s in shards)},
-        'shards': shards,
-        'video_names': names,
-        'arrays': {k: pack_array(np.asarray(arrays[k]), INDEX_ARRAYS[k]) for k in INDEX_ARRAYS},
-    }
+def _die_with_parent():
+    """Linux: have the kernel end this worker when the build process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _init_worker():
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole job: the build process decides
+    _die_with_parent()
 
 
-def _results(pending, params, min_run, workers):
-    tasks = ((v, params, min_run) for v in pending)
+def _results(table, pending: range, params: CropParams, min_run: int, workers: int):
+    """Crop results of the `pending` videos, in order; at most 2 x workers videos in flight."""
     if workers <= 1:
         old = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
-            for t in tasks:
-                yield crop_video_task(t)
+            for v in pending:
+                yield crop_video(table.video(v), params, min_run)
         finally:
             cv2.setNumThreads(old)
         return
-    # spawn, not fork: a parent that already used OpenCV's thread pool deadlocks forked children.
-    with mp.get_context('spawn').Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(crop_video_task, tasks, chunksize=1)
+    pool = OrderedPool(crop_video_task, workers, initializer=_init_worker)
+    try:
+        yield from pool.imap(((table.video(v), params, min_run) for v in pending), window=2 * workers)
+    except BaseException:
+        pool.close(terminate=True)
+        raise
+    pool.close()
 
 
 def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, shard_size: int = 4 << 30,
@@ -137,6 +143,7 @@ def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, s
 
     `exclude`: a text file of video names, one a line (or an iterable of names); matching videos
     (full key or last path component, e.g. LaSOT's testing_set.txt) are left out and reported.
+    Holds the folder's build lock throughout (BuildError naming the holder if another build has it).
     """
     t0 = time.time()
     dataset = dataset.upper()
@@ -151,50 +158,67 @@ def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, s
     else:
         parsed = parse_raw(dataset, root, excluded_names)
         source = {'mode': 'raw', 'root': str(Path(root).resolve())}
-    params = CropParams(jpeg_quality=jpeg_quality)
+    return build_parsed(parsed, source, out_root, CropParams(jpeg_quality=jpeg_quality), workers=workers,
+                        shard_size=shard_size, overwrite=overwrite, verbose=verbose, progress=progress,
+                        exclude=excluded_names, started=t0)
+
+
+def build_parsed(parsed: ParseResult, source: dict, out_root, params: CropParams, workers: int = 1,
+                 shard_size: int = 4 << 30, overwrite: bool = False, verbose: bool = False, progress: bool = True,
+                 exclude=(), started: float | None = None) -> dict:
+    """Crop, write and index an already parsed dataset into out_root/<dataset>/ (see build_dataset)."""
+    t0 = time.time() if started is None else started
+    dataset, table = parsed.dataset, parsed.table
     out_dir = Path(out_root) / dataset
     build_params = {'format_version': FORMAT_VERSION, 'dataset': dataset, **source, 'crop': params.to_dict(),
                     'shard_size': int(shard_size)}
-    if excluded_names:  # absent when empty, so builds from before --exclude existed still resume
-        build_params['exclude'] = excluded_names
-    _prepare_out_dir(out_dir, build_params, overwrite)
-    writer = ShardSetWriter(out_dir, shard_size)
-    order = [v.name for v in parsed.videos]
-    _check_resume(writer, order, out_dir)
-    resumed = len(writer.done)
-    pending = [v for v in parsed.videos if v.name not in writer.done]
-    written = 0
-    bar = tqdm(total=sum(v.num_entries() for v in pending), unit='crop', desc=f'{dataset} crops',
-               disable=not progress, dynamic_ncols=True, smoothing=0.1)
-    try:
-        for res in _results(pending, params, parsed.min_run, workers):
-            writer.write(res)
-            n = sum(len(t[1]) for t in res['tracks'])
-            written += n
-            bar.update(n + sum(res['drops'].values()))
-            if verbose:
-                tqdm.write(f'committed {res["video"]} ({n} crops) -> {writer.cur}')
-    finally:
-        bar.close()
-        writer.close()
-    shards = [shard_digest(p) for p in writer.shard_paths()]
-    index = build_index(parsed, writer, shards, params)
-    atomic_write(out_dir / INDEX_NAME, msgpack.packb(index, use_bin_type=True))
-    drops = Counter(parsed.drops.counts)
-    files = list(parsed.drops.files)
-    for name in order:
-        m = writer.markers[name]
-        drops.update(m['drops'])
-        files.extend(m['files'])
-    elapsed = time.time() - t0
-    report = {'dataset': dataset, **source, 'out_dir': str(out_dir), 'counts': index['counts'],
-              'videos_parsed': len(order), 'videos_resumed': resumed,
-              'excluded_videos': len(parsed.excluded), 'excluded': parsed.excluded,
-              'exclude_unmatched': parsed.exclude_unmatched, 'crops_written_this_run': written,
-              'elapsed_s': round(elapsed, 3), 'crops_per_s': round(written / elapsed, 1) if elapsed > 0 else None,
-              'workers': workers, 'dropped': dict(sorted(drops.items())), 'dropped_total': sum(drops.values()),
-              'bad_inputs': files, 'shards': shards}
-    atomic_write(out_dir / REPORT_NAME, json.dumps(report, indent=1).encode())
+    if exclude:  # absent when empty, so builds from before --exclude existed still resume
+        build_params['exclude'] = list(exclude)
+    with FolderLock(out_dir):
+        _prepare_out_dir(out_dir, build_params, overwrite)
+        writer = ShardSetWriter(out_dir, shard_size)
+        _check_resume(writer, table.names, out_dir)
+        resumed = writer.committed
+        pending = range(resumed, len(table))
+        if len(pending):
+            (out_dir / INDEX_NAME).unlink(missing_ok=True)  # the folder is incomplete until the end
+        written = 0
+        bar = tqdm(total=table.num_entries() - table.entry_start(resumed),
+                   unit='crop', desc=f'{dataset} crops', disable=not progress, dynamic_ncols=True, smoothing=0.1)
+        results = _results(table, pending, params, parsed.min_run, workers)
+        try:
+            for v, res in zip(pending, results):
+                if res['video'] != table.names[v]:
+                    raise BuildError(f'internal: result for {res["video"]!r} where {table.names[v]!r} was expected')
+                writer.write(res)
+                n = sum(len(t[1]) for t in res['tracks'])
+                written += n
+                bar.update(table.num_entries(v))
+                if verbose:
+                    tqdm.write(f'committed {res["video"]} ({n} crops) -> {writer.cur}')
+        except KeyboardInterrupt:
+            raise BuildInterrupted(f'interrupted: {writer.committed} of {len(table)} videos of {dataset} are committed '
+                                   f'in {out_dir}; rerun the same command to resume') from None
+        except WorkerDied as e:
+            raise BuildError(f'a crop {e}: {writer.committed} of '
+                             f'{len(table)} videos of {dataset} are committed in {out_dir}; rerun the same command '
+                             f'to resume') from None
+        finally:
+            results.close()
+            bar.close()
+            writer.close()
+        meta = {'dataset': dataset, 'crop': params.to_dict()}
+        index, marker_drops, marker_files = assemble_index(out_dir, writer.shard_paths(), meta, table.names)
+        drops = Counter(parsed.drops.counts) + marker_drops
+        elapsed = time.time() - t0
+        report = {'dataset': dataset, **source, 'out_dir': str(out_dir), 'counts': index['counts'],
+                  'videos_parsed': len(table), 'videos_resumed': resumed,
+                  'excluded_videos': len(parsed.excluded), 'excluded': parsed.excluded,
+                  'exclude_unmatched': parsed.exclude_unmatched, 'crops_written_this_run': written,
+                  'elapsed_s': round(elapsed, 3), 'crops_per_s': round(written / elapsed, 1) if elapsed > 0 else None,
+                  'workers': workers, 'dropped': dict(sorted(drops.items())), 'dropped_total': sum(drops.values()),
+                  'bad_inputs': list(parsed.drops.files) + marker_files, 'shards': index['shards']}
+        atomic_write(out_dir / REPORT_NAME, json.dumps(report, indent=1).encode())
     return report
 
 

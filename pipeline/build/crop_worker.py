@@ -1,6 +1,7 @@
 """Turn one VideoSpec into encoded 511 crops (runs in pool workers; pure function of its inputs)."""
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -8,7 +9,8 @@ import cv2
 import numpy as np
 
 from ..crop import CONTEXT_AMOUNT, CROP_SIZE, EXEMPLAR_SIZE, crop_search, mean_colour
-from .spec import (CORRUPT_IMAGE, DEGENERATE, MISSING_IMAGE, OUTSIDE, SINGLE_RUN, DropLog, VideoSpec,
+from ..shards import jpeg_size
+from .spec import (CORRUPT_IMAGE, DEGENERATE, MISSING_IMAGE, OUTSIDE, SINGLE_RUN, BuildError, DropLog, VideoSpec,
                    split_runs, valid_wh)
 
 
@@ -54,17 +56,32 @@ def _where(video: VideoSpec, ti: int, k: int) -> str:
     return f'video {video.name} track {t.track_id} frame {t.frames[k]}'
 
 
+def check_crop_size(data: bytes, path, size: int):
+    """An imported crop must be size x size (BuildError naming the file and both sizes)."""
+    wh = jpeg_size(data)
+    if wh is None:  # not a JPEG: measure the decoded image
+        img = decode(data)
+        wh = None if img is None else (img.shape[1], img.shape[0])
+    if wh != (size, size):
+        found = 'not measurable' if wh is None else f'{wh[0]}x{wh[1]}'
+        raise BuildError(f'{path}: the crop is {found}, expected {size}x{size}; --from-crop511 imports PySOT '
+                         f'crop511 folders (511x511 search crops) only. Nothing after the last committed video was '
+                         f'imported: fix or remove the file, then rerun')
+
+
 def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
     """Crop every entry of a video.  Returns a msgpack-able result:
     {'video', 'tracks': [[track_id, frames, boxes(flat x1,y1,x2,y2...)], ...], 'jpegs': [[bytes...], ...],
-     'drops': {reason: n}, 'files': [[path, reason, detail], ...]}; runs split into separate tracks.
+     'crcs': [[crc32 of each JPEG, taken here from the bytes produced]], 'drops': {reason: n},
+     'files': [[path, reason, detail], ...]}; runs split into separate tracks.  Raises BuildError for an
+    imported (precropped) crop of the wrong size.
     """
     drops = DropLog()
     by_image = defaultdict(list)  # image path -> [(track index, position)]
     for ti, t in enumerate(video.tracks):
         for k, path in enumerate(t.images):
             by_image[path].append((ti, k))
-    ok = [dict() for _ in video.tracks]  # position -> (box, jpeg)
+    ok = [dict() for _ in video.tracks]  # position -> (box, jpeg, crc32)
     enc = [int(cv2.IMWRITE_JPEG_QUALITY), int(params.jpeg_quality)]
     for path in sorted(by_image):
         users = by_image[path]
@@ -78,8 +95,10 @@ def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
             drops.drop(err[0], len(users), path, err[1])
             continue
         if video.precropped:
+            check_crop_size(data, path, params.crop_size)
+            crc = zlib.crc32(data)
             for ti, k in users:
-                ok[ti][k] = (video.tracks[ti].boxes[k], data)
+                ok[ti][k] = (video.tracks[ti].boxes[k], data, crc)
             continue
         h, w = image.shape[:2]
         padding = mean_colour(image)
@@ -98,8 +117,9 @@ def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
             good, buf = cv2.imencode('.jpg', crop, enc)
             if not good:
                 raise RuntimeError(f'JPEG encoding failed for {path}')
-            ok[ti][k] = (box, buf.tobytes())
-    tracks, jpegs = [], []
+            jpeg = buf.tobytes()
+            ok[ti][k] = (box, jpeg, zlib.crc32(jpeg))
+    tracks, jpegs, crcs = [], [], []
     for ti, t in enumerate(video.tracks):
         pos = sorted(ok[ti])
         frames = [t.frames[k] for k in pos]
@@ -111,7 +131,8 @@ def crop_video(video: VideoSpec, params: CropParams, min_run: int) -> dict:
             tracks.append([t.track_id, [t.frames[k] for k in sel],
                            [float(v) for k in sel for v in ok[ti][k][0]]])
             jpegs.append([ok[ti][k][1] for k in sel])
-    return {'video': video.name, 'tracks': tracks, 'jpegs': jpegs,
+            crcs.append([ok[ti][k][2] for k in sel])
+    return {'video': video.name, 'tracks': tracks, 'jpegs': jpegs, 'crcs': crcs,
             'drops': dict(drops.counts), 'files': drops.files}
 
 

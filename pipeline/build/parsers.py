@@ -10,11 +10,14 @@ import csv
 import json
 import math
 import xml.etree.ElementTree as ET
+from array import array
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from .spec import (ABSENT, CROWD, DATASETS, DEGENERATE, DROPS_SINGLE_RUNS, INVISIBLE, MALFORMED, MALFORMED_FILE,
-                   DropLog, Exclusion, ParseResult, VideoSpec, make_track, valid_wh)
+                   DropLog, Exclusion, ParseResult, VideoTableBuilder, make_track, valid_frame, valid_wh)
 
 LAYOUTS = {
     'VID': """ILSVRC2015 VID:  ROOT/Data/VID/train/<subset>/<video>/<frame>.JPEG
@@ -81,7 +84,7 @@ def parse_vid(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     ann, data = root / 'Annotations/VID/train', root / 'Data/VID/train'
     _expect(ann, 'VID', 'the annotation folder Annotations/VID/train')
     _expect(data, 'VID', 'the image folder Data/VID/train')
-    drops, videos = DropLog(), []
+    drops, videos = DropLog(), VideoTableBuilder()
     video_dirs = sorted(p for sub in sorted(ann.iterdir()) if sub.is_dir() for p in sub.iterdir() if p.is_dir())
     for vdir in video_dirs:
         name = f'{vdir.parent.name}/{vdir.name}'
@@ -89,11 +92,10 @@ def parse_vid(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
             continue
         rows = defaultdict(list)
         for xml in sorted(vdir.glob('*.xml')):
-            try:
-                frame = int(xml.stem)
-            except ValueError:
+            if not (xml.stem.isascii() and xml.stem.isdigit() and valid_frame(int(xml.stem))):
                 drops.drop(MALFORMED_FILE, 1, xml, 'file name is not a frame number')
                 continue
+            frame = int(xml.stem)
             objs = _xml_objects(xml, drops)
             image = data / name / f'{xml.stem}.JPEG'
             for tid, box in objs or []:
@@ -103,15 +105,15 @@ def parse_vid(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
                     rows[tid].append((frame, box, image))
         tracks = [t for tid in sorted(rows) if (t := make_track(tid, rows[tid], min_run, drops))]
         if tracks:
-            videos.append(VideoSpec(name, tracks))
-    return ParseResult('VID', str(root), videos, drops, min_run)
+            videos.add(name, tracks)
+    return ParseResult('VID', str(root), videos.finish(), drops, min_run)
 
 
 def parse_det(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     ann, data = root / 'Annotations/DET/train', root / 'Data/DET/train'
     _expect(ann, 'DET', 'the annotation folder Annotations/DET/train')
     _expect(data, 'DET', 'the image folder Data/DET/train')
-    drops, videos = DropLog(), []
+    drops, videos = DropLog(), VideoTableBuilder()
     for xml in sorted(ann.rglob('*.xml')):
         rel = xml.relative_to(ann).with_suffix('')
         if exclude(rel.as_posix()):
@@ -121,8 +123,8 @@ def parse_det(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
         tracks = [make_track(i, [(0, box, image)], 1, drops)
                   for i, (_, box) in enumerate(objs or []) if _keep_box(box, xml, drops)]
         if tracks:
-            videos.append(VideoSpec(rel.as_posix(), tracks))
-    return ParseResult('DET', str(root), videos, drops, min_run)
+            videos.add(rel.as_posix(), tracks)
+    return ParseResult('DET', str(root), videos.finish(), drops, min_run)
 
 
 def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
@@ -147,7 +149,7 @@ def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
             per_image[a['image_id']].append(a)
         except (KeyError, TypeError):
             drops.drop(MALFORMED, 1, anno, f'annotation #{i} without image_id')
-    videos = []
+    videos = VideoTableBuilder()
     for image_id in sorted(per_image, key=lambda k: files.get(k, '')):
         if image_id not in files:
             drops.drop(MALFORMED, len(per_image[image_id]), anno, f'annotations of unknown image_id {image_id}')
@@ -170,22 +172,27 @@ def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
             if _keep_box(box, f'{anno}#ann{a.get("id")}', drops):
                 tracks.append(make_track(idx, [(0, box, images / fname)], 1, drops))
         if tracks:
-            videos.append(VideoSpec(name, tracks))
-    return ParseResult('COCO', str(root), videos, drops, min_run)
+            videos.add(name, tracks)
+    return ParseResult('COCO', str(root), videos.finish(), drops, min_run)
 
 
 def parse_ytb(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
+    """YouTube-BB's CSV (millions of rows) read into typed columns, then sorted and grouped with numpy:
+    no Python object per row survives the read."""
     csv_path, frames = root / 'yt_bb_detection_train.csv', root / 'yt_bb_detection_train'
     _expect(csv_path, 'YTB', 'the annotation file yt_bb_detection_train.csv')
     _expect(frames, 'YTB', 'the frame folder yt_bb_detection_train/')
     drops = DropLog()
-    rows = defaultdict(list)  # (class_id, ytid, object_id) -> [(frame, box, image)]
+    video_ids = {}  # (class_id, youtube_id) -> video number
+    col_video, col_obj, col_ts, col_box = array('i'), array('q'), array('q'), array('d')
     with open(csv_path, newline='') as f:
         for lineno, row in enumerate(csv.reader(f), 1):
             where = f'{csv_path}:{lineno}'
             try:
                 ytid, ts, cls, _, obj, presence = (row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5])
                 xmin, xmax, ymin, ymax = (float(v) for v in row[6:10])
+                if not (valid_frame(ts // 1000) and abs(obj) < 2 ** 31 and abs(cls) < 2 ** 31):
+                    raise ValueError
             except (IndexError, ValueError):
                 drops.drop(MALFORMED, 1, where, f'row {row[:10]!r}')
                 continue
@@ -198,15 +205,34 @@ def parse_ytb(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
             if min(box) < 0 or not all(math.isfinite(v) for v in box) or not valid_wh(box):
                 drops.drop(DEGENERATE, 1, where, f'box {list(box)}')
                 continue
-            image = frames / str(cls) / f'{ytid}_{ts}_{cls}_{obj}.jpg'
-            rows[(cls, ytid, obj)].append((ts // 1000, box, image))
-    per_video = defaultdict(list)
-    for (cls, ytid, obj) in sorted(rows):
-        t = make_track(obj, rows[(cls, ytid, obj)], min_run, drops)
-        if t:
-            per_video[f'{cls}/{ytid}'].append(t)
-    videos = [VideoSpec(name, per_video[name], normalized=True) for name in sorted(per_video)]
-    return ParseResult('YTB', str(root), videos, drops, min_run)
+            col_video.append(video_ids.setdefault((cls, ytid), len(video_ids)))
+            col_obj.append(obj)
+            col_ts.append(ts)
+            col_box.extend(box)
+    keys = list(video_ids)
+    del video_ids
+    names = [f'{cls}/{ytid}' for cls, ytid in keys]
+    rank = np.empty(len(names), np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    video, obj = np.frombuffer(col_video, np.int32), np.frombuffer(col_obj, np.int64)
+    ts, box = np.frombuffer(col_ts, np.int64), np.frombuffer(col_box, np.float64).reshape(-1, 4)
+    # videos by name, tracks by object id, rows by frame and then file order (PySOT's sorted rows)
+    order = np.lexsort((np.arange(len(video)), ts // 1000, obj, rank[video]))
+    videos = VideoTableBuilder()
+    bounds = np.flatnonzero(np.diff(video[order])) + 1
+    for rows in np.split(order, bounds) if len(order) else []:
+        cls, ytid = keys[int(video[rows[0]])]
+        tracks = []
+        for track_rows in np.split(rows, np.flatnonzero(np.diff(obj[rows])) + 1):
+            o = int(obj[track_rows[0]])
+            t = make_track(o, [(int(ts[i]) // 1000, box[i].tolist(),
+                                f'{frames}/{cls}/{ytid}_{int(ts[i])}_{cls}_{o}.jpg') for i in track_rows],
+                           min_run, drops)
+            if t:
+                tracks.append(t)
+        if tracks:
+            videos.add(f'{cls}/{ytid}', tracks)
+    return ParseResult('YTB', str(root), videos.finish(normalized=True), drops, min_run)
 
 
 def _read_xywh(path: Path, drops: DropLog):
@@ -238,8 +264,8 @@ def _read_flags(path: Path, n: int, drops: DropLog, one_line: bool):
         return [0] * n
 
 
-def _parse_sequences(seq_dirs, img_sub, flag_files, one_line, min_run, drops):
-    videos = []
+def _parse_sequences(seq_dirs, img_sub, flag_files, one_line, min_run, drops) -> VideoTableBuilder:
+    videos = VideoTableBuilder()
     for name, seq in seq_dirs:
         gt = seq / 'groundtruth.txt'
         if not gt.is_file():
@@ -262,7 +288,7 @@ def _parse_sequences(seq_dirs, img_sub, flag_files, one_line, min_run, drops):
                 rows.append((i, box, seq / img_sub / f'{i + 1:08d}.jpg'))
         t = make_track(0, rows, min_run, drops)
         if t:
-            videos.append(VideoSpec(name, [t]))
+            videos.add(name, [t])
     return videos
 
 
@@ -273,7 +299,7 @@ def parse_got10k(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     seqs = [(f'train/{p.name}', p) for p in sorted(train.iterdir()) if p.is_dir()]
     seqs = [(name, p) for name, p in seqs if not exclude(name)]
     videos = _parse_sequences(seqs, '.', [('absence.label', ABSENT)], False, min_run, drops)
-    return ParseResult('GOT10K', str(root), videos, drops, min_run)
+    return ParseResult('GOT10K', str(root), videos.finish(), drops, min_run)
 
 
 def parse_lasot(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
@@ -285,7 +311,7 @@ def parse_lasot(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     drops = DropLog()
     videos = _parse_sequences(seqs, 'img', [('full_occlusion.txt', INVISIBLE), ('out_of_view.txt', INVISIBLE)],
                               True, min_run, drops)
-    return ParseResult('LASOT', str(root), videos, drops, min_run)
+    return ParseResult('LASOT', str(root), videos.finish(), drops, min_run)
 
 
 PARSERS = {'VID': parse_vid, 'COCO': parse_coco, 'DET': parse_det, 'YTB': parse_ytb,
@@ -343,7 +369,7 @@ def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
             raise ValueError('top level is not an object')
     except ValueError as e:
         raise LayoutError(f'{anno} is not a PySOT train.json ({e})') from None
-    min_run, drops, videos, exclude = min_run_for(dataset), DropLog(), [], Exclusion(exclude)
+    min_run, drops, videos, exclude = min_run_for(dataset), DropLog(), VideoTableBuilder(), Exclusion(exclude)
     for video in sorted(meta):
         name = video[2:] if video.startswith('./') else video
         if exclude(name):
@@ -363,8 +389,11 @@ def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
                 continue
             rows = []
             for fkey, box in frames.items():
-                if not fkey.isdigit():
+                if not (fkey.isascii() and fkey.isdigit()):
                     continue  # PySOT ignores non-digit keys (e.g. 'frames')
+                if not valid_frame(int(fkey)):
+                    drops.drop(MALFORMED, 1, f'{anno}:{video}/{tkey}/{fkey}', 'frame number out of range')
+                    continue
                 try:
                     box = tuple(float(v) for v in box)
                     if len(box) == 2:
@@ -380,5 +409,5 @@ def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
             if t:
                 tracks.append(t)
         if tracks:
-            videos.append(VideoSpec(name, tracks, precropped=True))
-    return _finish(ParseResult(dataset, str(crop_dir), videos, drops, min_run), exclude)
+            videos.add(name, tracks)
+    return _finish(ParseResult(dataset, str(crop_dir), videos.finish(precropped=True), drops, min_run), exclude)

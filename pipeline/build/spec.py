@@ -1,9 +1,20 @@
-"""In-memory description of a parsed raw dataset: videos -> tracks -> frames (box + image path)."""
+"""In-memory description of a parsed raw dataset: videos -> tracks -> frames (box + image path).
+
+Parsers hand each video to a `VideoTableBuilder`, which keeps the whole dataset in compact arrays
+(`VideoTable`: about 45 bytes per entry plus one path template per track); the builder turns one
+video at a time back into a `VideoSpec` for the crop workers.
+"""
 from __future__ import annotations
 
 import math
+import os
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..shards import StringTableBuilder
 
 # Video datasets whose single-frame runs are dropped: PySOT's VID gen_json drops them; its YTB
 # gen_json and siamban's GOT-10k / LaSOT gen_json keep every valid frame.
@@ -60,11 +71,126 @@ class DropLog:
             self.files.append([str(path), reason, detail] if detail else [str(path), reason])
 
 
+class BuildError(RuntimeError):
+    """A build cannot continue (bad output folder, disk full, bad input, ...); the message says what to do."""
+
+
+def valid_frame(frame) -> bool:
+    """Frame numbers are stored as int32."""
+    return 0 <= frame < 2 ** 31
+
+
+def path_template(paths: list) -> tuple:
+    """(prefix, suffix, middles) with path == prefix + middle + suffix, where every middle is '' or
+    ASCII digits (so it is stored as an integer and its width); middles are None when the paths do
+    not follow one numbered pattern."""
+    if len(paths) == 1:
+        return paths[0], '', ['']
+    prefix = os.path.commonprefix(paths)
+    rests = [p[len(prefix):] for p in paths]
+    suffix = os.path.commonprefix([r[::-1] for r in rests])[::-1]
+    middles = [r[:len(r) - len(suffix)] for r in rests]
+    if all(m == '' or (m.isascii() and m.isdigit() and len(m) <= 18) for m in middles):
+        return prefix, suffix, middles
+    return '', '', [None] * len(paths)
+
+
+class VideoTableBuilder:
+    """Collects parsed videos into typed arrays; parsers call `add` once per video (in build order)."""
+
+    def __init__(self):
+        self.names = StringTableBuilder()
+        self.video_track_start = array('q', [0])
+        self.track_ids = array('q')
+        self.track_entry_start = array('q', [0])
+        self.prefix, self.suffix = StringTableBuilder(), StringTableBuilder()
+        self.frames, self.boxes = array('i'), array('d')
+        self.tokens, self.widths = array('q'), array('b')
+        self.paths = {}  # entry -> image path, for tracks whose images follow no numbered pattern
+
+    def add(self, name: str, tracks: list):
+        """One video's tracks (TrackSpec: frames ascending, boxes, image paths)."""
+        self.names.append(name)
+        for t in tracks:
+            self.track_ids.append(int(t.track_id))
+            prefix, suffix, middles = path_template([str(p) for p in t.images])
+            self.prefix.append(prefix)
+            self.suffix.append(suffix)
+            for f, box, mid, image in zip(t.frames, t.boxes, middles, t.images):
+                self.frames.append(int(f))
+                self.boxes.extend(box)
+                if mid is None:
+                    self.paths[len(self.tokens)] = str(image)
+                self.tokens.append(int(mid) if mid else 0)
+                self.widths.append(-1 if mid is None else len(mid))
+            self.track_entry_start.append(len(self.frames))
+        self.video_track_start.append(len(self.track_ids))
+
+    def finish(self, normalized: bool = False, precropped: bool = False) -> 'VideoTable':
+        return VideoTable(self, normalized, precropped)
+
+
+class VideoTable:
+    """A parsed dataset in compact arrays: videos -> tracks -> entries (frame, box, image path).
+
+    `normalized`: boxes are in [0,1] and are converted to pixels with the decoded image's size.
+    `precropped`: images are already 511 crops (crop511 import); their bytes are stored as-is.
+    """
+
+    def __init__(self, b: VideoTableBuilder, normalized: bool, precropped: bool):
+        self.names = b.names.finish()
+        self.video_track_start = np.frombuffer(b.video_track_start, np.int64)
+        self.track_ids = np.frombuffer(b.track_ids, np.int64)
+        self.track_entry_start = np.frombuffer(b.track_entry_start, np.int64)
+        self.track_prefix, self.track_suffix = b.prefix.finish(), b.suffix.finish()
+        self.entry_frame = np.frombuffer(b.frames, np.int32)
+        self.entry_box = np.frombuffer(b.boxes, np.float64).reshape(-1, 4)
+        self.entry_token = np.frombuffer(b.tokens, np.int64)
+        self.entry_width = np.frombuffer(b.widths, np.int8)
+        self.paths = b.paths
+        self.normalized, self.precropped = normalized, precropped
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def entry_start(self, v: int) -> int:
+        """First entry of video v (== number of entries of the videos before it)."""
+        return int(self.track_entry_start[self.video_track_start[v]])
+
+    def num_entries(self, v: int | None = None) -> int:
+        if v is None:
+            return len(self.entry_frame)
+        return self.entry_start(v + 1) - self.entry_start(v)
+
+    def nbytes(self) -> int:
+        arrays = (self.video_track_start, self.track_ids, self.track_entry_start, self.entry_frame, self.entry_box,
+                  self.entry_token, self.entry_width, self.names._data, self.names._starts, self.track_prefix._data,
+                  self.track_prefix._starts, self.track_suffix._data, self.track_suffix._starts)
+        return sum(a.nbytes for a in arrays)
+
+    def _image(self, e: int, prefix: str, suffix: str) -> str:
+        width = int(self.entry_width[e])
+        if width < 0:
+            return self.paths[e]
+        return prefix + (f'{int(self.entry_token[e]):0{width}d}' if width else '') + suffix
+
+    def video(self, v: int) -> 'VideoSpec':
+        """Video v as a VideoSpec (what the crop workers take)."""
+        tracks = []
+        for t in range(int(self.video_track_start[v]), int(self.video_track_start[v + 1])):
+            e0, e1 = int(self.track_entry_start[t]), int(self.track_entry_start[t + 1])
+            prefix, suffix = self.track_prefix[t], self.track_suffix[t]
+            tracks.append(TrackSpec(int(self.track_ids[t]), self.entry_frame[e0:e1].tolist(),
+                                    [tuple(b) for b in self.entry_box[e0:e1].tolist()],
+                                    [self._image(e, prefix, suffix) for e in range(e0, e1)]))
+        return VideoSpec(self.names[v], tracks, self.normalized, self.precropped)
+
+
 @dataclass
 class ParseResult:
     dataset: str
     root: str
-    videos: list
+    table: VideoTable
     drops: DropLog
     min_run: int
     excluded: list = field(default_factory=list)           # video keys left out by --exclude

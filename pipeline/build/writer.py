@@ -1,10 +1,14 @@
 """Resumable, deterministic writer of per-video crop results into bounded-size LMDB shards.
 
 Videos are committed strictly in build order, one LMDB transaction per video holding its crops, its
-commit marker (``v/<video>``) and the shard's running payload counter (``m/bytes``).  A video goes
-into the current shard unless the shard already holds data and the video would push its payload
-past ``shard_size``; then a new shard starts.  The assignment depends only on the (deterministic)
-crop bytes, so a killed and resumed build produces the same shards as an uninterrupted one.
+commit marker (``v/<seq>``: the video's tracks, frames, boxes and, per crop, its byte range in
+data.mdb and the CRC32 the crop worker took) and the shard's running payload counter (``m/bytes``)
+and digest (``m/digest`` = sha256(previous digest + marker bytes)).  Checksums are recorded here,
+once, and only ever compared afterwards.  A video goes into the current shard unless the shard
+already holds data and the video would push its payload past ``shard_size``; then a new shard
+starts.  The assignment depends only on the (deterministic) crop bytes, and LMDB allocates pages
+deterministically for the same sequence of commits, so a killed and resumed build produces the same
+shards, offsets and index as an uninterrupted one.  Nothing is kept in memory per committed video.
 """
 from __future__ import annotations
 
@@ -12,21 +16,26 @@ import errno
 import hashlib
 import os
 import shutil
+import struct
+import zlib
+from array import array
 from pathlib import Path
 
 import lmdb
 import msgpack
 
-from ..shards import (SHARD_PREFIX, entry_key, marker_key, open_shard_env, release_read_env, shard_name,
-                      shared_read_env)
+from ..shards import (DATA_FILE, SHARD_PREFIX, ShardError, check_shard_file, entry_key, lmdb_value_offset,
+                      marker_key, open_shard_env, release_read_env, repair_hint, shard_name, shared_read_env)
+from .spec import BuildError
 
 BYTES_KEY = b'm/bytes'
+DIGEST_KEY = b'm/digest'
+MARKER_PREFIX = b'v/'
+META_KEYS = 2  # m/bytes, m/digest
 MAP_HEADROOM = 64 << 20
 NEW_SHARD_RESERVE = 1 << 20  # free bytes a new shard needs beyond its payload (lock file, meta pages)
 
-
-class BuildError(RuntimeError):
-    """A build cannot continue (bad output folder, disk full, ...); the message says what to do."""
+__all__ = ['BuildError', 'ShardSetWriter', 'chain_digest', 'iter_markers', 'is_disk_full', 'disk_full_error']
 
 
 def is_disk_full(e: Exception, path=None, need: int = 0) -> bool:
@@ -56,50 +65,78 @@ def disk_full_error(path: Path, e: Exception) -> BuildError:
                       f'same command; the build resumes from the last committed video.')
 
 
+def chain_digest(previous: bytes, marker: bytes) -> bytes:
+    """A shard's running digest after committing `marker` (sha256 chain over its markers)."""
+    return hashlib.sha256(previous + marker).digest()
+
+
+def iter_markers(txn):
+    """(raw bytes, unpacked marker) of a shard's commit markers, in commit order."""
+    cursor = txn.cursor()
+    if cursor.set_range(MARKER_PREFIX):
+        for k, v in cursor.iternext(keys=True, values=True):
+            if not bytes(k).startswith(MARKER_PREFIX):
+                break
+            raw = bytes(v)
+            yield raw, msgpack.unpackb(raw, raw=False)
+
+
+def _unborn(shard: Path) -> bool:
+    """A shard folder whose data.mdb never got its LMDB header (killed while being created)."""
+    try:
+        with open(shard / DATA_FILE, 'rb') as f:
+            head = f.read(20)
+    except FileNotFoundError:
+        return True
+    return len(head) < 20 or struct.unpack_from('<I', head, 16)[0] != 0xBEEFC0DE
+
+
 class ShardSetWriter:
-    """Appends video results to shards in ``out_dir``; `done` maps already committed videos to shards."""
+    """Appends video results to shards in ``out_dir``; `committed` counts the videos already there."""
 
     def __init__(self, out_dir: Path, shard_size: int):
         self.out_dir = Path(out_dir)
         self.shard_size = int(shard_size)
-        self.done = {}       # video -> shard index
-        self.markers = {}    # video -> marker dict
+        self.committed = 0    # videos committed = the build-order position of the next one
         self.cur = 0
         self.cur_bytes = 0
+        self.cur_digest = b''
         self._env = None
-        self._scan()
+        self._psize = 0
 
     def shard_paths(self) -> list:
         """This build's shard folders, in shard order."""
         return sorted(p for p in self.out_dir.glob(f'{SHARD_PREFIX}*') if p.is_dir())
 
-    def _scan(self):
+    def scan(self):
+        """Yield the names of the committed videos in build order, shard by shard (one shard's
+        markers mapped at a time), and set the state to continue after the last one."""
         paths = self.shard_paths()
         for i, p in enumerate(paths):
             if p.name != shard_name(i):
                 raise BuildError(f'{self.out_dir}: unexpected shard folder {p.name} (expected {shard_name(i)}); '
                                  f'use --overwrite to start a fresh build')
+            if i == len(paths) - 1 and _unborn(p):  # killed while creating the newest shard: nothing in it
+                shutil.rmtree(p)
+                break
             try:
-                env = shared_read_env(p)
-            except lmdb.Error as e:
-                if i == len(paths) - 1:  # killed while creating the newest shard: nothing committed in it
-                    shutil.rmtree(p)
-                    break
-                raise BuildError(f'{p} is not a readable LMDB shard ({e}); use --overwrite to rebuild') from None
-            with env.begin() as txn:
-                raw = txn.get(BYTES_KEY)
-                nbytes = int(raw.decode()) if raw else 0
-                # Only the markers: seek to them rather than read every stored crop.
-                cursor = txn.cursor()
-                if cursor.set_range(b'v/'):
-                    for k, v in cursor.iternext(keys=True, values=True):
-                        if not k.startswith(b'v/'):
-                            break
-                        m = msgpack.unpackb(v, raw=False)
-                        self.done[m['video']] = i
-                        self.markers[m['video']] = m
-            release_read_env(p)
-            self.cur, self.cur_bytes = i, nbytes
+                env = shared_read_env(p)  # checks the file against truncation first
+                with env.begin() as txn:
+                    nbytes = int((txn.get(BYTES_KEY) or b'0').decode())
+                    digest = txn.get(DIGEST_KEY) or b''
+                    for _, m in iter_markers(txn):
+                        if m.get('seq') != self.committed:
+                            raise BuildError(f'{p}: commit marker {m.get("seq")} where {self.committed} was expected: '
+                                             f'the shard is damaged; {repair_hint(p)}')
+                        yield m['video']
+                        self.committed += 1
+            except ShardError as e:
+                raise BuildError(str(e)) from None
+            except (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError) as e:
+                raise BuildError(f'shard {p} is damaged ({type(e).__name__}: {e}); {repair_hint(p)}') from None
+            finally:
+                release_read_env(p)
+            self.cur, self.cur_bytes, self.cur_digest = i, nbytes, digest
 
     def _open(self, i: int, need: int):
         if self._env is not None and self.cur == i:
@@ -108,8 +145,13 @@ class ShardSetWriter:
         path = self.out_dir / shard_name(i)
         map_size = 2 * max(self.shard_size, need) + MAP_HEADROOM
         release_read_env(path)
+        if path.exists():
+            try:
+                check_shard_file(path)
+            except ShardError as e:
+                raise BuildError(str(e)) from None
         # LMDB memory-maps a new shard's sparse lock file: on a full disk the first touch is a SIGBUS.
-        if not path.exists() and shutil.disk_usage(self.out_dir).free < need + NEW_SHARD_RESERVE:
+        elif shutil.disk_usage(self.out_dir).free < need + NEW_SHARD_RESERVE:
             raise disk_full_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         try:
             self._env = open_shard_env(path, readonly=False, map_size=map_size)
@@ -119,6 +161,7 @@ class ShardSetWriter:
             raise
         if self._env.info()['map_size'] < map_size:
             self._env.set_mapsize(map_size)
+        self._psize = self._env.stat()['psize']
         self.cur = i
         return self._env
 
@@ -126,20 +169,35 @@ class ShardSetWriter:
         """Commit one video's crops and marker atomically; returns its shard index."""
         video = result['video']
         payload = sum(len(j) for js in result['jpegs'] for j in js)
-        i = self.cur
+        i, digest = self.cur, self.cur_digest
         if self.cur_bytes > 0 and self.cur_bytes + payload > self.shard_size:
-            i, self.cur_bytes = self.cur + 1, 0
+            i, self.cur_bytes, digest = self.cur + 1, 0, b''
         env = self._open(i, payload)
-        marker = {k: result[k] for k in ('video', 'tracks', 'drops', 'files')}
+        tracks = result['tracks']
+        marker = {'video': video, 'seq': self.committed,
+                  'track_ids': array('i', [t[0] for t in tracks]).tobytes(),
+                  'track_len': array('i', [len(t[1]) for t in tracks]).tobytes(),
+                  'frames': array('i', [f for t in tracks for f in t[1]]).tobytes(),
+                  'boxes': array('f', [b for t in tracks for b in t[2]]).tobytes(),
+                  'lengths': array('I', [len(j) for js in result['jpegs'] for j in js]).tobytes(),
+                  'crcs': array('I', [c for cs in result['crcs'] for c in cs]).tobytes(),
+                  'offsets': b'', 'drops': result['drops'], 'files': result['files']}
         new_bytes = self.cur_bytes + payload
         while True:
             try:
-                with env.begin(write=True) as txn:
-                    for (tid, frames, _), js in zip(result['tracks'], result['jpegs']):
+                with env.begin(write=True, buffers=True) as txn:
+                    offsets = array('Q')
+                    for (tid, frames, _), js in zip(tracks, result['jpegs']):
                         for f, j in zip(frames, js):
-                            txn.put(entry_key(video, tid, f), j)
-                    txn.put(marker_key(video), msgpack.packb(marker, use_bin_type=True))
+                            key = entry_key(video, tid, f)
+                            txn.put(key, j)
+                            offsets.append(lmdb_value_offset(txn.get(key), len(key), self._psize))
+                    marker['offsets'] = offsets.tobytes()
+                    raw = msgpack.packb(marker, use_bin_type=True)
+                    new_digest = chain_digest(digest, raw)
+                    txn.put(marker_key(self.committed), raw)
                     txn.put(BYTES_KEY, str(new_bytes).encode())
+                    txn.put(DIGEST_KEY, new_digest)
                 break
             except lmdb.MapFullError:
                 env.set_mapsize(env.info()['map_size'] * 2)  # our accounting is approximate; grow and retry
@@ -148,29 +206,27 @@ class ShardSetWriter:
                 if is_disk_full(e, path, payload):
                     raise disk_full_error(path, e) from None
                 raise
-        self.cur_bytes = new_bytes
-        self.done[video] = i
-        self.markers[video] = marker
+        self._check_readback(i, offsets, result)
+        self.cur_bytes, self.cur_digest = new_bytes, new_digest
+        self.committed += 1
         return i
+
+    def _check_readback(self, i: int, offsets: array, result: dict):
+        """The first crop read back by its recorded byte range must match the worker's CRC."""
+        flat = [(j, c) for js, cs in zip(result['jpegs'], result['crcs']) for j, c in zip(js, cs)]
+        for off, (j, c) in zip(offsets, flat):
+            if off:
+                fd = os.open(self.out_dir / shard_name(i) / DATA_FILE, os.O_RDONLY)
+                try:
+                    ok = zlib.crc32(os.pread(fd, len(j), off)) == c == zlib.crc32(j)
+                finally:
+                    os.close(fd)
+                if not ok:
+                    raise BuildError(f'{self.out_dir / shard_name(i)}: video {result["video"]} cannot be read back at '
+                                     f'its recorded offset {off}; this LMDB build lays values out differently')
+                return
 
     def close(self):
         if self._env is not None:
             self._env.close()
             self._env = None
-
-
-def shard_digest(path: Path) -> dict:
-    """sha256 over all (key, value) pairs in key order, plus entry count and payload bytes."""
-    h = hashlib.sha256()
-    entries = payload = 0
-    env = shared_read_env(path)
-    with env.begin(buffers=True) as txn:
-        for k, v in txn.cursor().iternext(keys=True, values=True):
-            h.update(len(k).to_bytes(4, 'little'))
-            h.update(k)
-            h.update(len(v).to_bytes(8, 'little'))
-            h.update(v)
-            if bytes(k[:2]) == b'e/':
-                entries += 1
-                payload += len(v)
-    return {'name': path.name, 'entries': entries, 'bytes': payload, 'sha256': h.hexdigest()}
