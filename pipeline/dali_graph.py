@@ -197,13 +197,18 @@ def _crop_operator(size: int):
                          out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
 
 
-def decode_image(src, device: str, roi: bool, hw_decoder_load: float | None = None):
+def decode_image(src, device: str, roi: bool, hw_decoder_load: float | None = None,
+                 fancy_upsampling: bool | None = None):
     """The graph's JPEG decoder (RGB; 'mixed' on the GPU): the region src['roi_anchor'],
-    src['roi_shape'] of src['jpeg'] when `roi`, else the whole crop.  `hw_decoder_load`:
-    the mixed decoder's share of images for the hardware JPEG decoder (None: DALI's default)."""
+    src['roi_shape'] of src['jpeg'] when `roi`, else the whole crop.  GPU only:
+    `hw_decoder_load` is the share of images for the hardware JPEG decoder and
+    `fancy_upsampling` makes nvJPEG interpolate chroma as libjpeg-turbo does (None: DALI's
+    defaults, 0.65 and off)."""
     options = {"device": "mixed" if device == "gpu" else "cpu", "output_type": types.RGB}
     if device == "gpu" and hw_decoder_load is not None:
         options["hw_decoder_load"] = float(hw_decoder_load)
+    if device == "gpu" and fancy_upsampling is not None:
+        options["jpeg_fancy_upsampling"] = bool(fancy_upsampling)
     if roi:
         return fn.decoders.image_slice(src["jpeg"], src["roi_anchor"], src["roi_shape"],
                                        axis_names="WH", normalized_anchor=False,
@@ -212,9 +217,9 @@ def decode_image(src, device: str, roi: bool, hw_decoder_load: float | None = No
 
 
 def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
-            blur: bool, kernel: bool, hw_decoder_load):
+            blur: bool, kernel: bool, decoder: dict):
     src = {f: fn.external_source(name=input_name(image, f)) for f in fields}
-    img = decode_image(src, device, roi, hw_decoder_load)
+    img = decode_image(src, device, roi, **decoder)
     if kernel:  # CPU: all pixel work in one fused operator (pipeline.crop_kernel)
         return _crop_operator(out_size)(img, src["params"])
     img = fn.resize(img, size=[out_size, out_size], roi_start=src["roi_start"],
@@ -238,11 +243,9 @@ def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gr
 
 @pipeline_def(enable_conditionals=True)
 def _pair_graph(fields, template_size, search_size, device, roi, gray, template_blur,
-                search_blur, kernel, hw_decoder_load):
-    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel,
-                hw_decoder_load)
-    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel,
-                hw_decoder_load)
+                search_blur, kernel, decoder):
+    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel, decoder)
+    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel, decoder)
     return z, x
 
 
@@ -278,7 +281,8 @@ class PairGraph:
     operators statically when the config never uses them (the graph is otherwise the same).
     The graph has no random operators, so results do not depend on `num_threads`.
     Batches may be smaller than `batch_size` (external_source accepts partial batches).
-    `prefetch_queue_depth`: runs DALI may have in flight; `hw_decoder_load`: see `decode_image`.
+    `prefetch_queue_depth`: runs DALI may have in flight; `hw_decoder_load`,
+    `fancy_upsampling`: the GPU decoder's options (`decode_image`).
     """
 
     def __init__(self, batch_size: int, template_size: int = 127, search_size: int = 255,
@@ -286,7 +290,7 @@ class PairGraph:
                  image_size: int = 511, roi_decode: bool = True, gray: bool = True,
                  template_blur: bool = True, search_blur: bool = True,
                  prefetch_queue_depth: int = 1, kernel: bool | None = None,
-                 hw_decoder_load: float | None = None):
+                 hw_decoder_load: float | None = None, fancy_upsampling: bool | None = None):
         if device not in ("cpu", "gpu"):
             raise ValueError(f"DALI device must be 'cpu' or 'gpu', got {device!r}")
         kernel = device == "cpu" if kernel is None else bool(kernel)
@@ -304,7 +308,9 @@ class PairGraph:
                                   int(image_size), bool(roi_decode))
         self.pipe = _pair_graph(self.inputs.fields, template_size, search_size, device,
                                 roi_decode, gray, template_blur, search_blur, kernel,
-                                hw_decoder_load, batch_size=batch_size, num_threads=num_threads,
+                                {"hw_decoder_load": hw_decoder_load,
+                                 "fancy_upsampling": fancy_upsampling},
+                                batch_size=batch_size, num_threads=num_threads,
                                 device_id=device_id if device == "gpu" else None,
                                 prefetch_queue_depth=prefetch_queue_depth)
         self.pipe.build()

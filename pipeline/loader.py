@@ -142,6 +142,7 @@ class PairLoader:
         self.image_size = self.sampler.crop_size  # the sampler checked every shard's crop size
         self.source = CropSource(self.readers, self.sampler.names,
                                  [r.meta["crop"]["crop_size"] for r in self.readers])
+        self.source.open_shards()
         on_gpu = self.device.type == "cuda"
         self.dali_device = "gpu" if on_gpu else "cpu"
         self.device_id = dali_device_id(self.device)
@@ -182,6 +183,7 @@ class PairLoader:
                                       self.batch_size, self.graph.inputs, self._label_inputs)
         self._pool = None
         self._stages = weakref.WeakSet()
+        self._held = collections.deque()   # (CUDA event, DALI outputs) being copied (GPU)
 
     @property
     def bad_entries(self) -> set:
@@ -284,6 +286,15 @@ class PairLoader:
         feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=stream)
         return out
 
+    def _hold_until_copied(self, outputs) -> None:
+        """Keep DALI's GPU output buffers referenced until the consumer's stream has copied
+        them (an event after the copies), so DALI cannot reuse them while a copy is queued."""
+        while self._held and self._held[0][0].query():
+            self._held.popleft()
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._held.append((event, outputs))
+
     def _collect(self, run) -> list:
         """Outputs of the oldest scheduled run -> one {'template', 'search'} dict per batch
         (views into the run's tensors: no copy)."""
@@ -293,6 +304,8 @@ class PairLoader:
         n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
         template, search = self._to_torch(z, (n, 3, tz, tz)), self._to_torch(x, (n, 3, tx, tx))
+        if self.device.type == "cuda":
+            self._hold_until_copied((z, x))
         images, start = [], 0
         for prepared in run.batches:
             stop = start + len(prepared.plans)
