@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import do_not_convert
+from nvidia.dali.tensors import TensorListCPU
 
 from pipeline.crop_kernel import crop_params, render_crop
 from pipeline.sampling import AugBatch, PlanBatch
@@ -143,7 +144,9 @@ def batch_inputs(augs, jpegs, gray, image_size: int, roi: bool, fields=FIELDS) -
     augs = AugBatch.stack(augs)
     gray = np.asarray(gray, bool).reshape(len(augs))
     anchors, shapes = decode_regions(augs.crop, image_size, roi)
-    out = {"jpeg": [np.frombuffer(j, np.uint8) for j in jpegs],
+    # One TensorListCPU for the bytes: building it costs ~2.7 us a crop (here, in the read-ahead
+    # thread) and feeding it ~0.4 us, against ~5.5 us to feed a list of arrays (measured).
+    out = {"jpeg": TensorListCPU([np.frombuffer(j, np.uint8) for j in jpegs]),
            "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32)}
     if "params" in fields:
         out["params"] = crop_params(augs, gray, anchors)

@@ -35,22 +35,16 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from pipeline.crop_source import CropSource
 from pipeline.dali_graph import PairGraph, decode_image
 from pipeline.devices import cores_per_process, dali_device_id, resolve_device
-from pipeline.prepare import BatchPreparer
+from pipeline.prepare import BatchPreparer, LabelInputs
 from pipeline.read_ahead import ReadAhead
 from pipeline.sampling import PairSampler
 from pipeline.shards import open_shard_readers
-from pipeline.targets import AnchorTargets, random_keys
+from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2       # DALI runs queued in the graph, so it never idles at a run boundary
 MIN_RUN_PAIRS = 64  # CPU: consecutive batches are rendered together in DALI runs of >= this
-
-
-def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """Seed of the label-subsampling keys of one batch."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(batch), int(rank), 0x4C42])
-    return int(state.generate_state(1, np.uint64)[0] >> 1)
 
 
 class _DecodeProbe:
@@ -172,15 +166,20 @@ class PairLoader:
         self.graph = self._new_graph()
         self._scheduled = 0        # runs fed to the graph whose outputs were not taken yet
         self._generation = 0       # iterations started (only the latest one may use the graph)
-        self._probe = _DecodeProbe(self.dali_device, self.device_id, self._graph_options["hw_decoder_load"])
+        self._probe = _DecodeProbe(self.dali_device, self.device_id,
+                                   self._graph_options["hw_decoder_load"])
         self.skipped = 0           # pairs replaced because a crop was unusable
         self.epoch = 0
         self.next_batch = 0
         # This rank's global indices: the same for every epoch (the epoch's order is applied
         # per index by the sampler), so computed once.
         self._rank_indices = self.sampler.epoch_indices(0, self.rank, self.world_size)
+        # (nothing in the preparer refers back to the loader: a dropped loader is freed at once,
+        # with its DALI pipeline, not later by the garbage collector in a forked child)
+        labels = LabelInputs(self.seed, self.rank, self.targets.anchor_count,
+                             pinned=self.device.type == "cuda")
         self.preparer = BatchPreparer(self.sampler, self.source, self._rank_indices,
-                                      self.batch_size, self.graph.inputs, self._label_inputs)
+                                      self.batch_size, self.graph.inputs, labels)
         self._pool = None
         self._stages = weakref.WeakSet()
         self._held = collections.deque()   # (CUDA event, DALI outputs) being copied (GPU)
@@ -225,19 +224,6 @@ class PairLoader:
         self._drain()
 
     # ---- batch production -----------------------------------------------------------------
-    def _label_inputs(self, epoch: int, batch: int, plans) -> tuple:
-        """Host tensors (boxes, neg, keys) for AnchorTargets; page-locked for a GPU, so the
-        consumer's copies are asynchronous."""
-        n, anchors = len(plans), self.targets.anchor_count
-        pinned = self.device.type == "cuda"
-        boxes = torch.empty((n, 4), dtype=torch.float32, pin_memory=pinned)
-        neg = torch.empty((n,), dtype=torch.bool, pin_memory=pinned)
-        keys = torch.empty((n, anchors), dtype=torch.float64, pin_memory=pinned)
-        boxes.numpy()[:] = plans.search.box
-        neg.numpy()[:] = plans.neg
-        random_keys(batch_seed(self.seed, epoch, batch, self.rank), n, anchors, out=keys.numpy())
-        return boxes, neg, keys
-
     def _new_graph(self) -> PairGraph:
         return PairGraph(self.batch_size * self.run_batches, **self._graph_options)
 

@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pipeline.sampling import PlanBatch
+from pipeline.targets import random_keys
 
 log = logging.getLogger("pipeline.loader")
 
@@ -42,6 +44,32 @@ class PreparedRun:
     """Consecutive prepared batches rendered by one DALI run, with the graph's input values."""
     batches: list
     values: dict
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """Seed of the label-subsampling keys of one batch."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(batch), int(rank), 0x4C42])
+    return int(state.generate_state(1, np.uint64)[0] >> 1)
+
+
+class LabelInputs:
+    """Host tensors (boxes, neg, keys) for AnchorTargets of a batch: the search boxes, the
+    negative flags and the subsampling keys drawn from `batch_seed`.  `pinned` (for a GPU):
+    page-locked, so the consumer's copies to the device are asynchronous."""
+
+    def __init__(self, seed: int, rank: int, anchors: int, pinned: bool):
+        self.seed, self.rank, self.anchors, self.pinned = int(seed), int(rank), int(anchors), pinned
+
+    def __call__(self, epoch: int, batch: int, plans: PlanBatch) -> tuple:
+        n = len(plans)
+        boxes = torch.empty((n, 4), dtype=torch.float32, pin_memory=self.pinned)
+        neg = torch.empty((n,), dtype=torch.bool, pin_memory=self.pinned)
+        keys = torch.empty((n, self.anchors), dtype=torch.float64, pin_memory=self.pinned)
+        boxes.numpy()[:] = plans.search.box
+        neg.numpy()[:] = plans.neg
+        random_keys(batch_seed(self.seed, epoch, batch, self.rank), n, self.anchors,
+                    out=keys.numpy())
+        return boxes, neg, keys
 
 
 def unique_refs(plans: PlanBatch) -> list:

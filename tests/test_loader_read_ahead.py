@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from pathlib import Path
 
 import cv2
@@ -264,6 +265,19 @@ def test_threads_stop_when_done_abandoned_or_closed(shards):  # noqa: F811
     assert len(batches(loader, 2)) == 2               # and the loader still works
     loader.close()
     del it
+
+
+def test_a_dropped_loader_is_freed_at_once(shards):  # noqa: F811
+    """No reference cycle keeps a loader (and its DALI pipeline and threads) alive until the
+    garbage collector runs, which might be in a forked child (a DataLoader worker), where
+    destroying a DALI pipeline crashes."""
+    loader = build_loader(make_cfg(), shards=shards, batch_size=BATCH, device="cpu", seed=2)
+    batches(loader)
+    it = iter(loader)
+    next(it)
+    ref = weakref.ref(loader)
+    del loader, it
+    assert ref() is None
 
 
 def test_interpreter_exit_with_an_iteration_in_progress(shards, tmp_path):  # noqa: F811
