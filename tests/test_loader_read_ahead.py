@@ -248,9 +248,10 @@ def _new_threads(before: set) -> set:
 
 def test_threads_stop_when_done_abandoned_or_closed(shards):  # noqa: F811
     before = set(threading.enumerate())
-    # 40 batches in runs of 16: the stage is still reading ahead after the first batch
-    loader = build_loader(make_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 160}), shards=shards,
-                          batch_size=BATCH, device="cpu", seed=1, read_threads=2)
+    # 10 batches in runs of 2, two runs rendering and one read ahead: the stage is still
+    # working after the first batch
+    loader = build_loader(make_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 320}), shards=shards,
+                          batch_size=32, device="cpu", seed=1, read_threads=2, read_ahead=1)
     batches(loader)                                   # a whole pass: its stage ends
     assert {t.name for t in _new_threads(before)} <= {"crop-reader_0", "crop-reader_1"}
     it = iter(loader)
