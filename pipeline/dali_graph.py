@@ -284,7 +284,9 @@ class PairGraph:
     operators statically when the config never uses them (the graph is otherwise the same).
     The graph has no random operators, so results do not depend on `num_threads`.
     Batches may be smaller than `batch_size` (external_source accepts partial batches).
-    `prefetch_queue_depth`: runs DALI may have in flight; `hw_decoder_load`,
+    `prefetch_queue_depth`: DALI's queue depth (the first `schedule` then runs that many fed
+    batches; the loader keeps 1 and schedules two runs, which DALI's dynamic executor renders
+    concurrently); `hw_decoder_load`,
     `fancy_upsampling`: the GPU decoder's options (`decode_image`).
     """
 

@@ -43,7 +43,7 @@ from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = 2       # DALI runs queued in the graph, so it never idles at a run boundary
+IN_FLIGHT = 2       # DALI runs scheduled at once, so it never idles at a run boundary
 MIN_RUN_PAIRS = 64  # CPU: consecutive batches are rendered together in DALI runs of >= this
 
 
@@ -159,7 +159,10 @@ class PairLoader:
             device=self.dali_device, num_threads=self.num_threads, device_id=self.device_id or 0,
             image_size=self.image_size, roi_decode=self.roi_decode, gray=bool(dcfg.GRAY),
             template_blur=bool(dcfg.TEMPLATE.BLUR), search_blur=bool(dcfg.SEARCH.BLUR),
-            kernel=crop_kernel, prefetch_queue_depth=IN_FLIGHT if on_gpu else 1,
+            # Depth 1 with IN_FLIGHT runs scheduled: DALI's dynamic executor runs the second
+            # while the first waits to be taken (measured on the CPU: both done after a pause);
+            # a deeper queue would make the first schedule_run demand that many fed runs.
+            kernel=crop_kernel, prefetch_queue_depth=1,
             hw_decoder_load=self.hw_decoder_load if on_gpu else None)
         # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
         # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.

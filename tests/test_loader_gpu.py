@@ -129,8 +129,8 @@ def test_the_gpu_graph_definition_is_valid(roi):
     # constructing the pipeline defines the graph (operator schemas checked); nothing is built
     pipe = _pair_graph(fields, 127, 255, "gpu", roi, True, True, True, False,
                        {"hw_decoder_load": 0.65, "fancy_upsampling": False}, batch_size=4,
-                       num_threads=2, device_id=0, prefetch_queue_depth=2)
-    assert pipe.device_id == 0 and pipe.prefetch_queue_depth == 2
+                       num_threads=2, device_id=0)
+    assert pipe.device_id == 0
 
     @pipeline_def
     def misspelt():   # the same mechanism rejects an argument the mixed decoder does not have
