@@ -148,6 +148,7 @@ def test_loader_matches_the_cpu_native_loader(shards, device):  # noqa: F811
                       "DATASET.SEARCH.FLIP": 0.5, "DATASET.VIDEOS_PER_EPOCH": 32})
     reference = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=11,
                              crop_kernel=False, roi_decode=False)
+    reference.run_batches = 1   # the GPU loader's shape: the GPU graph, one batch a DALI run
     other = build_loader(cfg, shards=shards, batch_size=BATCH, device=device, seed=11)
     bounds = SAME_DECODER if device == "cpu" else PRODUCTION
     assert len(reference) == len(other)
