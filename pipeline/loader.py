@@ -185,7 +185,7 @@ class PairLoader:
                                       self.batch_size, self.graph.inputs, labels)
         self._pool = None
         self._stages = weakref.WeakSet()
-        self._held = collections.deque()   # (CUDA event, DALI outputs) being copied (GPU)
+        self._held = collections.deque()   # (CUDA event, buffers) of runs being copied (GPU)
 
     @property
     def bad_entries(self) -> set:
@@ -275,14 +275,15 @@ class PairLoader:
         feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=stream)
         return out
 
-    def _hold_until_copied(self, outputs) -> None:
-        """Keep DALI's GPU output buffers referenced until the consumer's stream has copied
-        them (an event after the copies), so DALI cannot reuse them while a copy is queued."""
+    def _hold_until_copied(self, buffers) -> None:
+        """Keep a run's DALI output buffers and its input bytes referenced until the consumer's
+        stream has copied the outputs (an event after the copies, which follow DALI's work on
+        the run): nothing is reused or freed while a copy or a decode may still read it."""
         while self._held and self._held[0][0].query():
             self._held.popleft()
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
-        self._held.append((event, outputs))
+        self._held.append((event, buffers))
 
     def _collect(self, run) -> list:
         """Outputs of the oldest scheduled run -> one {'template', 'search'} dict per batch
@@ -293,8 +294,8 @@ class PairLoader:
         n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
         template, search = self._to_torch(z, (n, 3, tz, tz)), self._to_torch(x, (n, 3, tx, tx))
-        if self.device.type == "cuda":
-            self._hold_until_copied((z, x))
+        if self.device.type == "cuda":   # its inputs (bytes fed without a copy) and outputs
+            self._hold_until_copied((z, x, run))
         images, start = [], 0
         for prepared in run.batches:
             stop = start + len(prepared.plans)
