@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit
 
+from pipeline.sampling import AugBatch
+
 # Layout of the per-sample float32 parameter vector (`crop_params`).
 PARAMS = ("x1", "y1", "step_x", "step_y", "flip", "gray", "offset_b", "offset_g", "offset_r",
           "blur_size", "blur_wx")
@@ -40,23 +42,23 @@ _GRAY_R, _GRAY_G, _GRAY_B = 4899, 9617, 1868
 
 
 def crop_params(augs, gray, origins) -> np.ndarray:
-    """(N, NUM_PARAMS) float32 kernel parameters of N images: `augs` ImageAugs, `gray` (N,)
-    bools, `origins` (N, 2) the (x, y) of each decoded region's top-left pixel in the crop."""
+    """(N, NUM_PARAMS) float32 kernel parameters of N images: `augs` an AugBatch (or ImageAugs
+    of one output size), `gray` (N,) bools, `origins` (N, 2) the (x, y) of each decoded
+    region's top-left pixel in the crop."""
+    augs = AugBatch.stack(augs)
     n = len(augs)
-    crops = np.array([a.crop for a in augs], np.float64).reshape(n, 4)
+    crops = augs.crop
     origins = np.asarray(origins, np.float64).reshape(n, 2)
-    steps = np.array([a.out_size for a in augs], np.float64) - 1
     params = np.empty((n, NUM_PARAMS), np.float64)
     params[:, _X1] = crops[:, 0] - origins[:, 0]
     params[:, _Y1] = crops[:, 1] - origins[:, 1]
-    params[:, _SX] = (crops[:, 2] - crops[:, 0]) / steps
-    params[:, _SY] = (crops[:, 3] - crops[:, 1]) / steps
-    params[:, _FLIP] = [bool(a.flip) for a in augs]
+    params[:, _SX] = (crops[:, 2] - crops[:, 0]) / (augs.out_size - 1)
+    params[:, _SY] = (crops[:, 3] - crops[:, 1]) / (augs.out_size - 1)
+    params[:, _FLIP] = augs.flip
     params[:, _GRAY] = np.asarray(gray, bool).reshape(n)
-    params[:, _OFF:_OFF + 3] = np.array([a.color_offset for a in augs],
-                                        np.float32).reshape(n, 3)
-    params[:, _BLUR] = [int(a.blur_size) for a in augs]
-    params[:, _WX] = [float(a.blur_wx) for a in augs]
+    params[:, _OFF:_OFF + 3] = augs.color_offset
+    params[:, _BLUR] = augs.blur_size
+    params[:, _WX] = augs.blur_wx
     return params.astype(np.float32)
 
 

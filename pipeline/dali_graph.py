@@ -38,20 +38,22 @@ Decoding is to RGB because libjpeg-turbo's BGR output is ~2.8x slower on the CPU
 """
 from __future__ import annotations
 
+import collections
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import do_not_convert
+from nvidia.dali.tensors import TensorListCPU
 
 from pipeline.crop_kernel import crop_params, render_crop
+from pipeline.sampling import AugBatch, PlanBatch
 
 IMAGES = ("z", "x")  # template, search
 FIELDS = ("jpeg", "roi_anchor", "roi_shape", "roi_start", "roi_end", "gray", "blur",
           "col_kernel", "row_kernel", "offset", "params")
 _KERNEL_FIELDS = {"jpeg", "roi_anchor", "roi_shape", "params"}
-_IDENTITY_COL = np.ones((1, 1), np.float32)
-_IDENTITY_ROW = np.zeros((1, 1), np.float32)
 
 
 def input_name(image: str, field: str) -> str:
@@ -77,8 +79,9 @@ def decode_regions(crops, image_size: int, roi: bool) -> tuple:
     return lo, hi - lo
 
 
-def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
-    """(roi_start, roi_end), each float32 (y, x), of `fn.resize` equal to PySOT's crop warp.
+def resize_windows(augs, anchors) -> tuple:
+    """(roi_start, roi_end), each (N, 2) float32 (y, x), of `fn.resize` equal to PySOT's crop
+    warp, for an AugBatch and the (N, 2) (x, y) origins of the decoded regions.
 
     PySOT's `_crop_roi` maps source pixel centres x1 -> 0 and x2 -> out-1 (cv2 convention,
     integer centres) with bilinear sampling.  DALI's resize maps the output's pixel-corner
@@ -87,56 +90,69 @@ def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
     The sample points are then identical.  A flip swaps start and end (resize flips a
     reversed window).  Coordinates are relative to the decoded region's origin.
     """
-    out = aug.out_size
-    x1, y1, x2, y2 = (float(v) for v in aug.crop)
-    kx, ky = (x2 - x1) / (out - 1), (y2 - y1) / (out - 1)
-    sx = (x1 + 0.5 - 0.5 * kx - roi_anchor[0], x1 + 0.5 + (out - 0.5) * kx - roi_anchor[0])
-    sy = (y1 + 0.5 - 0.5 * ky - roi_anchor[1], y1 + 0.5 + (out - 0.5) * ky - roi_anchor[1])
-    if aug.flip:
-        sx = sx[::-1]
-    return np.array([sy[0], sx[0]], np.float32), np.array([sy[1], sx[1]], np.float32)
+    augs = AugBatch.stack(augs)
+    out = augs.out_size
+    anchors = np.asarray(anchors, np.float64).reshape(len(augs), 2)
+    lo, hi = augs.crop[:, :2], augs.crop[:, 2:]          # (x1, y1), (x2, y2)
+    k = (hi - lo) / (out - 1)
+    start = lo + 0.5 - 0.5 * k - anchors
+    end = lo + 0.5 + (out - 0.5) * k - anchors
+    flip = augs.flip
+    start[:, 0], end[:, 0] = np.where(flip, end[:, 0], start[:, 0]), np.where(flip, start[:, 0], end[:, 0])
+    return start[:, ::-1].astype(np.float32), end[:, ::-1].astype(np.float32)
 
 
-def blur_kernels(aug) -> tuple:
-    """(column (k, 1), row (1, k)) float32 whose filter sum is PySOT's cross kernel.
+def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
+    """`resize_windows` for one ImageAug: (roi_start, roi_end), each (2,) float32 (y, x)."""
+    start, end = resize_windows([aug], [roi_anchor])
+    return start[0], end[0]
 
-    1x1 placeholders (identity) for an image that is not blurred: the graph routes such
-    samples around the filters, but external_source needs a value for every sample.
+
+def blur_kernels(augs) -> tuple:
+    """(column (N, k, 1), row (N, 1, k)) float32 whose filter sums are PySOT's cross kernels.
+
+    Every kernel is centred in the batch's largest size k (odd), zero outside its own
+    size: zero taps add exact zeros, so the filter result is the same as with the sample's
+    own size, and the batch is one dense array (cheap to feed).  Samples that are not
+    blurred get zeros: the graph routes them around the filters.
     """
-    if not aug.blur_size:
-        return _IDENTITY_COL, _IDENTITY_ROW
-    k = int(aug.blur_size)
-    col = np.full((k, 1), aug.blur_wx / k, np.float32)
-    row = np.full((1, k), (1.0 - aug.blur_wx) / k, np.float32)
-    return col, row
+    augs = AugBatch.stack(augs)
+    sizes = augs.blur_size
+    k = max(1, int(sizes.max(initial=1)))
+    inside = np.abs(np.arange(k) - k // 2)[None, :] <= (sizes // 2)[:, None]
+    inside &= (sizes > 0)[:, None]
+    per_tap = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1), 0.0)
+    col = (inside * (augs.blur_wx * per_tap)[:, None]).astype(np.float32)
+    row = (inside * ((1.0 - augs.blur_wx) * per_tap)[:, None]).astype(np.float32)
+    return col[:, :, None], row[:, None, :]
 
 
-def _native_inputs(aug, gray: bool, anchor) -> dict:
-    """Per-sample values of the native-operator fields for one image."""
-    col, row = blur_kernels(aug)
-    start, end = resize_window(aug, anchor)
-    return {"roi_start": start, "roi_end": end, "gray": np.array(bool(gray)),
-            "blur": np.array(bool(aug.blur_size)), "col_kernel": col, "row_kernel": row,
-            "offset": np.asarray(aug.color_offset, np.float32).reshape(3)}
+def _native_inputs(augs, gray, anchors) -> dict:
+    """Batch values of the native-operator fields for one image of every pair (vectorised)."""
+    start, end = resize_windows(augs, anchors)
+    col, row = blur_kernels(augs)
+    return {"roi_start": start, "roi_end": end, "gray": np.asarray(gray, bool).copy(),
+            "blur": augs.blur_size > 0, "col_kernel": col, "row_kernel": row,
+            "offset": augs.color_offset}
 
 
 def batch_inputs(augs, jpegs, gray, image_size: int, roi: bool, fields=FIELDS) -> dict:
     """Field -> batch of external_source values for one image ('z' or 'x') of a batch.
 
-    Dense arrays where sample shapes agree (much cheaper for DALI to take than lists of small
-    arrays), else lists; the per-batch arithmetic is vectorised over the batch.
+    `augs`: an AugBatch (or ImageAugs).  Dense arrays for everything but the JPEG bytes (much
+    cheaper for DALI to take than lists of small arrays), computed vectorised over the batch.
     """
+    augs = AugBatch.stack(augs)
     gray = np.asarray(gray, bool).reshape(len(augs))
-    anchors, shapes = decode_regions([a.crop for a in augs], image_size, roi)
-    out = {"jpeg": [np.frombuffer(j, np.uint8) for j in jpegs],
+    anchors, shapes = decode_regions(augs.crop, image_size, roi)
+    # One TensorListCPU for the bytes: built here (in the loader's read-ahead thread) it leaves
+    # the feeding thread ~1 us a crop against ~5 us for a list of arrays (measured).
+    out = {"jpeg": TensorListCPU([np.frombuffer(j, np.uint8) for j in jpegs]),
            "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32)}
     if "params" in fields:
         out["params"] = crop_params(augs, gray, anchors)
     if "roi_start" in fields:
-        samples = [_native_inputs(a, g, anchor) for a, g, anchor in zip(augs, gray, anchors)]
-        for field in samples[0]:
-            column = [sample[field] for sample in samples]
-            out[field] = column if field in ("col_kernel", "row_kernel") else np.stack(column)
+        out.update(_native_inputs(augs, gray, anchors))
     return {field: out[field] for field in fields}
 
 
@@ -185,22 +201,31 @@ def _crop_operator(size: int):
                          out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
 
 
-def decode_image(src, device: str, roi: bool):
+def decode_image(src, device: str, roi: bool, hw_decoder_load: float | None = None,
+                 fancy_upsampling: bool | None = None):
     """The graph's JPEG decoder (RGB; 'mixed' on the GPU): the region src['roi_anchor'],
-    src['roi_shape'] of src['jpeg'] when `roi`, else the whole crop."""
-    decoder_device = "mixed" if device == "gpu" else "cpu"
+    src['roi_shape'] of src['jpeg'] when `roi`, else the whole crop.  GPU only:
+    `hw_decoder_load` is the share of images for the hardware JPEG decoder and
+    `fancy_upsampling` makes nvJPEG interpolate chroma as libjpeg-turbo does (None: DALI's
+    defaults, 0.65 and off)."""
+    options = {"device": "mixed" if device == "gpu" else "cpu", "output_type": types.RGB}
+    if device == "gpu" and hw_decoder_load is not None:
+        options["hw_decoder_load"] = float(hw_decoder_load)
+    if device == "gpu" and fancy_upsampling is not None:
+        options["jpeg_fancy_upsampling"] = bool(fancy_upsampling)
     if roi:
         return fn.decoders.image_slice(src["jpeg"], src["roi_anchor"], src["roi_shape"],
-                                       device=decoder_device, output_type=types.RGB,
                                        axis_names="WH", normalized_anchor=False,
-                                       normalized_shape=False)
-    return fn.decoders.image(src["jpeg"], device=decoder_device, output_type=types.RGB)
+                                       normalized_shape=False, **options)
+    return fn.decoders.image(src["jpeg"], **options)
 
 
 def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
-            blur: bool, kernel: bool):
-    src = {f: fn.external_source(name=input_name(image, f)) for f in fields}
-    img = decode_image(src, device, roi)
+            blur: bool, kernel: bool, decoder: dict):
+    # The JPEG bytes are not copied by DALI (no_copy): whoever feeds them keeps them alive and
+    # unchanged until the run's outputs are taken (on a GPU: until the outputs are copied).
+    src = {f: fn.external_source(name=input_name(image, f), no_copy=f == "jpeg") for f in fields}
+    img = decode_image(src, device, roi, **decoder)
     if kernel:  # CPU: all pixel work in one fused operator (pipeline.crop_kernel)
         return _crop_operator(out_size)(img, src["params"])
     img = fn.resize(img, size=[out_size, out_size], roi_start=src["roi_start"],
@@ -224,10 +249,33 @@ def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gr
 
 @pipeline_def(enable_conditionals=True)
 def _pair_graph(fields, template_size, search_size, device, roi, gray, template_blur,
-                search_blur, kernel):
-    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel)
-    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel)
+                search_blur, kernel, decoder):
+    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel, decoder)
+    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel, decoder)
     return z, x
+
+
+@dataclass(frozen=True, eq=False)
+class GraphInputs:
+    """How a batch of plans and JPEG bytes becomes the graph's external_source values.
+
+    Pure and thread-safe (no pipeline involved): the loader's read-ahead thread prepares
+    runs with it while the graph renders earlier ones.
+    """
+    fields: dict        # 'z' / 'x' -> the fields the graph reads
+    image_size: int
+    roi: bool
+
+    def values(self, plans, template_jpegs, search_jpegs) -> dict:
+        """external_source name -> batch values for a PlanBatch (or PairPlans) and its bytes."""
+        plans = PlanBatch.stack(plans)
+        out = {}
+        for image, augs, jpegs in (("z", plans.template, template_jpegs),
+                                   ("x", plans.search, search_jpegs)):
+            values = batch_inputs(augs, jpegs, plans.gray, self.image_size, self.roi,
+                                  self.fields[image])
+            out.update((input_name(image, f), v) for f, v in values.items())
+        return out
 
 
 class PairGraph:
@@ -239,55 +287,70 @@ class PairGraph:
     operators statically when the config never uses them (the graph is otherwise the same).
     The graph has no random operators, so results do not depend on `num_threads`.
     Batches may be smaller than `batch_size` (external_source accepts partial batches).
+    `prefetch_queue_depth`: DALI's queue depth (the first `schedule` then runs that many fed
+    batches; the loader keeps 1 and schedules two runs, which DALI's dynamic executor renders
+    concurrently); `hw_decoder_load`,
+    `fancy_upsampling`: the GPU decoder's options (`decode_image`).
     """
 
     def __init__(self, batch_size: int, template_size: int = 127, search_size: int = 255,
                  device: str = "cpu", num_threads: int = 2, device_id: int = 0,
                  image_size: int = 511, roi_decode: bool = True, gray: bool = True,
                  template_blur: bool = True, search_blur: bool = True,
-                 prefetch_queue_depth: int = 1, kernel: bool | None = None):
+                 prefetch_queue_depth: int = 1, kernel: bool | None = None,
+                 hw_decoder_load: float | None = None, fancy_upsampling: bool | None = None):
         if device not in ("cpu", "gpu"):
             raise ValueError(f"DALI device must be 'cpu' or 'gpu', got {device!r}")
         kernel = device == "cpu" if kernel is None else bool(kernel)
         if kernel and device != "cpu":
             raise ValueError("the fused crop kernel is a CPU operator; use kernel=False on 'gpu'")
+        if hw_decoder_load is not None and not 0.0 <= float(hw_decoder_load) <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
         self.kernel = kernel
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
-        self.image_size = image_size
-        self.roi = roi_decode
-        self.fields = {"z": _fields(roi_decode, gray, template_blur, kernel),
-                       "x": _fields(roi_decode, gray, search_blur, kernel)}
-        self.pipe = _pair_graph(self.fields, template_size, search_size, device, roi_decode,
-                                gray, template_blur, search_blur, kernel, batch_size=batch_size,
-                                num_threads=num_threads,
+        self.inputs = GraphInputs({"z": _fields(roi_decode, gray, template_blur, kernel),
+                                   "x": _fields(roi_decode, gray, search_blur, kernel)},
+                                  int(image_size), bool(roi_decode))
+        self.pipe = _pair_graph(self.inputs.fields, template_size, search_size, device,
+                                roi_decode, gray, template_blur, search_blur, kernel,
+                                {"hw_decoder_load": hw_decoder_load,
+                                 "fancy_upsampling": fancy_upsampling},
+                                batch_size=batch_size, num_threads=num_threads,
                                 device_id=device_id if device == "gpu" else None,
                                 prefetch_queue_depth=prefetch_queue_depth)
         self.pipe.build()
+        self._fed = collections.deque()   # values of the runs fed and not yet output
 
     def feed(self, plans, template_jpegs, search_jpegs) -> None:
-        """Feed one batch of PairPlans with their JPEG bytes (schedule it with `schedule`)."""
-        gray = np.array([bool(p.gray) for p in plans])
-        for image, augs, jpegs in (("z", [p.template for p in plans], template_jpegs),
-                                   ("x", [p.search for p in plans], search_jpegs)):
-            values = batch_inputs(augs, jpegs, gray, self.image_size, self.roi,
-                                  self.fields[image])
-            for field in self.fields[image]:
-                self.pipe.feed_input(input_name(image, field), values[field])
+        """Feed one batch of plans with their JPEG bytes (schedule it with `schedule`)."""
+        self.feed_values(self.inputs.values(plans, template_jpegs, search_jpegs))
+
+    def feed_values(self, values: dict) -> None:
+        """Feed values made by `self.inputs.values` (schedule them with `schedule`).  The
+        bytes are not copied: the graph holds `values` until that run's outputs are taken."""
+        for name, value in values.items():
+            self.pipe.feed_input(name, value)
+        self._fed.append(values)
 
     def schedule(self) -> None:
         """Start rendering the batch fed last (runs asynchronously in DALI's threads)."""
         self.pipe.schedule_run()
 
-    def outputs(self):
+    def outputs(self, cuda_stream=None):
         """(template, search) TensorLists of the oldest scheduled batch.
 
         With DALI's default (dynamic) executor every output batch is a fresh allocation that
-        stays valid while referenced; the loader relies on that for zero-copy CPU batches.
+        stays valid while referenced.  `cuda_stream` (GPU): the stream that will read the
+        outputs; DALI orders them before that stream's later work instead of making the
+        host wait for the rendering.
         """
-        return self.pipe.outputs()
+        outputs = (self.pipe.outputs() if cuda_stream is None
+                   else self.pipe.outputs(cuda_stream=cuda_stream))
+        self._fed.popleft()
+        return outputs
 
     def run(self, plans, template_jpegs, search_jpegs):
         """Synchronous helper: feed, render and return (template, search) as numpy arrays."""

@@ -11,7 +11,8 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "usable_cores", "local_world_size", "cores_per_process"]
+__all__ = ["resolve_device", "resolve_device_on", "dali_device_id", "usable_cores",
+           "local_world_size", "cores_per_process"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -24,6 +25,24 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def resolve_device_on(device, current: int, visible: int) -> torch.device:
+    """`resolve_device` for a process whose current CUDA device is `current` and which sees
+    `visible` GPUs (a pure function: testable without a GPU).
+
+    'cpu' -> cpu; 'cuda' -> cuda:current; 'cuda:N' -> cuda:N.  ValueError for other device
+    types and for an index outside [0, visible).
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    index = int(current) if dev.index is None else dev.index
+    if not 0 <= index < visible:
+        raise ValueError(f"device {device!r}: GPU {index} does not exist ({visible} visible)")
+    return torch.device("cuda", index)
+
+
 def resolve_device(device) -> torch.device:
     """``device`` ('cpu', 'cuda', 'cuda:N' or a torch.device) with an explicit index for CUDA.
 
@@ -32,18 +51,23 @@ def resolve_device(device) -> torch.device:
     other device types, for CUDA without a visible GPU and for an index that does not exist.
     """
     dev = torch.device(device)
-    if dev.type == "cpu":
-        return torch.device("cpu")
     if dev.type != "cuda":
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        return resolve_device_on(dev, 0, 0)
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
-    index = torch.cuda.current_device() if dev.index is None else dev.index
-    count = torch.cuda.device_count()
-    if not 0 <= index < count:
-        raise ValueError(f"device {device!r}: GPU {index} does not exist ({count} visible)")
-    return torch.device("cuda", index)
+    current = torch.cuda.current_device() if dev.index is None else 0
+    return resolve_device_on(dev, current, torch.cuda.device_count())
+
+
+def dali_device_id(device: torch.device) -> int | None:
+    """DALI's ``device_id`` for a resolved device: None on the CPU (a CPU-only pipeline that
+    never touches CUDA), the GPU's index on CUDA (DALI and torch number the visible GPUs alike)."""
+    if device.type == "cpu":
+        return None
+    if device.index is None:
+        raise ValueError(f"{device} has no GPU index: resolve it with resolve_device first")
+    return int(device.index)
 
 
 def usable_cores() -> int:

@@ -1,72 +1,67 @@
-"""Training-pair loader: PairSampler plans -> LMDB reads -> DALI graph -> torch batches.
+"""Training-pair loader: PairSampler plans -> shard reads -> DALI graph -> torch batches.
 
-The Python side only samples indices/plans (`pipeline.sampling`) and reads JPEG bytes from
-the shards; every pixel is produced by the DALI graph (`pipeline.dali_graph`), on the GPU
-for device='cuda' and with CPU operators for device='cpu'.  Anchor targets are computed
-vectorised on the output device (`pipeline.targets`).
-
-Overlap without extra threads: DALI renders in its own worker threads and, on the CPU, always
-has IN_FLIGHT (2) runs queued, so it never idles at a run boundary (the GPU keeps one); while
-it renders, the Python side computes the labels of the batches just rendered, plans and reads
-the next run, and the consumer (e.g. a training step) runs.  A run is one batch on the GPU; on the CPU it is as many
-consecutive batches as make MIN_RUN_PAIRS (64) pairs, since each DALI run has a fixed CPU cost;
-the batches are zero-copy slices of the run's output.
+Three stages overlap:
+1. a background thread (`pipeline.read_ahead`) plans the next batches, hints the shard readers
+   to prefetch their crops, reads them with a small pool of reader threads
+   (TRAIN.LOADER_READ_THREADS) up to TRAIN.LOADER_READ_AHEAD batches ahead, checks them
+   (`pipeline.crop_source`), replaces pairs with unusable crops and prepares each DALI run's
+   input values and the batches' host-side label inputs;
+2. DALI renders in its own threads (and on the GPU), two runs in flight;
+3. the consumer's thread (`__iter__`) feeds runs to DALI, takes their outputs, computes the
+   anchor labels on the output device (`pipeline.targets`) and yields the batches.
+A run is one batch on the GPU; on the CPU it is as many consecutive batches as make
+MIN_RUN_PAIRS (64) pairs, since each DALI run has a fixed CPU cost, and the batches are
+zero-copy slices of the run's output.  GPU batches are copies in torch-owned memory, made on the
+consumer's current stream (the host never waits for the rendering).
 
 Determinism: a batch is a pure function of (seed, epoch, batch index, rank, world_size,
-batch size) and of which shard entries are undecodable: DALI has no random operators here,
-so `num_threads` does not matter; label subsampling uses a torch.Generator seeded from
-(seed, epoch, batch index, rank).
+batch size) and of which shard entries are unusable (`pipeline.prepare`): DALI has no random
+operators here, so thread counts do not matter; the label subsampling keys are drawn on the
+host from a seed of (seed, epoch, batch index, rank), so labels are the same on every device.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from pipeline.crop_source import CropSource
 from pipeline.dali_graph import PairGraph, decode_image
+from pipeline.devices import cores_per_process, dali_device_id, resolve_device
+from pipeline.prepare import BatchPreparer, LabelInputs
+from pipeline.read_ahead import ReadAhead
 from pipeline.sampling import PairSampler
 from pipeline.shards import open_shard_readers
 from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
-IN_FLIGHT = 2       # CPU: DALI runs queued in the graph, so it never idles between runs
+IN_FLIGHT = 2       # DALI runs scheduled at once, so it never idles at a run boundary
 MIN_RUN_PAIRS = 64  # CPU: consecutive batches are rendered together in DALI runs of >= this
 
 
-def looks_like_jpeg(data) -> bool:
-    """Cheap structural check: JPEG SOI marker first and an EOI marker at the very end
-    (trailing zero padding tolerated).  Catches truncated and garbage values."""
-    if data is None or len(data) < 4 or data[:2] != b"\xff\xd8":
-        return False
-    return data.rfind(b"\xff\xd9", max(0, len(data) - 64)) != -1
-
-
-def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """Seed of the label-subsampling generator of one batch."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(batch), int(rank), 0x4C42])
-    return int(state.generate_state(1, np.uint64)[0] >> 1)
-
-
 class _DecodeProbe:
-    """One-image DALI decoder (same device as the graph) that tells which crops DALI rejects."""
+    """One-image DALI decoder (same device and options as the graph) that tells which crops
+    DALI rejects."""
 
-    def __init__(self, device: str, device_id: int):
-        self.device, self.device_id = device, device_id
+    def __init__(self, device: str, device_id, hw_decoder_load):
+        self.device, self.device_id, self.hw_decoder_load = device, device_id, hw_decoder_load
         self.pipe = None
 
     def _build(self):
         @pipeline_def
         def probe():
-            return decode_image({"jpeg": fn.external_source(name="jpeg")}, self.device, roi=False)
+            return decode_image({"jpeg": fn.external_source(name="jpeg")}, self.device, roi=False,
+                                hw_decoder_load=self.hw_decoder_load)
         self.pipe = probe(batch_size=1, num_threads=1, prefetch_queue_depth=1,
-                          device_id=self.device_id if self.device == "gpu" else None)
+                          device_id=self.device_id)
         self.pipe.build()
 
     def decodes(self, data: bytes) -> bool:
@@ -82,74 +77,120 @@ class _DecodeProbe:
             return False
 
 
-class _Prepared:
-    """A batch ready to be fed to DALI: plans and JPEG bytes."""
-
-    def __init__(self, batch: int, plans, template_jpegs, search_jpegs, replaced: int):
-        self.batch, self.plans, self.replaced = batch, plans, replaced
-        self.template_jpegs, self.search_jpegs = template_jpegs, search_jpegs
-
-
 class PairLoader:
-    """Iterable of training batches for one rank; see `build_loader`."""
+    """DALI training-pair loader over the LMDB shards of cfg.DATASET.NAMES under `shards`.
+
+    Iterating yields dicts of tensors on `device`: template (B,3,Tz,Tz) and search
+    (B,3,Tx,Tx) float32 BGR 0-255 CHW, label_cls (B,A,S,S) int64, label_loc (B,4,A,S,S),
+    label_loc_weight (B,A,S,S), bbox (B,4) float32 (search box after augmentation), neg (B,)
+    bool.  One pass yields `len(loader)` batches of this rank's slice of the current epoch
+    and then moves to the next epoch; `set_epoch(e)` jumps to epoch e; `state_dict()` /
+    `load_state_dict()` resume at the exact next batch.  Unusable crops (undecodable, failing
+    their checksum, of the wrong size, in an unreadable shard) are replaced by another pair;
+    `loader.skipped` counts the replaced pairs, each crop is logged once.  `close()` stops
+    the background threads (an abandoned iteration stops its own).
+
+    device: 'cpu', 'cuda' (the process's current GPU) or 'cuda:N'.  num_threads: DALI worker
+    threads (default: this process's share of the cores, `pipeline.devices.cores_per_process`,
+    plus one on the CPU); results do not depend on it.  read_ahead, read_threads,
+    hw_decoder_load: default to cfg.TRAIN.LOADER_READ_AHEAD (batches read ahead of rendering),
+    LOADER_READ_THREADS (concurrent crop readers; 0 reads in the background thread itself) and
+    LOADER_HW_DECODER_LOAD (the GPU decoder's hardware share).  roi_decode: decode only the part
+    of each 511 crop that the crop can touch (default: on for the CPU, where it halves decoding;
+    off on the GPU).  pin_memory (device='cpu' only): return page-locked tensors for a fast
+    non_blocking host->GPU copy (costs one copy per batch; without it CPU batches are DALI's own
+    buffers, handed over without a copy).  crop_kernel: do the pixel work in the fused CPU kernel
+    (default on the CPU; it is a CPU operator) or with DALI's native operators (False; the GPU's
+    way, ~1.5x more CPU per pair on a CPU).  readers: ShardReaders to use instead of opening
+    `shards`.
+    """
 
     def __init__(self, cfg, shards="cache/", batch_size: int = 32, device="cuda", rank: int = 0,
                  world_size: int = 1, seed: int = 0, num_threads: int | None = None,
                  roi_decode: bool | None = None, pin_memory: bool = False,
-                 readers: list | None = None, crop_kernel: bool | None = None):
+                 readers: list | None = None, crop_kernel: bool | None = None,
+                 read_ahead: int | None = None, read_threads: int | None = None,
+                 hw_decoder_load: float | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        if self.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        if pin_memory and self.device.type != "cpu":
+        if pin_memory and torch.device(device).type != "cpu":
             raise ValueError("pin_memory applies to device='cpu' only")
+        self.device = resolve_device(device)
         self.pin_memory = bool(pin_memory)
         self.batch_size = int(batch_size)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        tr = cfg.TRAIN
+        self.read_ahead = int(tr.LOADER_READ_AHEAD if read_ahead is None else read_ahead)
+        self.read_threads = int(tr.LOADER_READ_THREADS if read_threads is None else read_threads)
+        if self.read_ahead < 1 or self.read_threads < 0:
+            raise ValueError(f"read_ahead must be >= 1 and read_threads >= 0, got "
+                             f"{self.read_ahead} and {self.read_threads} "
+                             f"(TRAIN.LOADER_READ_AHEAD / LOADER_READ_THREADS)")
+        self.hw_decoder_load = float(tr.LOADER_HW_DECODER_LOAD if hw_decoder_load is None
+                                     else hw_decoder_load)
         self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
         self.sampler = PairSampler(cfg, self.readers, seed)  # raises on crop-parameter mismatch
         self.targets = AnchorTargets(cfg)
         self.image_size = self.sampler.crop_size  # the sampler checked every shard's crop size
-        self.dali_device = "gpu" if self.device.type == "cuda" else "cpu"
-        self.device_id = (self.device.index or 0) if self.device.type == "cuda" else 0
+        self.source = CropSource(self.readers, self.sampler.names,
+                                 [r.meta["crop"]["crop_size"] for r in self.readers])
+        self.source.open_shards()
+        on_gpu = self.device.type == "cuda"
+        self.dali_device = "gpu" if on_gpu else "cpu"
+        self.device_id = dali_device_id(self.device)
         if num_threads is None:
-            # CPU: one thread more than the usable cores; with exactly one per core DALI's
+            # CPU: one thread more than this process's cores; with exactly one per core DALI's
             # pool leaves a core idle at every operator's end (measured: 1.75 vs 1.86 cores
             # busy, ~10% more pairs/s on 2 cores).
-            num_threads = 2 if self.dali_device == "gpu" else len(_affinity()) + 1
+            num_threads = cores_per_process() + (0 if on_gpu else 1)
         self.num_threads = int(num_threads)
         # Batches rendered per DALI run: on the CPU a run costs a fixed overhead, so small
         # batches are grouped (measured: 1.73 vs 1.97 CPU ms per pair for runs of 64 vs 32).
-        self.run_batches = 1 if self.dali_device == "gpu" else -(-MIN_RUN_PAIRS // self.batch_size)
-        # Two queued runs measured +9% on the CPU.  The GPU keeps one (rendered while the
-        # consumer works): two queued runs with a GPU stage have never been run (no device).
-        self.in_flight = 1 if self.dali_device == "gpu" else IN_FLIGHT
+        self.run_batches = 1 if on_gpu else -(-MIN_RUN_PAIRS // self.batch_size)
+        self.in_flight = IN_FLIGHT
         # ROI decoding measured faster on the CPU (docs: dali-notes); the GPU decodes whole
         # crops (nvJPEG/hardware ROI support varies) unless asked otherwise.
-        self.roi_decode = (self.dali_device == "cpu") if roi_decode is None else bool(roi_decode)
+        self.roi_decode = (not on_gpu) if roi_decode is None else bool(roi_decode)
         dcfg = cfg.DATASET
         self._graph_options = dict(
-            template_size=int(cfg.TRAIN.EXEMPLAR_SIZE), search_size=int(cfg.TRAIN.SEARCH_SIZE),
-            device=self.dali_device, num_threads=self.num_threads, device_id=self.device_id,
+            template_size=int(tr.EXEMPLAR_SIZE), search_size=int(tr.SEARCH_SIZE),
+            device=self.dali_device, num_threads=self.num_threads, device_id=self.device_id or 0,
             image_size=self.image_size, roi_decode=self.roi_decode, gray=bool(dcfg.GRAY),
             template_blur=bool(dcfg.TEMPLATE.BLUR), search_blur=bool(dcfg.SEARCH.BLUR),
-            kernel=crop_kernel)
+            # Depth 1 with IN_FLIGHT runs scheduled: DALI's dynamic executor runs the second
+            # while the first waits to be taken (measured on the CPU: both done after a pause);
+            # a deeper queue would make the first schedule_run demand that many fed runs.
+            kernel=crop_kernel, prefetch_queue_depth=1,
+            hw_decoder_load=self.hw_decoder_load if on_gpu else None)
         # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
         # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.
         self.graph = self._new_graph()
-        self._scheduled = 0        # batches fed to the graph whose outputs were not taken yet
+        self._scheduled = 0        # runs fed to the graph whose outputs were not taken yet
         self._generation = 0       # iterations started (only the latest one may use the graph)
-        self._probe = _DecodeProbe(self.dali_device, self.device_id)
-        self.bad_entries = set()   # (dataset, entry) refs known to be undecodable
-        self.skipped = 0           # pairs replaced because a crop was undecodable
+        self._probe = _DecodeProbe(self.dali_device, self.device_id,
+                                   self._graph_options["hw_decoder_load"])
+        self.skipped = 0           # pairs replaced because a crop was unusable
         self.epoch = 0
         self.next_batch = 0
         # This rank's global indices: the same for every epoch (the epoch's order is applied
         # per index by the sampler), so computed once.
         self._rank_indices = self.sampler.epoch_indices(0, self.rank, self.world_size)
+        # (nothing in the preparer refers back to the loader: a dropped loader is freed at once,
+        # with its DALI pipeline, not later by the garbage collector in a forked child)
+        labels = LabelInputs(self.seed, self.rank, self.targets.anchor_count,
+                             pinned=self.device.type == "cuda")
+        self.preparer = BatchPreparer(self.sampler, self.source, self._rank_indices,
+                                      self.batch_size, self.graph.inputs, labels)
+        self._pool = None
+        self._stages = weakref.WeakSet()
+        self._held = collections.deque()   # (CUDA event, buffers) of runs being copied (GPU)
+
+    @property
+    def bad_entries(self) -> set:
+        """(dataset, entry) crops found unusable so far."""
+        return self.source.bad
 
     # ---- epoch bookkeeping -------------------------------------------------------------
     def __len__(self) -> int:
@@ -175,66 +216,30 @@ class PairLoader:
         self.epoch, self.next_batch = int(state["epoch"]), int(state["next_batch"])
         self.skipped = int(state.get("skipped", self.skipped))
 
+    def close(self) -> None:
+        """Stop the background threads (read-ahead stages and crop readers) and discard the
+        runs in flight.  The loader stays usable: a later iteration starts them again."""
+        for stage in list(self._stages):
+            stage.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._drain()
+
     # ---- batch production -----------------------------------------------------------------
-    def _read(self, ref) -> bytes | None:
-        if ref in self.bad_entries:
-            return None
-        data = self.readers[ref[0]].jpeg_at(ref[1])
-        if not looks_like_jpeg(data):
-            self._mark_bad(ref, "not a complete JPEG")
-            return None
-        return data
-
-    def _mark_bad(self, ref, why: str) -> None:
-        if ref not in self.bad_entries:
-            self.bad_entries.add(ref)
-            name = self.sampler.names[ref[0]]
-            log.warning("undecodable crop: dataset %s entry %d (%s)", name, ref[1], why)
-
-    def _prepare(self, epoch: int, batch: int) -> _Prepared:
-        indices = self._rank_indices[batch * self.batch_size:(batch + 1) * self.batch_size]
-        plans, zs, xs, replaced = [], [], [], 0
-        for index in indices:
-            for attempt in range(MAX_ATTEMPTS):
-                plan = self.sampler.plan(epoch, int(index), attempt)
-                z = self._read(plan.template_ref)
-                if z is None or plan.search_ref == plan.template_ref:  # one-frame objects: same crop
-                    x = z
-                else:
-                    x = self._read(plan.search_ref)
-                if z is not None and x is not None:
-                    break
-                replaced += 1
-                log.warning("epoch %d index %d attempt %d: replacing the pair (template %s, "
-                            "search %s)", epoch, index, attempt, plan.template_ref,
-                            plan.search_ref)
-            else:
-                raise RuntimeError(f"epoch {epoch} index {index}: {MAX_ATTEMPTS} replacement "
-                                   f"pairs in a row were undecodable; the shards look corrupt")
-            plans.append(plan)
-            zs.append(z)
-            xs.append(x)
-        return _Prepared(batch, plans, zs, xs, replaced)
-
     def _new_graph(self) -> PairGraph:
         return PairGraph(self.batch_size * self.run_batches, **self._graph_options)
 
-    def _prepare_run(self, epoch: int, first: int, total: int) -> list:
-        """The batches [first, first + run_batches) (fewer at the epoch's end), prepared."""
-        return [self._prepare(epoch, b) for b in range(first, min(first + self.run_batches, total))]
-
-    def _submit(self, run: list) -> None:
-        """Feed a run of prepared batches to DALI as one batch and start rendering it."""
+    def _submit(self, run) -> None:
+        """Feed a prepared run to DALI as one batch and start rendering it."""
         if self.graph is None:
             self.graph = self._new_graph()
-        self.graph.feed([p for b in run for p in b.plans],
-                        [j for b in run for j in b.template_jpegs],
-                        [j for b in run for j in b.search_jpegs])
+        self.graph.feed_values(run.values)
         self.graph.schedule()
         self._scheduled += 1
 
     def _drain(self) -> None:
-        """Discard batches still in flight (an iteration that was left early)."""
+        """Discard runs still in flight (an iteration that was left early)."""
         while self._scheduled and self.graph is not None:
             self._scheduled -= 1
             try:
@@ -243,15 +248,15 @@ class PairLoader:
                 self.graph = None
         self._scheduled = 0
 
-    def _find_bad(self, run: list) -> int:
+    def _find_bad(self, run) -> int:
         """After a DALI failure: probe each crop of the run alone, mark the rejected ones."""
         found = 0
-        for prepared in run:
-            for plan, z, x in zip(prepared.plans, prepared.template_jpegs, prepared.search_jpegs):
-                for ref, data in ((plan.template_ref, z), (plan.search_ref, x)):
-                    if ref not in self.bad_entries and not self._probe.decodes(data):
-                        self._mark_bad(ref, "rejected by the DALI decoder")
-                        found += 1
+        for prepared in run.batches:
+            plans = prepared.plans
+            for i, (z, x) in enumerate(zip(prepared.template_jpegs, prepared.search_jpegs)):
+                for ref, data in ((plans.template_ref[i], z), (plans.search_ref[i], x)):
+                    if not self.source.is_bad(ref) and not self._probe.decodes(data):
+                        found += self.source.mark_bad(ref, "rejected by the DALI decoder")
         return found
 
     def _to_torch(self, tensor_list, shape) -> torch.Tensor:
@@ -262,36 +267,48 @@ class PairLoader:
             if tuple(out.shape) != tuple(shape):
                 raise RuntimeError(f"DALI output has shape {tuple(out.shape)}, expected {shape}")
             return out
+        # A GPU batch is copied into torch's memory on the consumer's stream: the consumer owns
+        # it, whatever DALI does with its buffers while rendering the next runs.
         out = torch.empty(shape, dtype=torch.float32, device=self.device,
                           pin_memory=self.pin_memory)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=stream)
         return out
 
-    def _collect(self, run: list) -> list:
+    def _hold_until_copied(self, buffers) -> None:
+        """Keep a run's DALI output buffers and its input bytes referenced until the consumer's
+        stream has copied the outputs (an event after the copies, which follow DALI's work on
+        the run): nothing is reused or freed while a copy or a decode may still read it."""
+        while self._held and self._held[0][0].query():
+            self._held.popleft()
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._held.append((event, buffers))
+
+    def _collect(self, run) -> list:
         """Outputs of the oldest scheduled run -> one {'template', 'search'} dict per batch
         (views into the run's tensors: no copy)."""
         self._scheduled -= 1
-        z, x = self.graph.outputs()
-        n = sum(len(b.plans) for b in run)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        z, x = self.graph.outputs(stream)
+        n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
         template, search = self._to_torch(z, (n, 3, tz, tz)), self._to_torch(x, (n, 3, tx, tx))
+        if self.device.type == "cuda":   # its inputs (bytes fed without a copy) and outputs
+            self._hold_until_copied((z, x, run))
         images, start = [], 0
-        for prepared in run:
+        for prepared in run.batches:
             stop = start + len(prepared.plans)
             images.append({"template": template[start:stop], "search": search[start:stop]})
             start = stop
         return images
 
-    def _add_labels(self, batch: dict, prepared: _Prepared, epoch: int) -> dict:
-        boxes = torch.from_numpy(np.stack([p.search.box for p in prepared.plans]))
-        neg = torch.tensor([p.neg for p in prepared.plans], dtype=torch.bool)
-        if self.device.type == "cuda":  # a pageable copy would first wait for the queued training step
-            boxes, neg = (t.pin_memory().to(self.device, non_blocking=True) for t in (boxes, neg))
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(batch_seed(self.seed, epoch, prepared.batch, self.rank))
+    def _add_labels(self, batch: dict, prepared) -> dict:
+        boxes, neg, keys = prepared.label_inputs
+        if self.device.type == "cuda":  # pinned: the copies do not wait for the queued work
+            boxes, neg, keys = (t.to(self.device, non_blocking=True) for t in (boxes, neg, keys))
         with _single_cpu_thread(self.device):
-            cls, loc, weight = self.targets(boxes, neg, generator)
+            cls, loc, weight = self.targets(boxes, neg, keys=keys)
         labels = dict(label_cls=cls, label_loc=loc, label_loc_weight=weight, bbox=boxes, neg=neg)
         if self.pin_memory:
             labels = {k: v.pin_memory() for k, v in labels.items()}
@@ -300,7 +317,7 @@ class PairLoader:
 
     def _render(self, pending: collections.deque, epoch: int) -> list:
         """Per-batch images of the oldest submitted run, pending[0].  After a decoder failure
-        the graph is rebuilt and every run in `pending` is re-planned (in place) and
+        the graph is rebuilt and every run in `pending` is prepared again (in place) and
         resubmitted, the undecodable crops now known."""
         while True:
             try:
@@ -310,10 +327,16 @@ class PairLoader:
                 if sum(self._find_bad(run) for run in pending) == 0:
                     raise
                 log.warning("DALI failed on epoch %d batch %d (%s); re-planning it", epoch,
-                            pending[0][0].batch, str(err).splitlines()[0] if str(err) else err)
+                            pending[0].batches[0].batch,
+                            str(err).splitlines()[0] if str(err) else err)
                 for i, stale in enumerate(pending):
-                    pending[i] = [self._prepare(epoch, b.batch) for b in stale]
+                    pending[i] = self.preparer.refresh(epoch, stale)
                     self._submit(pending[i])
+
+    def _read_pool(self):
+        if self._pool is None and self.read_threads > 0:
+            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="crop-reader")
+        return self._pool
 
     def __iter__(self):
         self._drain()
@@ -322,32 +345,38 @@ class PairLoader:
         epoch, start, total = self.epoch, self.next_batch, len(self)
         if start >= total:
             return
-        pending = collections.deque()  # submitted runs (lists of batches), oldest first
+        stage = ReadAhead(self.preparer, self.source, epoch, start, total, self.run_batches,
+                          self.read_ahead, self._read_pool(), self.read_threads, self.device)
+        self._stages.add(stage)
+        pending = collections.deque()  # submitted runs, oldest first
         ready = collections.deque()    # (prepared batch, images) rendered, not yet yielded
-        upcoming = start
+        upcoming = start               # first batch not yet submitted
 
         def submit_ahead():
             nonlocal upcoming
             while len(pending) < self.in_flight and upcoming < total:
-                pending.append(self._prepare_run(epoch, upcoming, total))
-                self._submit(pending[-1])
-                upcoming += len(pending[-1])
+                # crops found unusable (by DALI) since the stage read them: prepare again
+                run = self.preparer.refresh(epoch, stage.get())
+                self._submit(run)
+                pending.append(run)
+                upcoming += len(run.batches)
 
         try:
             submit_ahead()
             for b in range(start, total):
                 if not ready:
                     images = self._render(pending, epoch)
-                    ready.extend(zip(pending.popleft(), images))
+                    ready.extend(zip(pending.popleft().batches, images))
                     submit_ahead()  # DALI renders the next runs while labels and the consumer run
                 current, images = ready.popleft()
-                batch = self._add_labels(images, current, epoch)
+                batch = self._add_labels(images, current)
                 self.skipped += current.replaced
                 self.next_batch = b + 1
                 if self.next_batch == total:
                     self.epoch, self.next_batch = epoch + 1, 0
                 yield batch
         finally:
+            stage.close()
             if generation == self._generation:
                 self._drain()
 
@@ -367,37 +396,7 @@ def _single_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-def _affinity() -> set:
-    try:
-        import os
-        return os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return {0}
-
-
-def build_loader(cfg, shards="cache/", batch_size: int = 32, device="cuda", rank: int = 0,
-                 world_size: int = 1, seed: int = 0, num_threads: int | None = None,
-                 roi_decode: bool | None = None, pin_memory: bool = False,
-                 crop_kernel: bool | None = None) -> PairLoader:
-    """DALI training-pair loader over the LMDB shards of cfg.DATASET.NAMES under `shards`.
-
-    Iterating yields dicts of tensors on `device`: template (B,3,Tz,Tz) and search
-    (B,3,Tx,Tx) float32 BGR 0-255 CHW, label_cls (B,A,S,S) int64, label_loc (B,4,A,S,S),
-    label_loc_weight (B,A,S,S), bbox (B,4) float32 (search box after augmentation), neg (B,)
-    bool.  One pass yields `len(loader)` batches of this rank's slice of the current epoch
-    and then moves to the next epoch; `set_epoch(e)` jumps to epoch e; `state_dict()` /
-    `load_state_dict()` resume at the exact next batch.  Undecodable crops are replaced by
-    another pair (`loader.skipped` counts them, each is logged).
-
-    num_threads: DALI worker threads (default: 2 with a GPU, else the usable cores + 1);
-    results do not depend on it.  roi_decode: decode only the part of each 511 crop that the crop
-    can touch (default: on for the CPU, where it halves decoding; off on the GPU).
-    pin_memory (device='cpu' only): return page-locked tensors for a fast non_blocking
-    host->GPU copy (costs one copy per batch; without it CPU batches are DALI's own
-    buffers, handed over without a copy).  crop_kernel: do the pixel work in the fused CPU
-    kernel (default on the CPU; it is a CPU operator) or with DALI's native operators (False;
-    the GPU's way, ~1.5x more CPU per pair on a CPU).
-    """
-    return PairLoader(cfg, shards=shards, batch_size=batch_size, device=device, rank=rank,
-                      world_size=world_size, seed=seed, num_threads=num_threads,
-                      roi_decode=roi_decode, pin_memory=pin_memory, crop_kernel=crop_kernel)
+def build_loader(cfg, *args, **options) -> PairLoader:
+    """The training-pair loader for `cfg`: `PairLoader(cfg, ...)`, whose docstring lists the
+    options (shards, batch_size, device, rank, world_size, seed, ...)."""
+    return PairLoader(cfg, *args, **options)

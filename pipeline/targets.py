@@ -13,16 +13,26 @@ Semantics per sample, as in PySOT's `anchor_target.py`:
   (numpy negative indices) when the centre lies >= 13 px left of / above the crop; we keep the
   window empty there. Unreachable with PySOT's recipes (needs SEARCH.SHIFT >= 140 * (1 - SCALE)).
 
-Random subsets: each anchor gets a uniform key from the caller's torch.Generator and the
-`keep` candidates with the largest keys win (topk), a uniform random subset of size
-min(keep, count) without a per-sample loop. PySOT draws with np.random.shuffle; the
-distribution is the same, the stream is not.
+Random subsets: each anchor gets a uniform float64 key and the `keep` candidates with the
+largest keys win (topk), a uniform random subset of size min(keep, count) without a per-sample
+loop. PySOT draws with np.random.shuffle; the distribution is the same, the stream is not.
+The keys are drawn on the host (`random_keys`, numpy) or from the caller's torch.Generator;
+host keys make the labels the same on every device: everything else here is comparisons and
+IEEE-rounded elementwise arithmetic (one op per kernel), and float64 keys tie with
+probability ~1e-9 per sample (a tie is the only way topk could order them differently).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pipeline.anchors import anchor_grid_from_cfg
+
+
+def random_keys(seed: int, rows: int, anchors: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(rows, anchors) float64 keys in [0, 1) for the label subsampling of a batch, from
+    numpy's PCG64 seeded with `seed` (written into `out` when given, e.g. pinned memory)."""
+    return np.random.default_rng(int(seed)).random((rows, anchors), out=out)
 
 
 def _random_subset(candidates: torch.Tensor, keys: torch.Tensor, keep, max_keep: int) -> torch.Tensor:
@@ -46,7 +56,8 @@ def _random_subset(candidates: torch.Tensor, keys: torch.Tensor, keep, max_keep:
 class AnchorTargets:
     """Callable computing RPN training labels for a batch of search boxes.
 
-    `targets(boxes (B,4) float32 x1y1x2y2 in search pixels, neg (B,) bool, generator)`
+    `targets(boxes (B,4) float32 x1y1x2y2 in search pixels, neg (B,) bool, generator)` or
+    `targets(boxes, neg, keys=keys)` with keys (B, anchor_count) float64 (`random_keys`)
     -> label_cls (B,A,S,S) int64, label_loc (B,4,A,S,S) float32, label_loc_weight (B,A,S,S) float32.
     """
 
@@ -65,6 +76,7 @@ class AnchorTargets:
         self.neg_pair_num = int(cfg.TRAIN.NEG_NUM)
         ax1, ay1, ax2, ay2 = self.corners
         self.areas = (ax2 - ax1) * (ay2 - ay1)
+        self.anchor_count = self.anchor_num * self.size * self.size   # keys per sample
         self._on_device = {}
 
     def _anchors(self, device):
@@ -79,7 +91,8 @@ class AnchorTargets:
         shift = (centre.double() - self.search_size // 2) / self.stride + 0.5
         return self.size // 2 + torch.ceil(shift).long()
 
-    def __call__(self, boxes: torch.Tensor, neg: torch.Tensor, generator: torch.Generator):
+    def __call__(self, boxes: torch.Tensor, neg: torch.Tensor,
+                 generator: torch.Generator | None = None, keys: torch.Tensor | None = None):
         device = boxes.device
         boxes = boxes.float()
         neg = neg.to(device=device, dtype=torch.bool)
@@ -119,7 +132,12 @@ class AnchorTargets:
         # Positives, negatives of positive pairs and window negatives of negative pairs are
         # disjoint sets, so one tensor of random keys serves all three selections.
         flat = (batch, a * s * s)
-        keys = torch.rand(flat, generator=generator, device=device)
+        if keys is None:
+            if generator is None:
+                raise ValueError("AnchorTargets needs a generator or keys")
+            keys = torch.rand(flat, generator=generator, device=device, dtype=torch.float64)
+        elif tuple(keys.shape) != flat or keys.device != device:
+            raise ValueError(f"keys must be {flat} on {device}, got {tuple(keys.shape)} on {keys.device}")
         pos = _random_subset(pos_cand.reshape(flat), keys, self.pos_num, self.pos_num)
         neg_keep = torch.where(neg, self.neg_pair_num, self.neg_keep)
         negs = _random_subset((neg_cand | window).reshape(flat), keys, neg_keep,

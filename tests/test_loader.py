@@ -242,15 +242,26 @@ def _corrupt(folder: Path, reader: ShardReader, entry: int, value: bytes):
     env.close()
 
 
+def undecodable_jpeg(jpeg: bytes) -> bytes:
+    """`jpeg` with its first component pointed at quantisation table 3 (never defined): the
+    headers, size and markers are intact; libjpeg-turbo and nvJPEG refuse to decode it."""
+    data = bytearray(jpeg)
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0
+    data[sof + 12] = 3   # SOF0: FF C0, length (2), precision, height (2), width (2), count, then (id, sampling, table)
+    return bytes(data)
+
+
 def test_undecodable_crops_are_skipped_and_counted(shards, cfg, tmp_path, caplog):
     root = tmp_path / "cache"
     shutil.copytree(shards, root)
     coco = shard_dir(root, "COCO")
     reader = ShardReader(coco)
     # Every COCO image is a video slot of the epoch, so its crops are certainly read.
-    # One value fails the cheap JPEG check, the other only fails in the DALI decoder.
+    # One value fails the cheap JPEG check, the other only fails in the DALI decoder: a valid
+    # 511x511 frame header whose first component uses a quantisation table never defined.
     truncated = reader.jpeg_at(0)[:500]
-    garbage = b"\xff\xd8" + bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8)) + b"\xff\xd9"
+    garbage = undecodable_jpeg(reader.jpeg_at(0))
     for e in range(len(reader)):
         _corrupt(coco, reader, e, truncated if e % 2 else garbage)
     release_read_env(coco)

@@ -28,7 +28,7 @@ def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
     out = tmp_path / "bench.json"
     # 32 batches of 8 span 4 DALI runs of 64 pairs: the measured window holds real work
     argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "32",
-            "--warmup", "8", "--rounds", "1", "--json", str(out),
+            "--warmup", "8", "--rounds", "1", "--min-seconds", "0", "--json", str(out),
             "--opts", *overrides(**{"DATASET.SEARCH.BLUR": 0.2, "DATASET.VIDEOS_PER_EPOCH": 400})]
     load_tool("bench_loader").main(argv + (["--native-ops"] if native else []))
     result = json.loads(out.read_text())
@@ -41,6 +41,26 @@ def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
                                               / result["reference"]["pairs_per_s"])
     assert result["gpu"] is None and result["search_blur"] == 0.2
     assert "speedup (median pairs/s)" in capsys.readouterr().out
+
+
+def test_bench_loader_cold_and_warm(shards, tmp_path, capsys):
+    """--cold: the shard files are evicted before the first window and read back in before
+    the warm one; both figures land in the JSON (the DALI side alone here)."""
+    out = tmp_path / "bench.json"
+    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "16",
+            "--warmup", "2", "--rounds", "2", "--min-seconds", "0", "--cold", "--skip-reference",
+            "--read-threads", "2", "--read-ahead", "3", "--json", str(out),
+            "--opts", *overrides(**{"DATASET.VIDEOS_PER_EPOCH": 400})]
+    load_tool("bench_loader").main(argv)
+    result = json.loads(out.read_text())
+    shard_bytes = sum(p.stat().st_size for p in Path(shards).rglob("*") if p.is_file())
+    assert result["cold"] and result["dali"]["evicted_bytes"] == shard_bytes
+    assert result["dali"]["read_threads"] == 2 and result["dali"]["read_ahead"] == 3
+    for window in (result["dali"], result["dali_cold"]):
+        assert window["batches"] >= 16 and window["pairs_per_s"] > 0
+    assert len(result["dali_cold"]["rounds_pairs_per_s"]) == 2 and result["cold_over_warm"] > 0
+    assert "reference" not in result
+    assert "cold / warm" in capsys.readouterr().out
 
 
 def test_show_pairs_draws_a_grid(shards, tmp_path):

@@ -1,16 +1,24 @@
 """Benchmark the DALI pair loader against the PySOT-style reference, in the same run.
 
     python tools/bench_loader.py --shards cache/ --device cpu|cuda --batch-size B --batches N
-                                 [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--json out.json]
+                                 [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--cold]
+                                 [--min-seconds S] [--json out.json]
 
 DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
 ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
 and a host->device copy on cuda).  Both run the same config (default: PySOT's 8-GPU recipe,
-search blur 0.2) on the same shards.  Reports pairs/s, CPU cores busy (process + worker CPU
-time / wall time) and the GPU name; prints and writes JSON with the speed ratio.
+search blur 0.2) on the same shards.  Each measured window holds at least --batches batches
+and lasts at least --min-seconds.  On CUDA the window is timed with CUDA events recorded on
+the consumer's stream (the host never synchronises the device inside it, so DALI keeps
+rendering ahead as in training).  --cold evicts the shard files from the page cache
+(posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
+same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
+pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
+the GPU name; prints and writes JSON with the speed ratio (warm figures).
 """
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -19,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
-from pipeline.shards import open_shard_readers  # noqa: E402
+from pipeline.shards import evict_page_cache, open_shard_readers, shard_dir  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
@@ -35,68 +43,151 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _touch(batch: dict, device: torch.device) -> None:
-    """Make sure the batch really exists on the device (wait for async copies)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _Window:
+    """Wall time of a measured window: CUDA events on the consumer's stream for a GPU (what
+    the device finished between them), the host clock otherwise; CPU time of the process."""
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+    def start(self):
+        self.c0, self.t0 = _cpu_seconds(), time.perf_counter()
+        if self.stream is not None:
+            self.e0 = torch.cuda.Event(enable_timing=True)
+            self.e0.record(self.stream)
+
+    def elapsed(self) -> float:
+        """Host seconds since start (to decide when the window is long enough; no sync)."""
+        return time.perf_counter() - self.t0
+
+    def stop(self) -> tuple:
+        """(wall seconds, CPU seconds); on CUDA waits for the window's last work (an event)."""
+        if self.stream is not None:
+            e1 = torch.cuda.Event(enable_timing=True)
+            e1.record(self.stream)
+            e1.synchronize()
+            wall = self.e0.elapsed_time(e1) / 1e3
+        else:
+            wall = time.perf_counter() - self.t0
+        return wall, _cpu_seconds() - self.c0
 
 
-def bench_dali(cfg, shards, device, batch_size, batches, warmup, num_threads, epoch=0,
-               roi_decode=None, crop_kernel=None):
-    loader = build_loader(cfg, shards=shards, batch_size=batch_size, device=str(device),
-                          num_threads=num_threads, roi_decode=roi_decode, crop_kernel=crop_kernel)
-    loader.set_epoch(epoch)
-    if len(loader) < batches + warmup:
-        raise SystemExit(f"epoch has only {len(loader)} batches of {batch_size}; lower --batches")
+def _endless(loader):
+    """The loader's batches across epoch ends."""
+    while True:
+        yield from loader
+
+
+def _measure(loader, device, batches: int, warmup: int, min_seconds: float) -> dict:
+    it = _endless(loader)
+    for _ in range(warmup):
+        next(it)
+    window = _Window(device)
+    window.start()
+    n = 0
+    while n < batches or window.elapsed() < min_seconds:
+        next(it)
+        n += 1
+    wall, cpu = window.stop()
+    it.close()
+    pairs = n * loader.batch_size
+    return {"pairs_per_s": pairs / wall, "cpu_cores_busy": cpu / wall,
+            "cpu_ms_per_pair": 1e3 * cpu / pairs, "wall_s": wall, "batches": n}
+
+
+def _shard_folders(cfg, shards) -> list:
+    return [shard_dir(shards, name) for name in cfg.DATASET.NAMES]
+
+
+def _read_files(folders) -> int:
+    """Read every file under `folders` once (puts them in the page cache); returns bytes."""
+    total = 0
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        total += len(chunk)
+    return total
+
+
+def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=False,
+               min_seconds=5.0, **options):
+    loader = build_loader(cfg, shards=shards, batch_size=batch_size, device=str(device), **options)
     if batches < 4 * loader.run_batches:
         # up to IN_FLIGHT runs are rendered ahead of the window and behind it
         print(f"warning: {batches} batches span fewer than 4 DALI runs of {loader.run_batches} "
               f"batches: the DALI figures are unreliable", file=sys.stderr)
-    it = iter(loader)
-    for _ in range(warmup):
-        _touch(next(it), device)
-    t0, c0 = time.perf_counter(), _cpu_seconds()
-    for _ in range(batches):
-        _touch(next(it), device)
-    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    it.close()
-    return {"pairs_per_s": batches * batch_size / wall, "cpu_cores_busy": cpu / wall,
-            "cpu_ms_per_pair": 1e3 * cpu / (batches * batch_size), "wall_s": wall,
-            "num_threads": loader.num_threads, "roi_decode": loader.roi_decode,
-            "crop_kernel": getattr(loader.graph, "kernel", None),
-            "batches_per_dali_run": loader.run_batches, "skipped": loader.skipped}
+    result = {"num_threads": loader.num_threads, "read_threads": loader.read_threads,
+              "read_ahead": loader.read_ahead, "roi_decode": loader.roi_decode,
+              "crop_kernel": getattr(loader.graph, "kernel", None),
+              "batches_per_dali_run": loader.run_batches}
+    folders = _shard_folders(cfg, shards)
+    if cold:  # nothing of the shards is mapped yet: the readers open their files lazily
+        result["evicted_bytes"] = sum(evict_page_cache(f) for f in folders)
+        loader.set_epoch(epoch)
+        result["cold"] = _measure(loader, device, batches, warmup, min_seconds)
+        _read_files(folders)
+    loader.set_epoch(epoch)
+    result.update(_measure(loader, device, batches, warmup, min_seconds))
+    result["skipped"] = loader.skipped
+    loader.close()
+    for reader in loader.readers:  # unmap the shards, so the next eviction can drop them
+        reader.close()
+    return result
 
 
-def bench_reference(cfg, shards, device, batch_size, batches, warmup, workers, epoch=0):
+class _Counted(Dataset):
+    """A dataset that counts the items its workers produced (shared counter)."""
+
+    def __init__(self, dataset, counter):
+        self.dataset, self.counter = dataset, counter
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        with self.counter.get_lock():
+            self.counter.value += 1
+        return item
+
+
+def bench_reference(cfg, shards, device, batch_size, batches, warmup, workers, epoch=0,
+                    min_seconds=5.0):
     readers = open_shard_readers(cfg, shards)
-    dataset = ReferenceDataset(cfg, shards, seed=0, epoch=epoch, readers=readers)
-    total = (batches + warmup) * batch_size
-    if len(dataset) < total:
+    produced = multiprocessing.Value("l", 0)
+    dataset = _Counted(ReferenceDataset(cfg, shards, seed=0, epoch=epoch, readers=readers), produced)
+    if len(dataset) < (batches + warmup) * batch_size:
         raise SystemExit(f"epoch has only {len(dataset)} pairs; lower --batches")
-    loader = DataLoader(Subset(dataset, range(total)), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", drop_last=True)
     c_start, t_start = _cpu_seconds(), time.perf_counter()
-    t0 = None
-    for i, batch in enumerate(loader):  # iterate to the end so the workers exit and are counted
+    it = iter(loader)
+    window, n = _Window(device), 0
+    for i, batch in enumerate(it):
         if device.type == "cuda":
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        _touch(batch, device)
-        if i == warmup - 1:
-            t0 = time.perf_counter()
-    end = time.perf_counter()
-    if t0 is None:
-        t0 = t_start
-    cpu = _cpu_seconds() - c_start  # includes worker start-up and the warm-up batches
-    return {"pairs_per_s": batches * batch_size / (end - t0), "cpu_cores_busy": cpu / (end - t_start),
-            "cpu_ms_per_pair": 1e3 * cpu / ((batches + warmup) * batch_size), "wall_s": end - t0,
-            "workers": workers}
+        if i == warmup - 1 or (warmup == 0 and i == 0):
+            window.start()
+            continue
+        if i >= warmup:
+            n += 1
+            if n >= batches and window.elapsed() >= min_seconds:
+                break
+    wall, _ = window.stop()
+    del it  # shuts the workers down: their CPU time is counted once they are reaped
+    cpu = _cpu_seconds() - c_start  # start-up, warm-up and prefetched items included ...
+    return {"pairs_per_s": n * batch_size / wall, "cpu_cores_busy": cpu / (time.perf_counter() - t_start),
+            "cpu_ms_per_pair": 1e3 * cpu / produced.value,  # ... and counted in the items made
+            "wall_s": wall, "batches": n, "workers": workers}
 
 
-def _median_run(runs: list) -> dict:
+def _median_run(runs: list, key: str = "pairs_per_s") -> dict:
     """The run with the median pairs/s, plus every round's pairs/s."""
-    ranked = sorted(runs, key=lambda r: r["pairs_per_s"])
+    ranked = sorted(runs, key=lambda r: r[key])
     best = dict(ranked[len(ranked) // 2])
-    best["rounds_pairs_per_s"] = [round(r["pairs_per_s"], 1) for r in runs]
+    best["rounds_pairs_per_s"] = [round(r[key], 1) for r in runs]
     return best
 
 
@@ -105,14 +196,22 @@ def main(argv=None):
     parser.add_argument("--shards", default="cache/")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=20, help="at least this many batches a window")
+    parser.add_argument("--min-seconds", type=float, default=5.0, help="at least this long a window")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating DALI/reference rounds; medians are reported (robust "
                              "to other load on the machine)")
+    parser.add_argument("--cold", action="store_true",
+                        help="evict the shards from the page cache before each round and report "
+                             "cold pairs/s next to warm pairs/s")
     parser.add_argument("--cfg", default=str(DEFAULT_CFG))
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides KEY=VALUE")
     parser.add_argument("--num-threads", type=int, default=None, help="DALI threads (default: auto)")
+    parser.add_argument("--read-threads", type=int, default=None,
+                        help="crop reader threads (default: TRAIN.LOADER_READ_THREADS)")
+    parser.add_argument("--read-ahead", type=int, default=None,
+                        help="batches read ahead (default: TRAIN.LOADER_READ_AHEAD)")
     parser.add_argument("--roi-decode", choices=["auto", "on", "off"], default="auto",
                         help="decode only the region a crop touches (auto: on for cpu)")
     parser.add_argument("--native-ops", action="store_true",
@@ -125,36 +224,55 @@ def main(argv=None):
 
     cfg = load_config(args.cfg, overrides=args.opts)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     cores = len(os.sched_getaffinity(0))
     result = {
         "config": args.cfg, "overrides": args.opts, "datasets": list(cfg.DATASET.NAMES),
         "search_blur": cfg.DATASET.SEARCH.BLUR, "batch_size": args.batch_size,
-        "batches": args.batches, "device": args.device, "cpu_cores": cores,
+        "min_batches": args.batches, "min_seconds": args.min_seconds, "device": args.device,
+        "cpu_cores": cores, "cold": args.cold,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
+    options = dict(num_threads=args.num_threads, read_threads=args.read_threads,
+                   read_ahead=args.read_ahead,
+                   roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
+                   crop_kernel=False if args.native_ops else None)
     dali_runs, ref_runs = [], []
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
-                                    args.warmup, args.num_threads, epoch=r,
-                                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
-                                    crop_kernel=False if args.native_ops else None))
-        line = (f"round {r}: DALI {dali_runs[-1]['pairs_per_s']:7.1f} pairs/s "
-                f"({dali_runs[-1]['cpu_cores_busy']:.2f} cores)")
+                                    args.warmup, epoch=r, cold=args.cold,
+                                    min_seconds=args.min_seconds, **options))
+        run = dali_runs[-1]
+        line = f"round {r}: DALI {run['pairs_per_s']:7.1f} pairs/s ({run['cpu_cores_busy']:.2f} cores)"
+        if args.cold:
+            line += (f", cold {run['cold']['pairs_per_s']:7.1f} pairs/s "
+                     f"({run['cold']['cpu_cores_busy']:.2f} cores)")
         if not args.skip_reference:
             ref_runs.append(bench_reference(cfg, args.shards, device, args.batch_size,
                                             args.batches, args.warmup, args.workers or cores,
-                                            epoch=r))
+                                            epoch=r, min_seconds=args.min_seconds))
             line += (f", reference {ref_runs[-1]['pairs_per_s']:7.1f} pairs/s "
                      f"({ref_runs[-1]['cpu_cores_busy']:.2f} cores)")
         print(line, flush=True)
     result["dali"] = _median_run(dali_runs)
     print(f"DALI loader:      {result['dali']['pairs_per_s']:8.1f} pairs/s, "
           f"{result['dali']['cpu_cores_busy']:.2f} CPU cores busy, "
-          f"{result['dali']['cpu_ms_per_pair']:.2f} CPU ms/pair")
+          f"{result['dali']['cpu_ms_per_pair']:.2f} CPU ms/pair "
+          f"({result['dali']['num_threads']} DALI threads, {result['dali']['read_threads']} "
+          f"reader threads, {result['dali']['read_ahead']} batches read ahead)")
+    if args.cold:
+        cold = [run["cold"] for run in dali_runs]
+        result["dali_cold"] = _median_run(cold)
+        ratios = sorted(c["pairs_per_s"] / w["pairs_per_s"] for c, w in zip(cold, dali_runs))
+        result["cold_over_warm"] = ratios[len(ratios) // 2]
+        print(f"DALI loader cold: {result['dali_cold']['pairs_per_s']:8.1f} pairs/s, "
+              f"{result['dali_cold']['cpu_cores_busy']:.2f} CPU cores busy; "
+              f"cold / warm (median of rounds): {result['cold_over_warm']:.2f}")
     if ref_runs:
         result["reference"] = _median_run(ref_runs)
         result["speedup"] = result["dali"]["pairs_per_s"] / result["reference"]["pairs_per_s"]
-        dali_ms = result["dali"]["cpu_ms_per_pair"]  # 0 if the window was all rendered ahead
+        dali_ms = result["dali"]["cpu_ms_per_pair"]
         result["cpu_efficiency_ratio"] = (result["reference"]["cpu_ms_per_pair"] / dali_ms
                                           if dali_ms > 0 else float("nan"))
         print(f"reference loader: {result['reference']['pairs_per_s']:8.1f} pairs/s, "

@@ -1,0 +1,162 @@
+"""Turning batch numbers into everything DALI and the label code need, deterministically.
+
+A prepared batch holds its pair plans, the JPEG bytes of their crops and the host-side label
+inputs; a prepared run (one DALI run: consecutive batches) adds the graph's external_source
+values.  A batch is a pure function of (seed, epoch, batch, rank, world size, batch size) and of
+which crops are unusable: for every index the first attempt (0, 1, ...) whose two crops are
+usable wins (`pipeline.sampling` plans attempt > 0 as a replacement pair), so the result does not
+depend on when, in which thread or in what order the crops were read.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.sampling import PlanBatch
+from pipeline.targets import random_keys
+
+log = logging.getLogger("pipeline.loader")
+
+MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
+
+
+@dataclass
+class PreparedBatch:
+    """One batch ready for DALI and the labels."""
+    batch: int
+    plans: PlanBatch
+    template_jpegs: list
+    search_jpegs: list
+    replaced: int            # pairs replaced because a crop was unusable
+    label_inputs: tuple      # host tensors (boxes, neg, keys) for AnchorTargets
+
+    def refs(self) -> set:
+        """The (dataset, entry) crops this batch uses."""
+        rows = np.concatenate([self.plans.template_ref, self.plans.search_ref]).tolist()
+        return set(map(tuple, rows))
+
+
+@dataclass
+class PreparedRun:
+    """Consecutive prepared batches rendered by one DALI run, with the graph's input values."""
+    batches: list
+    values: dict
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """Seed of the label-subsampling keys of one batch."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(batch), int(rank), 0x4C42])
+    return int(state.generate_state(1, np.uint64)[0] >> 1)
+
+
+class LabelInputs:
+    """Host tensors (boxes, neg, keys) for AnchorTargets of a batch: the search boxes, the
+    negative flags and the subsampling keys drawn from `batch_seed`.  `pinned` (for a GPU):
+    page-locked, so the consumer's copies to the device are asynchronous."""
+
+    def __init__(self, seed: int, rank: int, anchors: int, pinned: bool):
+        self.seed, self.rank, self.anchors, self.pinned = int(seed), int(rank), int(anchors), pinned
+
+    def __call__(self, epoch: int, batch: int, plans: PlanBatch) -> tuple:
+        n = len(plans)
+        boxes = torch.empty((n, 4), dtype=torch.float32, pin_memory=self.pinned)
+        neg = torch.empty((n,), dtype=torch.bool, pin_memory=self.pinned)
+        keys = torch.empty((n, self.anchors), dtype=torch.float64, pin_memory=self.pinned)
+        boxes.numpy()[:] = plans.search.box
+        neg.numpy()[:] = plans.neg
+        random_keys(batch_seed(self.seed, epoch, batch, self.rank), n, self.anchors,
+                    out=keys.numpy())
+        return boxes, neg, keys
+
+
+def unique_refs(plans: PlanBatch) -> list:
+    """The distinct crops of a batch of plans, in first-use order."""
+    rows = np.concatenate([plans.template_ref, plans.search_ref]).tolist()
+    return list(dict.fromkeys(map(tuple, rows)))
+
+
+class BatchPreparer:
+    """The logic of batch preparation (no threads; `pipeline.read_ahead` runs it ahead).
+
+    sampler: PairSampler; source: CropSource; indices: this rank's global indices of an epoch;
+    inputs: the graph's GraphInputs; labels(epoch, batch, plans) -> host label inputs.
+    """
+
+    def __init__(self, sampler, source, indices, batch_size: int, inputs, labels):
+        self.sampler, self.source, self.indices = sampler, source, indices
+        self.batch_size, self.inputs, self.labels = int(batch_size), inputs, labels
+
+    def first_plans(self, epoch: int, batch: int) -> PlanBatch:
+        """Attempt-0 plans of a batch (what its crops are, before any is known unusable)."""
+        rows = self.indices[batch * self.batch_size:(batch + 1) * self.batch_size]
+        return self.sampler.plan_batch(epoch, rows)
+
+    def finish(self, epoch: int, batch: int, plans: PlanBatch, fetched: dict) -> PreparedBatch:
+        """The batch from its attempt-0 plans and their crops' bytes (`fetched`: ref -> bytes or
+        None for an unusable crop; refs missing from it are read now).  Pairs with an unusable
+        crop are replaced by the next attempts, read here."""
+        def crop(ref):
+            if ref in fetched:
+                return fetched[ref]
+            return self.source.read(ref)
+
+        rows = self.indices[batch * self.batch_size:(batch + 1) * self.batch_size]
+        order = np.arange(len(rows))
+        parts, zs, xs, replaced = [plans], [], [], 0
+        for i, (t_ref, s_ref) in enumerate(zip(map(tuple, plans.template_ref.tolist()),
+                                               map(tuple, plans.search_ref.tolist()))):
+            z, x = self._pair(crop, t_ref, s_ref)
+            attempt, plan = 0, plans
+            while z is None or x is None:
+                replaced += 1
+                log.warning("epoch %d index %d attempt %d: replacing the pair (template %s, "
+                            "search %s)", epoch, rows[i], attempt, t_ref, s_ref)
+                attempt += 1
+                if attempt == MAX_ATTEMPTS:
+                    raise RuntimeError(f"epoch {epoch} index {rows[i]}: {MAX_ATTEMPTS} replacement "
+                                       f"pairs in a row were unusable; the shards look corrupt")
+                plan = self.sampler.plan_batch(epoch, rows[i:i + 1], attempt)
+                t_ref, s_ref = tuple(plan.template_ref[0].tolist()), tuple(plan.search_ref[0].tolist())
+                z, x = self._pair(crop, t_ref, s_ref)
+            if plan is not plans:
+                order[i] = sum(len(p) for p in parts)
+                parts.append(plan)
+            zs.append(z)
+            xs.append(x)
+        if len(parts) > 1:
+            plans = PlanBatch.concat(parts).take(order)
+        return PreparedBatch(batch, plans, zs, xs, replaced, self.labels(epoch, batch, plans))
+
+    @staticmethod
+    def _pair(crop, t_ref, s_ref) -> tuple:
+        z = crop(t_ref)
+        if z is None:
+            return None, None
+        # one-frame objects: the template and the search image are the same crop
+        return z, (z if s_ref == t_ref else crop(s_ref))
+
+    def prepare(self, epoch: int, batch: int) -> PreparedBatch:
+        """The batch, reading every crop in this thread."""
+        return self.finish(epoch, batch, self.first_plans(epoch, batch), {})
+
+    def run(self, batches: list) -> PreparedRun:
+        """Prepared batches -> one DALI run with its external_source values."""
+        plans = PlanBatch.concat([b.plans for b in batches]) if len(batches) > 1 else batches[0].plans
+        values = self.inputs.values(plans, [j for b in batches for j in b.template_jpegs],
+                                    [j for b in batches for j in b.search_jpegs])
+        return PreparedRun(list(batches), values)
+
+    def refresh(self, epoch: int, run: PreparedRun) -> PreparedRun:
+        """`run` again if none of its crops has been found unusable since it was prepared,
+        else the run with those batches prepared anew (the same as preparing them now)."""
+        bad = self.source.bad   # grows in other threads: membership tests only
+        stale = [i for i, b in enumerate(run.batches) if any(r in bad for r in b.refs())]
+        if not stale:
+            return run
+        batches = list(run.batches)
+        for i in stale:
+            batches[i] = self.prepare(epoch, batches[i].batch)
+        return self.run(batches)
