@@ -34,24 +34,6 @@ class CropSource:
         self.bad = set()              # refs known to be unusable
         self._lock = threading.Lock()
 
-    def open_shards(self) -> None:
-        """Read one crop of every shard in this thread, before reader threads start.
-
-        Today's `ShardReader` opens a shard's LMDB environment at its first read without a
-        lock, and two threads opening the same environment at once fail ("already open in this
-        process"); after this every environment is open and reads are concurrent.  Errors are
-        ignored here: the same read in the loader handles them (skip, or raise).
-        """
-        for reader in self.readers:
-            shards = getattr(reader, "entry_shard", None)
-            if shards is None or len(shards) == 0:
-                continue
-            for e in np.unique(np.asarray(shards), return_index=True)[1].tolist():
-                try:
-                    reader.jpeg_at(e)
-                except Exception:  # noqa: BLE001 - see the docstring
-                    pass
-
     def read(self, ref) -> bytes | None:
         """JPEG bytes of crop `ref`, or None if it is unusable (then it is marked bad)."""
         ref = (int(ref[0]), int(ref[1]))

@@ -136,7 +136,6 @@ class PairLoader:
         self.image_size = self.sampler.crop_size  # the sampler checked every shard's crop size
         self.source = CropSource(self.readers, self.sampler.names,
                                  [r.meta["crop"]["crop_size"] for r in self.readers])
-        self.source.open_shards()
         on_gpu = self.device.type == "cuda"
         self.dali_device = "gpu" if on_gpu else "cpu"
         self.device_id = dali_device_id(self.device)

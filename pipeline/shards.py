@@ -269,36 +269,6 @@ def lmdb_value_offset(value: memoryview, key_len: int, psize: int) -> int:
     return pgno * psize + _PAGE_HEADER
 
 
-# ---- JPEG header ------------------------------------------------------------------------------------
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data) -> tuple | None:
-    """(width, height) from a JPEG's frame header, without decoding; None if it is not a JPEG."""
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    i = 2
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        m = data[i + 1]
-        if m == 0xFF:
-            i += 1
-            continue
-        if m == 0x01 or 0xD0 <= m <= 0xD8:
-            i += 2
-            continue
-        if m in _SOF:
-            if i + 9 > n:
-                return None
-            return int.from_bytes(data[i + 7:i + 9], 'big'), int.from_bytes(data[i + 5:i + 7], 'big')
-        if m in (0xDA, 0xD9):
-            return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
-    return None
-
-
 # ---- the index (loaded once per process, shared by the node through the page cache) -------------------
 def _index_identity(path: Path):
     st = path.stat()
@@ -538,7 +508,6 @@ class ShardReader:
                      'entry_shard', 'entry_offset', 'entry_length', 'entry_crc'):
             setattr(self, name, index.arrays[name])
         self.video_names = index.names
-        self._crop_size = int(index.meta['crop']['crop_size'])
 
     def __reduce__(self):
         return ShardReader, (os.path.abspath(self.folder),)
@@ -557,8 +526,9 @@ class ShardReader:
         return CorruptCropError(f'{self._index.shard_paths[shard]}: crop {key} (entry {e}): {why}')
 
     def jpeg_at(self, e: int) -> bytes:
-        """JPEG bytes of the crop of entry e, checked against the CRC32 recorded at build time and the
-        crop size; CorruptCropError (naming shard and key) for a short, damaged or unreadable value.
+        """JPEG bytes of the crop of entry e, checked against the CRC32 recorded at build time;
+        CorruptCropError (naming shard and key) for a short, damaged or unreadable value.  Whether
+        the bytes are a usable crop (complete JPEG, crop size) is `pipeline.crop_check`'s question.
         Thread-safe; the read releases the GIL."""
         e = int(e)
         if not 0 <= e < len(self.entry_frame):
@@ -577,9 +547,6 @@ class ShardReader:
         crc = zlib.crc32(data)
         if crc != int(self.entry_crc[e]):
             raise self._corrupt(e, shard, f'checksum mismatch: crc32 {crc:08x}, recorded at build {int(self.entry_crc[e]):08x}')
-        wh = jpeg_size(data)
-        if wh != (self._crop_size, self._crop_size):
-            raise self._corrupt(e, shard, f'not a {self._crop_size}x{self._crop_size} JPEG (header: {wh})')
         return data
 
     def _lmdb_value(self, e: int, shard: int) -> bytes:

@@ -4,7 +4,6 @@ import shutil
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 import torch
@@ -14,7 +13,8 @@ from pipeline.anchors import anchor_grid_from_cfg
 from pipeline.build import build_dataset
 from pipeline.crop import box_on_crop
 from pipeline.reference import render_pair
-from pipeline.shards import ShardReader, entry_key, release_read_env, shard_dir
+from pipeline.shards import ShardReader, shard_dir
+from shard_damage import overwrite_crop, vouch_for_crop
 from train.config import load_config
 
 BATCH = 4
@@ -231,15 +231,14 @@ def test_leaving_an_iteration_early_resumes_at_the_next_batch(shards, cfg):
     assert_same(next(second), expected[2])
 
 
-def _corrupt(folder: Path, reader: ShardReader, entry: int, value: bytes):
-    key = entry_key(*reader.entry_location(entry))
-    shard = folder / reader.meta["shards"][int(reader.entry_shard[entry])]["name"]
-    release_read_env(shard)
-    env = lmdb.open(str(shard), subdir=True, lock=False, map_size=1 << 30)
-    with env.begin(write=True) as txn:
-        assert txn.get(key) is not None
-        txn.put(key, value)
-    env.close()
+def _corrupt(folder: Path, reader: ShardReader, entry: int, value: bytes, vouch: bool = False):
+    """Damage a stored crop in place in data.mdb (cut or zero-padded to its stored length), as a
+    disk error would.  vouch=True also records the damaged bytes' CRC in the index, as if they had
+    been stored that way at build time: the checksum passes and a later check must catch it."""
+    assert reader.folder == Path(folder)
+    overwrite_crop(reader, entry, value)
+    if vouch:
+        vouch_for_crop(reader, entry)
 
 
 def undecodable_jpeg(jpeg: bytes) -> bytes:
@@ -257,26 +256,46 @@ def test_undecodable_crops_are_skipped_and_counted(shards, cfg, tmp_path, caplog
     shutil.copytree(shards, root)
     coco = shard_dir(root, "COCO")
     reader = ShardReader(coco)
-    # Every COCO image is a video slot of the epoch, so its crops are certainly read.
-    # One value fails the cheap JPEG check, the other only fails in the DALI decoder: a valid
-    # 511x511 frame header whose first component uses a quantisation table never defined.
-    truncated = reader.jpeg_at(0)[:500]
-    garbage = undecodable_jpeg(reader.jpeg_at(0))
+    # Every COCO image is a video slot of the epoch, so its crops are certainly read. Each crop is
+    # damaged in place; a third fails its recorded checksum, a third passes it (the index vouches
+    # for the damaged bytes) but fails the cheap JPEG check, and a third passes both but only fails
+    # in the DALI decoder: a valid 511x511 frame header whose first component uses a quantisation
+    # table never defined.
     for e in range(len(reader)):
-        _corrupt(coco, reader, e, truncated if e % 2 else garbage)
-    release_read_env(coco)
+        value = reader.jpeg_at(e)
+        if e % 3 == 0:
+            _corrupt(coco, reader, e, value[:500])
+        elif e % 3 == 1:
+            _corrupt(coco, reader, e, value[:500], vouch=True)
+        else:
+            _corrupt(coco, reader, e, undecodable_jpeg(value), vouch=True)
     cfg_coco = make_cfg(**{"DATASET.NAMES": "[COCO,VID]", "DATASET.NEG": 0.0})
     loader = build_loader(cfg_coco, shards=root, batch_size=BATCH, device="cpu", seed=0)
     with caplog.at_level("WARNING", logger="pipeline.loader"):
         out = batches(loader)
     assert len(out) == len(loader)
+    assert "checksum mismatch" in caplog.text              # caught by the recorded CRC
     assert "not a complete JPEG" in caplog.text            # caught before DALI
     assert "rejected by the DALI decoder" in caplog.text   # caught after a DALI failure
     assert loader.skipped >= 1
     assert all(ref[0] == 0 for ref in loader.bad_entries)  # dataset 0 = COCO
-    # every COCO crop is corrupt, so all delivered pairs come from the intact VID shards
-    for b in out:
-        assert torch.isfinite(b["search"]).all()
+    # every COCO crop is unusable, so each delivered pair is the first replacement attempt whose
+    # crops are both VID (dataset 1): the same images and box as the reference renders for it
+    indices = loader.sampler.epoch_indices(0)[:len(out) * BATCH]
+    coco_planned = 0
+    for n, index in enumerate(indices):
+        attempt = 0
+        while {(plan := loader.sampler.plan(0, int(index), attempt)).template_ref[0],
+               plan.search_ref[0]} != {1}:
+            attempt += 1
+        coco_planned += attempt > 0
+        (dz, ez), (dx, ex) = plan.template_ref, plan.search_ref
+        z, x = render_pair(plan, loader.readers[dz].jpeg_at(ez), loader.readers[dx].jpeg_at(ex))
+        b, i = out[n // BATCH], n % BATCH
+        for ref, got in ((z, b["template"][i]), (x, b["search"][i])):
+            assert np.abs(got.numpy().transpose(1, 2, 0) - ref).mean() < 0.3
+        assert torch.equal(b["bbox"][i], torch.from_numpy(plan.search.box))
+    assert coco_planned > 0  # some first plans were COCO pairs, so replacement really happened
 
 
 def test_clear_errors(shards, cfg, tmp_path):

@@ -15,9 +15,11 @@ import torch
 
 from pipeline import build_loader
 from pipeline.build import build_dataset
+from pipeline.build.writer import BuildError
 from pipeline.crop_source import CropSource
-from pipeline.shards import (FORMAT_VERSION, CorruptCropError, ShardReader, release_read_env,
+from pipeline.shards import (CorruptCropError, ShardReader, release_read_env,
                              shard_dir)
+from shard_damage import fit_jpeg
 from test_loader import (BATCH, COCO_TRACKS, _corrupt, assert_same, batches, make_cfg,  # noqa: F401
                          shards, undecodable_jpeg, write_crop511)
 
@@ -38,10 +40,7 @@ def coco_copy(shards, tmp_path) -> Path:  # noqa: F811
 def test_concurrent_reads_equal_serial_reads(shards):  # noqa: F811
     cfg = make_cfg()
     readers = readers_for(cfg, shards)
-    for r in readers:
-        r.close()   # fresh environments: the first reads open them
     source = CropSource(readers, list(cfg.DATASET.NAMES), [511, 511])
-    source.open_shards()
     refs = [(d, e) for d, r in enumerate(readers) for e in range(len(r))]
     serial = [readers[d].jpeg_at(e) for d, e in refs]
     results = [None] * 4
@@ -78,15 +77,15 @@ def _shards_with_small_coco(shards, tmp_path):  # noqa: F811
     for path in crop511.rglob("*.jpg"):
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (271, 271)))
     shutil.rmtree(shard_dir(root, "COCO"))
-    try:   # today's importer takes them as they are
+    with pytest.raises(BuildError, match="271x271, expected 511x511"):  # the importer refuses them
         build_dataset("COCO", out_root=root, from_crop511=crop511, anno=anno, progress=False)
-    except Exception:  # noqa: BLE001 - an importer that checks sizes: put them in by hand
-        shutil.rmtree(shard_dir(root, "COCO"), ignore_errors=True)
-        shutil.copytree(shard_dir(shards, "COCO"), shard_dir(root, "COCO"))
-        reader = ShardReader(shard_dir(root, "COCO"))
-        small = cv2.imencode(".jpg", np.full((271, 271, 3), 90, np.uint8))[1].tobytes()
-        for e in range(len(reader)):
-            _corrupt(shard_dir(root, "COCO"), reader, e, small)
+    # so put them in by hand, each vouched for by its recorded checksum: only the size is wrong
+    shutil.rmtree(shard_dir(root, "COCO"), ignore_errors=True)
+    shutil.copytree(shard_dir(shards, "COCO"), shard_dir(root, "COCO"))
+    reader = ShardReader(shard_dir(root, "COCO"))
+    small = cv2.imencode(".jpg", np.full((271, 271, 3), 90, np.uint8))[1].tobytes()
+    for e in range(len(reader)):
+        _corrupt(shard_dir(root, "COCO"), reader, e, fit_jpeg(small, int(reader.entry_length[e])), vouch=True)
     release_read_env(shard_dir(root, "COCO"))
     return root
 
@@ -100,8 +99,7 @@ def test_crops_of_the_wrong_size_are_skipped_not_crashed_on(shards, tmp_path, ca
         out = batches(loader)
     assert len(out) == len(loader) and loader.skipped >= len(loader.bad_entries) > 0
     assert {d for d, _ in loader.bad_entries} == {0}
-    if FORMAT_VERSION < 2:   # without per-crop checksums the size check is what catches them
-        assert "dataset COCO entry" in caplog.text and "crop is 271x271 px" in caplog.text
+    assert "dataset COCO entry" in caplog.text and "271x271" in caplog.text
     for b in out:
         assert torch.isfinite(b["search"]).all() and b["search"].shape[-1] == 255
 
@@ -171,9 +169,6 @@ def _garble(folder: Path, reader: ShardReader, entry: int) -> None:
     shard.write_bytes(bytes(raw))
 
 
-@pytest.mark.xfail(FORMAT_VERSION < 2, strict=True,
-                   reason="garbled crops that still decode are caught by the per-crop CRC of "
-                          "shard index format v2 (the shard reader's work, not yet here)")
 def test_garbled_crops_are_skipped(shards, tmp_path):  # noqa: F811
     root = coco_copy(shards, tmp_path)
     folder = shard_dir(root, "COCO")
@@ -195,7 +190,7 @@ def test_batches_do_not_depend_on_reader_threads_or_read_ahead(shards, tmp_path)
     reader = ShardReader(folder)
     for e in range(0, len(reader), 3):     # rejected before DALI and by DALI, interleaved
         value = reader.jpeg_at(e)
-        _corrupt(folder, reader, e, value[:700] if e % 2 else undecodable_jpeg(value))
+        _corrupt(folder, reader, e, value[:700] if e % 2 else undecodable_jpeg(value), vouch=True)
     release_read_env(folder)
     cfg = make_cfg(**COCO_FIRST)
     runs = []

@@ -19,7 +19,6 @@ Each tracking mode also reports its largest box difference from `sequential` (px
 they come and writes JSON with the ratios and the load average before and after.
 """
 import argparse
-import json
 import os
 import platform
 import sys

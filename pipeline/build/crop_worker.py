@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..crop import CONTEXT_AMOUNT, CROP_SIZE, EXEMPLAR_SIZE, crop_search, mean_colour
-from ..shards import jpeg_size
+from ..crop_check import jpeg_size
 from .spec import (CORRUPT_IMAGE, DEGENERATE, MISSING_IMAGE, OUTSIDE, SINGLE_RUN, BuildError, DropLog, VideoSpec,
                    split_runs, valid_wh)
 
