@@ -14,7 +14,8 @@ from model import build_model
 from train.config import load_config
 from track.tracker import build_tracker
 from track.vot.analysis import analyse
-from track.vot.evaluate import run_supervised
+from track.engine import EngineOptions
+from track.vot.evaluate import batched_driver, evaluate_vot, run_supervised
 from track.vot.results import read_runs
 from track.vot.sequences import load_vot
 from vot_synthetic import toolkit_scores, write_dataset, write_workspace
@@ -73,11 +74,24 @@ def test_toolkit_analysis_of_its_run_equals_ours(toolkit_run):
     np.testing.assert_allclose(ours['eao_curve'], theirs['eao_curve'], atol=1e-6)
 
 
-def test_our_protocol_reproduces_the_toolkits_run(toolkit_run, one_thread):
+def _sequential_runs(seqs):
+    tracker = build_tracker(load_config(DEMO_CFG), damped_demo_model())
+    return {s.name: [run_supervised(tracker, s).regions] for s in seqs}
+
+
+def _batched_runs(seqs, root, out):
+    """All sequences through the batched engine (evaluate_vot's default driver), read back."""
+    tracker = build_tracker(load_config(DEMO_CFG), damped_demo_model())
+    evaluate_vot({'batched': tracker}, root, out, LOW, HIGH, progress=False, log=lambda *a: None,
+                 drive=batched_driver(EngineOptions(batch_size=2)))
+    return {s.name: read_runs(out / 'results', 'batched', s.name) for s in seqs}
+
+
+@pytest.mark.parametrize('engine', ['sequential', 'batched'])
+def test_our_protocol_reproduces_the_toolkits_run(toolkit_run, one_thread, engine, tmp_path):
     ws, _ = toolkit_run
     seqs = load_vot(ws / 'sequences')
-    tracker = build_tracker(load_config(DEMO_CFG), damped_demo_model())
-    ours = {s.name: [run_supervised(tracker, s).regions] for s in seqs}
+    ours = _sequential_runs(seqs) if engine == 'sequential' else _batched_runs(seqs, ws / 'sequences', tmp_path)
     theirs = {s.name: read_runs(ws / 'results', 'siamtrain', s.name) for s in seqs}
     for s in seqs:
         a, b = ours[s.name][0], theirs[s.name][0]

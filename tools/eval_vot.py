@@ -20,7 +20,8 @@ from train.config import load_config  # noqa: E402
 from tools.eval import saved_config  # noqa: E402
 from track.evaluate import BASELINES, epoch_checkpoints, make_trackers  # noqa: E402
 from track.vot.analysis import EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
-from track.vot.evaluate import evaluate_vot, score_stored  # noqa: E402
+from track.engine import EngineOptions  # noqa: E402
+from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot, score_stored  # noqa: E402
 
 
 def parse_interval(text: str) -> tuple:
@@ -51,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument('--interval', type=parse_interval, default=EAO_INTERVALS['vot2018'],
                    help=f'EAO interval: {", ".join(sorted(EAO_INTERVALS))} or LOW,HIGH (default vot2018: 100,356)')
     p.add_argument('--restart', action='store_true', help='rerun sequences whose runs are stored')
+    p.add_argument('--batch-size', type=int, default=0,
+                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
+    p.add_argument('--sequential', action='store_true',
+                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
     p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -74,8 +79,9 @@ def run(args):
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
     trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    drive = drive_sequential if args.sequential else batched_driver(EngineOptions(batch_size=args.batch_size))
     evaluate_vot(trackers, args.dataset, args.out, low, high, args.eao, restart=args.restart,
-                 progress=not args.quiet)
+                 progress=not args.quiet, drive=drive)
 
 
 def main(argv=None):

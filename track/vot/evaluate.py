@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.fileio import atomic_write, write_json
+from track.engine import EngineOptions, Job, run_batched
 from track.protocol import run_sequential
 from track.vot.analysis import analyse
 from track.vot.protocol import SupervisedProtocol
@@ -22,10 +23,19 @@ def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol
 
 
 def drive_sequential(tracker, jobs, finished) -> None:
-    """Run each (protocol, read_frame) job to its end, one after the other, calling
-    `finished(protocol)` after each.  A batched engine with this signature can replace it."""
+    """Run each (protocol, read_frame) job to its end, one after the other (PySOT's way), calling
+    `finished(protocol)` after each."""
     for protocol, read_frame in jobs:
         finished(run_sequential(protocol, tracker, read_frame))
+
+
+def batched_driver(options: EngineOptions | None = None):
+    """A `drive` that runs all jobs through the batched engine (`track.engine.run_batched`): one
+    network forward per step over every sequence's search crop, re-initialisations included."""
+    def drive(tracker, jobs, finished) -> None:
+        run_batched([Job(protocol, read_frame, source=protocol.name) for protocol, read_frame in jobs],
+                    tracker, options, on_done=lambda job: finished(job.protocol))
+    return drive
 
 
 def _fps(times) -> float:
@@ -45,27 +55,36 @@ def _stored_run(results_root, name, seq):
     return runs[0] if runs and len(runs[0]) == len(seq) else None
 
 
-def _counting(read_frame, bar):
-    def read(i):
-        bar.update(1)
-        return read_frame(i)
-    return read
+class _Counting:
+    """`read_frame` that advances the bar for each frame read (reads may come from engine threads;
+    a speculative read of a frame the protocol then skips is corrected when the run finishes)."""
+
+    def __init__(self, read_frame, bar):
+        self.read_frame, self.bar, self.count = read_frame, bar, 0
+
+    def __call__(self, i):
+        img = self.read_frame(i)
+        self.count += 1
+        self.bar.update(1)
+        return img
 
 
 def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int = 100, high: int = 356,
                  eao: str = 'vot', skip_initialize: int = 5, restart: bool = False,
-                 progress: bool = True, log=print, drive=drive_sequential) -> dict:
+                 progress: bool = True, log=print, drive=None) -> dict:
     """Run every tracker once over every sequence (a run already stored under
     `out_dir/results/<tracker>/baseline/` is reused unless `restart`), score, write
     report.txt / report.json in `out_dir`; returns {'trackers': {name: scores}, 'table'}.
 
     `drive(tracker, jobs, finished)` runs the [(SupervisedProtocol, read_frame)] jobs (default:
-    one after the other); each run is stored as soon as `finished` is called with it."""
+    `batched_driver()`, all sequences through the batched engine; `drive_sequential` runs them one
+    after the other); each run is stored as soon as `finished` is called with it."""
+    drive = drive or batched_driver()
     sequences = load_vot(dataset_root)
     results_root = Path(out_dir) / 'results'
     scores = {}
     for name, tracker in trackers.items():
-        runs, times, jobs = {}, [], []
+        runs, times, jobs, counters = {}, [], [], {}
         with tqdm(total=sum(len(s) for s in sequences), desc=f'vot {name}', unit='frame',
                   disable=not progress, dynamic_ncols=True) as bar:
             for seq in sequences:
@@ -75,7 +94,9 @@ def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int =
                     bar.update(len(seq))
                 else:
                     protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
-                    jobs.append((protocol, _counting(seq.read_frame, bar)))
+                    counter = _Counting(seq.read_frame, bar)
+                    counters[seq.name] = (counter, len(seq))
+                    jobs.append((protocol, counter))
             if len(runs):
                 log(f'{name}: reused {len(runs)} stored run(s) from {results_root / name} (--restart reruns them)')
 
@@ -84,7 +105,8 @@ def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int =
                                  protocol.times)
                 runs[protocol.name] = [protocol.regions]
                 times.extend(protocol.times)
-                bar.update(sum(t is None for t in protocol.times))  # the skipped frames
+                counter, frames = counters[protocol.name]
+                bar.update(frames - counter.count)  # the frames it skipped (or read ahead for nothing)
 
             drive(tracker, jobs, finished)
         scores[name] = analyse(sequences, runs, low, high, eao, skip_initialize=skip_initialize)
