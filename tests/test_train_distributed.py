@@ -79,6 +79,7 @@ def _rank_main(rank, world, port, out_dir):
     if ctx.is_main:
         with open(os.path.join(out_dir, "result.json"), "w") as f:
             json.dump(gathered, f)
+    dist.barrier()  # both ranks done with the group before either tears it down
     shutdown_distributed()
 
 
@@ -122,6 +123,7 @@ def _nan_on_one_rank(rank, world, port, shards, out_dir):
     if rank == 0:
         with open(os.path.join(out_dir, "ranks.json"), "w") as f:
             json.dump(gathered, f)
+    dist.barrier()  # both ranks done with the group before either tears it down
     shutdown_distributed()
 
 
