@@ -117,7 +117,7 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "COMPILE": False,  # torch.compile the model
         "LOADER_DEVICE": "",  # where the data pipeline runs: '' = the training device, or 'cpu' / 'cuda'
         "LOADER_READ_AHEAD": 8,  # batches whose plans and crop reads run ahead of rendering (off the training thread)
-        "LOADER_READ_THREADS": 4,  # concurrent crop readers per process (I/O-bound: cold or network storage)
+        "LOADER_READ_THREADS": 8,  # concurrent crop readers per process (I/O-bound: measured cold/warm 0.88 with 4, 0.93 with 8 at 1M crops)
         "LOADER_HW_DECODER_LOAD": 0.65,  # GPU loader: share of JPEG decodes on the hardware decoder (DALI's default)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
