@@ -1028,9 +1028,9 @@ def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256
     10M-entry index in seconds, for measuring the index and the reader; `--verify` does not apply.
     Returns {'folder', 'entries', 'bytes', 'seconds'}.
     """
-    from .build.crop_worker import CropParams
-    from .build.index import assemble_index, write_index
-    from .build.writer import ShardSetWriter
+    from .ingest.crop_worker import CropParams
+    from .ingest.index import assemble_index, write_index
+    from .ingest.writer import ShardSetWriter
 
     start = time.perf_counter()
     name = canonical_name(dataset)

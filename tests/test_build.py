@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.build import build_dataset, verify_shards
+from pipeline.ingest import build_dataset, verify_shards
 from pipeline.crop import crop_search
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader, entry_key, shard_dir
 from tools.build_lmdb import main as cli

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.build import (DATASETS, LAYOUTS, BuildError, BuildInterrupted, FolderLock, LayoutError,  # noqa: E402
+from pipeline.ingest import (DATASETS, LAYOUTS, BuildError, BuildInterrupted, FolderLock, LayoutError,  # noqa: E402
                             build_dataset, exclude_warning, format_summary, verify_shards)
 
 
