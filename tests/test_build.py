@@ -35,11 +35,6 @@ def built(raw, tmp_path_factory):
     return out, report
 
 
-def tracks_of(r):
-    return {(r.video_names[v], int(r.track_ids[t])): [list(map(int, r.entry_frame[r.track_entry_start[t]:r.track_entry_start[t + 1]]))]
-            for v in range(len(r.video_names)) for t in range(r.video_track_start[v], r.video_track_start[v + 1])}
-
-
 def runs_of(r):
     out = {}
     for v in range(len(r.video_names)):
