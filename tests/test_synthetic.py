@@ -1,6 +1,6 @@
 """Synthetic raw datasets: layouts, annotation formats, box accuracy, faults, determinism.
 
-The parsers here are deliberately independent of pipeline/synthetic.py: they read the
+The parsers here are deliberately independent of pipeline/synthetic/: they read the
 files the way the official formats are documented, so a layout mistake fails here.
 """
 import csv
