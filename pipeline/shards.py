@@ -1,16 +1,16 @@
-"""Read-only access to a dataset's LMDB crop shards (written by `pipeline.build`): the format, version 2.
+"""Read-only access to a dataset's LMDB crop shards (written by `pipeline.ingest`): the format, version 2.
 
 A dataset folder (e.g. ``cache/VID``) holds:
 
 * ``shard-NNNNN/data.mdb`` - LMDB environments of bounded size.  Key ``e/<video>/<track>/<frame>``
   holds the JPEG bytes of one 511x511 crop; ``v/<seq>`` (12 digits: the video's position in build
   order) the video's commit marker; ``m/bytes`` and ``m/digest`` the shard's payload bytes and its
-  running digest (see `pipeline.build.writer`).
+  running digest (see `pipeline.ingest.writer`).
 * ``index.arrays`` - the index arrays, raw little-endian, each at a 64-byte aligned offset.  They are
   memory-mapped read-only, so every process of a node shares one copy through the page cache.
 * ``index.msgpack`` - small metadata (dataset, crop parameters, counts, shards with their recorded
   digests, the table of arrays); written last and atomically: its presence means "complete".
-* ``build_params.json``, ``build_report.json``, ``build.lock`` (see `pipeline.build`).
+* ``build_params.json``, ``build_report.json``, ``build.lock`` (see `pipeline.ingest`).
 
 Reads do not go through LMDB: the index records each crop's byte range in its shard's data.mdb
 (LMDB keeps large values in overflow pages that are never moved once committed) and its CRC32,

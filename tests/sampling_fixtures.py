@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.build import build_dataset
+from pipeline.ingest import build_dataset
 from pipeline.crop import box_on_crop
 
 # VID: (video, track id, frames); track 1 of v0 has a gap (frames 0..7 and 12..19).

@@ -2,6 +2,7 @@
 crop511 import, --verify and error handling (real LMDB, real subprocess kill)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.build import build_dataset, verify_shards
+from pipeline.ingest import build_dataset, verify_shards
 from pipeline.crop import crop_search
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader, entry_key, shard_dir
 from tools.build_lmdb import main as cli
@@ -33,11 +34,6 @@ def built(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp('out')
     report = build_dataset('VID', raw, out, workers=2, progress=False)
     return out, report
-
-
-def tracks_of(r):
-    return {(r.video_names[v], int(r.track_ids[t])): [list(map(int, r.entry_frame[r.track_entry_start[t]:r.track_entry_start[t + 1]]))]
-            for v in range(len(r.video_names)) for t in range(r.video_track_start[v], r.video_track_start[v + 1])}
 
 
 def runs_of(r):
@@ -194,6 +190,28 @@ def test_verify_detects_corruption(built, tmp_path, capsys):
     assert any(p.startswith('shard-00000: crop ' + key.decode()) and 'recorded at build' in p for p in problems)
     assert cli(['--dataset', 'VID', '--out', str(tmp_path), '--verify-only']) == 1
     assert 'FAILED' in capsys.readouterr().err
+
+
+def _build_as_typed(cwd: Path):
+    """`python tools/build_lmdb.py --dataset VID` typed in `cwd` (no --root, no --out)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return subprocess.run([sys.executable, str(REPO / 'tools/build_lmdb.py'), '--dataset', 'VID', '--workers', '1',
+                           '--no-progress'], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_root_defaults_to_data_dataset(raw, built, tmp_path):
+    """Without --root the raw dataset is data/<DATASET> in the working directory; when it is not there
+    the one-line error names that path and --root."""
+    proc = _build_as_typed(tmp_path)
+    assert proc.returncode != 0 and not (tmp_path / 'cache').exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(Path('data') / 'VID') in lines[0] and '--root' in lines[0], proc.stderr
+    shutil.copytree(raw, tmp_path / 'data' / 'VID')
+    proc = _build_as_typed(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / 'cache' / 'VID'
+    assert json.loads((out / 'build_params.json').read_text())['root'] == str((tmp_path / 'data' / 'VID').resolve())
+    assert (out / 'index.arrays').read_bytes() == (built[0] / 'VID' / 'index.arrays').read_bytes()
 
 
 def test_clear_errors(raw, tmp_path, capsys):

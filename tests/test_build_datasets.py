@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.build import build_dataset
-from pipeline.build.spec import Exclusion
+from pipeline.ingest import build_dataset
+from pipeline.ingest.spec import Exclusion
 from pipeline.shards import ShardReader
 from pipeline.synthetic import make_dataset
 from tools.build_lmdb import main as cli

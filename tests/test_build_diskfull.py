@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import verify_shards
+from pipeline.ingest import verify_shards
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader
 from pipeline.synthetic import make_dataset
 

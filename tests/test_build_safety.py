@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.build import verify_shards
+from pipeline.ingest import verify_shards
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader
 from build_fixtures import _box, make_raw_vid
 from sampling_fixtures import VID_TRACKS, write_crop511

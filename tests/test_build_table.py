@@ -2,7 +2,7 @@
 entry, reproduced exactly (irregular names kept verbatim), and about 45 bytes per entry."""
 import pytest
 
-from pipeline.build.spec import TrackSpec, VideoTableBuilder, path_template
+from pipeline.ingest.spec import TrackSpec, VideoTableBuilder, path_template
 
 
 @pytest.mark.parametrize('paths', [

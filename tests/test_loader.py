@@ -10,7 +10,7 @@ import torch
 
 from pipeline import build_loader
 from pipeline.anchors import anchor_grid_from_cfg
-from pipeline.build import build_dataset
+from pipeline.ingest import build_dataset
 from pipeline.crop import box_on_crop
 from pipeline.reference import render_pair
 from pipeline.shards import ShardReader, shard_dir

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pipeline import build_loader
-from pipeline.build import build_dataset
-from pipeline.build.writer import BuildError
+from pipeline.ingest import build_dataset
+from pipeline.ingest.writer import BuildError
 from pipeline.crop_source import CropSource
 from pipeline.shards import (CorruptCropError, ShardReader, release_read_env,
                              shard_dir)

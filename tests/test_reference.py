@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build import build_dataset
+from pipeline.ingest import build_dataset
 from pipeline.reference import ReferenceDataset, blur_kernel, render_image, render_pair
 from pipeline.sampling import PairSampler
 from pipeline.shards import ShardReader, shard_dir

@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.build import build_dataset
+from pipeline.ingest import build_dataset
 from pipeline.shards import (FORMAT_VERSION, INDEX_NAME, ShardError, ShardReader, entry_key, evict_page_cache,
                              open_shard_readers)
 from pipeline.synthetic import make_shards
@@ -235,9 +235,9 @@ def test_values_inside_btree_pages_are_read_through_lmdb(tmp_path):
     """Values below LMDB's overflow threshold (~2 KB) move with every write: the index records offset 0
     and the reader gets them by key, with the same CRC check."""
     import cv2
-    from pipeline.build import build_parsed, verify_shards
-    from pipeline.build.crop_worker import CropParams
-    from pipeline.build.spec import DropLog, ParseResult, TrackSpec, VideoTableBuilder
+    from pipeline.ingest import build_parsed, verify_shards
+    from pipeline.ingest.crop_worker import CropParams
+    from pipeline.ingest.spec import DropLog, ParseResult, TrackSpec, VideoTableBuilder
     image = tmp_path / 'tiny.jpg'
     image.write_bytes(cv2.imencode('.jpg', np.full((8, 8, 3), 90, np.uint8))[1].tobytes())
     b = VideoTableBuilder()

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from pipeline.build import build_dataset
+from pipeline.ingest import build_dataset
 from pipeline.shards import CorruptCropError, ShardError, ShardReader
 from sampling_fixtures import VID_TRACKS, write_crop511
 from shard_damage import flip_crop_byte, overwrite_btree_root, run_build_cli, run_python, truncate_shard

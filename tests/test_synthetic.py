@@ -1,6 +1,6 @@
 """Synthetic raw datasets: layouts, annotation formats, box accuracy, faults, determinism.
 
-The parsers here are deliberately independent of pipeline/synthetic.py: they read the
+The parsers here are deliberately independent of pipeline/synthetic/: they read the
 files the way the official formats are documented, so a layout mistake fails here.
 """
 import csv
@@ -508,7 +508,7 @@ def test_realistic_crops_have_the_size_of_real_ones():
 
 
 def test_realistic_shards_built_and_aliased(tmp_path):
-    from pipeline.build import verify_shards
+    from pipeline.ingest import verify_shards
     from pipeline.shards import ShardReader
     built = synthetic.make_shards(tmp_path / 'b', entries=230, distinct=7, per_track=20, seed=1)
     r = ShardReader(built['folder'])

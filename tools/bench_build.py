@@ -6,7 +6,7 @@ Both run in this process on one core (cv2.setNumThreads(1)) over the same synthe
 * baseline = PySOT's par_crop per frame: parse the XML, cv2.imread, np.mean padding colour, for
   every object the 127 "z" and 511 "x" crops with warpAffine, cv2.imwrite both as files;
 * baseline_x_only = the same writing only the 511 "x" crop (what training reads);
-* ours = pipeline.build.build_dataset(workers=1) into LMDB shards.
+* ours = pipeline.ingest.build_dataset(workers=1) into LMDB shards.
 Reports crops/s (511 crops) and the ratio ours / baseline.
 """
 import argparse
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.build import build_dataset  # noqa: E402
+from pipeline.ingest import build_dataset  # noqa: E402
 
 
 def _warp(image, cx, cy, side, out, padding):

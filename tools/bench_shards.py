@@ -107,9 +107,9 @@ def child_hold(folder, fmt):
 def child_build(entries: int, work: str, shard_size: int):
     """A real build over a synthetic compact parse of `entries` tiny precropped entries."""
     import cv2
-    from pipeline.build import build_parsed
-    from pipeline.build.crop_worker import CropParams
-    from pipeline.build.spec import DropLog, ParseResult, TrackSpec, VideoTableBuilder
+    from pipeline.ingest import build_parsed
+    from pipeline.ingest.crop_worker import CropParams
+    from pipeline.ingest.spec import DropLog, ParseResult, TrackSpec, VideoTableBuilder
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     image = work / 'tiny.jpg'

@@ -1,5 +1,6 @@
 """Crop a raw tracking dataset (official layout) into LMDB shards of 511x511 SiamFC crops.
 
+    python tools/build_lmdb.py --dataset VID        # raw data in data/VID/, shards into cache/VID/
     python tools/build_lmdb.py --dataset VID --root /data/ILSVRC2015 [--out cache/] [--workers N] [--verify]
     python tools/build_lmdb.py --dataset LASOT --root /data/LaSOT --exclude /data/LaSOT/testing_set.txt
     python tools/build_lmdb.py --dataset VID --from-crop511 crop511/ --anno train.json
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.build import (DATASETS, LAYOUTS, BuildError, BuildInterrupted, FolderLock, LayoutError,  # noqa: E402
+from pipeline.ingest import (DATASETS, LAYOUTS, BuildError, BuildInterrupted, FolderLock, LayoutError,  # noqa: E402
                             build_dataset, exclude_warning, format_summary, verify_shards)
 
 
@@ -23,6 +24,11 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f'bad size {text!r}; use e.g. 4G, 512M, 1000000')
     return int(float(m.group(1)) * 1024 ** ' KMGT'.index(m.group(2).upper() or ' '))
+
+
+def default_root(dataset: str) -> Path:
+    """Where the raw dataset is looked for without --root: data/<DATASET>, relative to the working directory."""
+    return Path('data') / dataset
 
 
 def _interrupt(signum, frame):
@@ -64,12 +70,13 @@ def _main(argv=None) -> int:
     layouts = '\n\n'.join(f'  {LAYOUTS[d]}' for d in DATASETS)
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f'Expected raw layouts (ROOT = --root):\n\n{layouts}\n\n'
+        epilog=f'Expected raw layouts (ROOT = --root, default data/<DATASET>):\n\n{layouts}\n\n'
                'Output: OUT/<DATASET>/shard-NNNNN/ (LMDB) + index.arrays + index.msgpack + build_report.json. '
                'One build per folder at a time (build.lock). Rerunning the same command after an interruption '
                'resumes; see docs/datasets.md.')
     p.add_argument('--dataset', required=True, type=str.upper, help=f'one of {", ".join(DATASETS)}')
-    p.add_argument('--root', help='raw dataset root in its official layout (see below)')
+    p.add_argument('--root', help='raw dataset root in its official layout (see below); default: data/<DATASET> '
+                                  'in the working directory (YTB for YouTube-BB)')
     p.add_argument('--out', default='cache', help='output root; shards go to OUT/<DATASET>/ (default: cache)')
     p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='crop processes (default: all cores)')
     p.add_argument('--shard-size', type=parse_size, default='4G', help='payload bytes per shard (default 4G)')
@@ -94,7 +101,11 @@ def _main(argv=None) -> int:
     out_dir = Path(a.out) / a.dataset
     if not a.verify_only:
         if a.from_crop511 is None and a.root is None:
-            p.error('--root is required (or --from-crop511 DIR --anno train.json)')
+            a.root = default_root(a.dataset)
+            if not a.root.is_dir():
+                print(f'error: no raw {a.dataset} dataset at {a.root} (the default --root); pass --root DIR '
+                      f'(layouts: --help)', file=sys.stderr)
+                return 2
         if a.from_crop511 is not None and a.anno is None:
             p.error('--from-crop511 needs --anno <train.json>')
         try:

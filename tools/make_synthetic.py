@@ -1,4 +1,4 @@
-"""Write small synthetic datasets in their official raw layouts (see pipeline/synthetic.py).
+"""Write small synthetic datasets in their official raw layouts (see pipeline/synthetic/).
 
     python tools/make_synthetic.py --dataset VID --out DIR [--videos N --frames M --seed S --size WxH]
     python tools/make_synthetic.py --dataset all --out DIR      # DIR/<NAME>/ for every dataset

@@ -36,7 +36,7 @@ def _prepare(work: Path) -> None:
 def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: int = 0, device: str = "cpu",
              workers: int | None = None, scale: float = 1.0, log=print) -> dict:
     """Run the whole demo; returns a summary dict (also written to ``<work>/demo_summary.json``)."""
-    from pipeline.build import build_dataset
+    from pipeline.ingest import build_dataset
     from pipeline.shards import CONFIG_TO_FOLDER
     from pipeline.synthetic import make_dataset, make_eval
 

@@ -13,15 +13,13 @@ import random
 import zlib
 from pathlib import Path
 
-import lmdb
-import msgpack
 import numpy as np
 from tqdm import tqdm
 
 from ..shards import (ARRAYS_NAME, CorruptCropError, ShardError, ShardIndex, ShardReader, entry_key, lmdb_value_offset,
                       read_index_meta, release_read_env, repair_hint, shared_read_env)
 from .crop_worker import decode
-from .writer import BYTES_KEY, DIGEST_KEY, META_KEYS, chain_digest, iter_markers
+from .writer import BYTES_KEY, DAMAGE_ERRORS, DIGEST_KEY, META_KEYS, chain_digest, iter_markers
 
 MAX_PER_SHARD = 10  # problems listed per shard (the rest are counted)
 
@@ -167,7 +165,7 @@ def verify_shards(folder, sample: int = 64, seed: int = 0, progress: bool = Fals
             except ShardError as e:
                 problems.append(str(e))
                 damaged = True
-            except (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError) as e:
+            except DAMAGE_ERRORS as e:
                 problems.append(f'shard {path} is damaged ({type(e).__name__}: {e}); {repair_hint(path)}')
                 damaged = True
             finally:

@@ -15,15 +15,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import lmdb
 import msgpack
 import numpy as np
 
 from .. import fileio
-from ..shards import (ARRAY_ALIGN, ARRAYS_NAME, FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, ShardError, StringTable,
-                      release_read_env, repair_hint, shared_read_env)
+from ..shards import ARRAY_ALIGN, ARRAYS_NAME, FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, StringTable, repair_hint
 from .spec import BuildError
-from .writer import BYTES_KEY, DIGEST_KEY, chain_digest, disk_full_error, is_disk_full, iter_markers
+from .writer import chain_digest, disk_full_error, is_disk_full, read_commits
 
 PARTS_NAME = 'index.parts.tmp'
 CHECKSUMS = {'crc32': 'per crop, of the JPEG bytes the crop worker produced, taken before writing',
@@ -160,28 +158,19 @@ def _assemble(out_dir: Path, parts: Path, shard_paths: list, meta: dict, expecte
             spool.append(name, [0])
         for i, path in enumerate(shard_paths):
             first_entry = totals['entries']
-            try:
-                with shared_read_env(path).begin() as txn:
-                    payload = int((txn.get(BYTES_KEY) or b'0').decode())
-                    recorded = txn.get(DIGEST_KEY) or b''
-                    digest = b''
-                    for raw, m in iter_markers(txn):
-                        digest = chain_digest(digest, raw)
-                        if m['seq'] != seq or (expected_names is not None and m['video'] != expected_names[seq]):
-                            raise BuildError(f'{path}: commit marker {m["seq"]} ({m["video"]}) is not video {seq} '
-                                             f'of this build: the shard is damaged; {repair_hint(path)}')
-                        seq += 1
-                        drops.update(m['drops'])
-                        files.extend(m['files'])
-                        if m['track_ids']:
-                            _spool_video(spool, m, i, totals)
-                            totals['videos'] += 1
-            except ShardError as e:
-                raise BuildError(str(e)) from None
-            except (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError) as e:
-                raise BuildError(f'shard {path} is damaged ({type(e).__name__}: {e}); {repair_hint(path)}') from None
-            finally:
-                release_read_env(path)
+            digest = b''
+            with read_commits(path) as (payload, recorded, markers):
+                for raw, m in markers:
+                    digest = chain_digest(digest, raw)
+                    if m['seq'] != seq or (expected_names is not None and m['video'] != expected_names[seq]):
+                        raise BuildError(f'{path}: commit marker {m["seq"]} ({m["video"]}) is not video {seq} '
+                                         f'of this build: the shard is damaged; {repair_hint(path)}')
+                    seq += 1
+                    drops.update(m['drops'])
+                    files.extend(m['files'])
+                    if m['track_ids']:
+                        _spool_video(spool, m, i, totals)
+                        totals['videos'] += 1
             if digest != recorded:
                 raise BuildError(f'shard {path}: its commit markers do not match the digest recorded when they '
                                  f'were committed: the shard is damaged; {repair_hint(path)}')

@@ -1,6 +1,8 @@
 """Raw-dataset parsers: official layouts -> ParseResult (videos -> tracks -> frames), with counted drops.
 
-Each parser validates the layout first and raises LayoutError explaining what was expected.
+The layouts are described in docs/datasets.md; `LAYOUTS` is the short form that `--help` and
+LayoutError print. Each parser validates the layout first and raises LayoutError explaining what
+was expected.
 Image-level problems (missing/corrupt image, box outside the decoded frame) are found later by the
 cropping worker; everything found here is counted in the DropLog and never raises.
 """

@@ -19,6 +19,7 @@ import shutil
 import struct
 import zlib
 from array import array
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -34,8 +35,11 @@ MARKER_PREFIX = b'v/'
 META_KEYS = 2  # m/bytes, m/digest
 MAP_HEADROOM = 64 << 20
 NEW_SHARD_RESERVE = 1 << 20  # free bytes a new shard needs beyond its payload (lock file, meta pages)
+# what reading a damaged shard's LMDB records and markers raises (bad pages, bytes, missing or bad fields)
+DAMAGE_ERRORS = (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError)
 
-__all__ = ['BuildError', 'ShardSetWriter', 'chain_digest', 'iter_markers', 'is_disk_full', 'disk_full_error']
+__all__ = ['BuildError', 'ShardSetWriter', 'chain_digest', 'iter_markers', 'read_commits', 'is_disk_full',
+           'disk_full_error']
 
 
 def is_disk_full(e: Exception, path=None, need: int = 0) -> bool:
@@ -81,6 +85,25 @@ def iter_markers(txn):
             yield raw, msgpack.unpackb(raw, raw=False)
 
 
+@contextmanager
+def read_commits(path):
+    """The committed state of one shard: ``(payload bytes, recorded digest, iter_markers)``.
+
+    Damage found while the caller reads (a truncated file, LMDB or msgpack errors, missing or bad
+    marker fields) is raised as BuildError naming the shard and its repair; the shard's shared read
+    handle is released at the end.
+    """
+    try:
+        with shared_read_env(path).begin() as txn:  # checks the file against truncation first
+            yield int((txn.get(BYTES_KEY) or b'0').decode()), txn.get(DIGEST_KEY) or b'', iter_markers(txn)
+    except ShardError as e:
+        raise BuildError(str(e)) from None
+    except DAMAGE_ERRORS as e:
+        raise BuildError(f'shard {path} is damaged ({type(e).__name__}: {e}); {repair_hint(path)}') from None
+    finally:
+        release_read_env(path)
+
+
 def _unborn(shard: Path) -> bool:
     """A shard folder whose data.mdb never got its LMDB header (killed while being created)."""
     try:
@@ -119,23 +142,13 @@ class ShardSetWriter:
             if i == len(paths) - 1 and _unborn(p):  # killed while creating the newest shard: nothing in it
                 shutil.rmtree(p)
                 break
-            try:
-                env = shared_read_env(p)  # checks the file against truncation first
-                with env.begin() as txn:
-                    nbytes = int((txn.get(BYTES_KEY) or b'0').decode())
-                    digest = txn.get(DIGEST_KEY) or b''
-                    for _, m in iter_markers(txn):
-                        if m.get('seq') != self.committed:
-                            raise BuildError(f'{p}: commit marker {m.get("seq")} where {self.committed} was expected: '
-                                             f'the shard is damaged; {repair_hint(p)}')
-                        yield m['video']
-                        self.committed += 1
-            except ShardError as e:
-                raise BuildError(str(e)) from None
-            except (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError) as e:
-                raise BuildError(f'shard {p} is damaged ({type(e).__name__}: {e}); {repair_hint(p)}') from None
-            finally:
-                release_read_env(p)
+            with read_commits(p) as (nbytes, digest, markers):
+                for _, m in markers:
+                    if m.get('seq') != self.committed:
+                        raise BuildError(f'{p}: commit marker {m.get("seq")} where {self.committed} was expected: '
+                                         f'the shard is damaged; {repair_hint(p)}')
+                    yield m['video']
+                    self.committed += 1
             self.cur, self.cur_bytes, self.cur_digest = i, nbytes, digest
 
     def _open(self, i: int, need: int):

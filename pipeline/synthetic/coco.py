@@ -1,0 +1,93 @@
+"""Synthetic COCO 2017 in its raw layout (docs/datasets.md).
+
+1-4 objects an image (image sizes within ±20 % of ``size``), image ids ``139 + 1009 i``, real COCO
+category ids. ``bbox`` floats have 2 decimals; an ``iscrowd=0`` annotation has a polygon (a
+rectangle, or 16 points of an ellipse), an ``iscrowd=1`` one an uncompressed RLE of its box. Image
+index 2 has no annotations; indices 8 and 9 hold one ``iscrowd=1`` annotation each.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..fileio import atomic_write
+from .faults import BOX_FAULTS, IMAGE_FAULT_AT
+from .scene import image_scene, jittered_size, random_stream
+
+_COCO_CATEGORIES = ((1, 'person', 'person'), (2, 'bicycle', 'vehicle'),
+                    (3, 'car', 'vehicle'), (5, 'airplane', 'vehicle'),
+                    (16, 'bird', 'animal'), (17, 'cat', 'animal'),
+                    (18, 'dog', 'animal'), (19, 'horse', 'animal'))
+
+
+def _rle_counts(mask):
+    """Uncompressed COCO RLE: column-major run lengths, starting with a run of zeros."""
+    flat = mask.flatten(order='F')
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def write_coco(out, videos, frames, seed, size, broken, bar):
+    images, annotations = [], []
+    crowd = 0
+    for i in range(videos):
+        rng = random_stream(seed, 'COCO', i)
+        wh = jittered_size(rng, size)
+        scene = image_scene(rng, wh, i == 2, decimals=2)
+        image_id = 139 + 1009 * i
+        fault = IMAGE_FAULT_AT.get(i) if broken else None
+        fault = None if fault == 'malformed_xml' else fault
+        rel = f'train2017/{image_id:012d}.jpg'
+        readable = out.image(rel, scene.frame(0), fault, image_id=image_id)
+        images.append(dict(license=1, file_name=f'{image_id:012d}.jpg', coco_url='',
+                           height=wh[1], width=wh[0], date_captured='2017-01-01 00:00:00',
+                           flickr_url='', id=image_id))
+        anns = scene.annotations(0)
+        cats = rng.choice(len(_COCO_CATEGORIES), max(len(anns), 1))
+        for k, ann in enumerate(anns):
+            x1, y1, x2, y2 = (round(float(v), 2) for v in ann.box)
+            bbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+            is_crowd = int(i in (8, 9) and k == len(anns) - 1)
+            crowd += is_crowd
+            ellipse = scene.tracks[ann.track].ellipse
+            if is_crowd:
+                mask = np.zeros((wh[1], wh[0]), np.uint8)
+                mask[int(y1):int(math.ceil(y2)), int(x1):int(math.ceil(x2))] = 1
+                segmentation = dict(counts=_rle_counts(mask), size=[wh[1], wh[0]])
+                area = float(mask.sum())
+            else:
+                if ellipse:
+                    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+                    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                    poly = np.stack([cx + (x2 - x1) / 2 * np.cos(ang),
+                                     cy + (y2 - y1) / 2 * np.sin(ang)], 1).ravel()
+                else:
+                    poly = np.array([x1, y1, x2, y1, x2, y2, x1, y2])
+                segmentation = [[round(float(p), 2) for p in poly]]
+                area = round((math.pi / 4 if ellipse else 1.0) * bbox[2] * bbox[3], 2)
+            record = dict(segmentation=segmentation, area=area, iscrowd=is_crowd,
+                          image_id=image_id, bbox=bbox,
+                          category_id=_COCO_CATEGORIES[int(cats[k])][0], id=len(annotations) + 1)
+            if fault in BOX_FAULTS and k == 0:
+                if fault == 'box_outside_frame':
+                    record['bbox'] = [float(wh[0] + 5), y1, bbox[2], bbox[3]]
+                else:
+                    record['bbox'] = [x1, y1, 0.0, bbox[3]]
+                    record['area'] = 0.0
+                out.fault(fault, 'annotations/instances_train2017.json',
+                          image_id=image_id, annotation_id=record['id'])
+            annotations.append(record)
+        out.count(len(anns), len(anns) - int(fault in BOX_FAULTS) if readable else 0)
+        out.totals['videos'] += 1
+        bar.update()
+    doc = dict(info=dict(description='synthetic COCO-format data (pipeline.synthetic)',
+                         version='1.0', year=2017, contributor='synthetic', date_created='2017/01/01'),
+               licenses=[dict(url='', id=1, name='synthetic')],
+               images=images, annotations=annotations,
+               categories=[dict(supercategory=s, id=c, name=n) for c, n, s in _COCO_CATEGORIES])
+    atomic_write(out.root / 'annotations/instances_train2017.json', json.dumps(doc))
+    return dict(crowd_annotations=crowd)
+
