@@ -10,14 +10,14 @@ are supported for tracking (``template``/``track``/``mask_refine``) only.
 import torch
 import torch.nn as nn
 
+from pipeline.batch import MODEL_INPUTS
+
 from .backbone import get_backbone
 from .heads import get_mask_head, get_refine_head, get_rpn_head
 from .loss import log_softmax_cls, select_cross_entropy_loss, weight_l1_loss
 from .neck import get_neck
 
 __all__ = ['SiamRPN', 'build_model']
-
-BATCH_KEYS = ('template', 'search', 'label_cls', 'label_loc', 'label_loc_weight')
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -95,19 +95,19 @@ class SiamRPN(nn.Module):
         return self.refine_head(self.xf, self.mask_corr_feature, pos)
 
     def forward(self, batch: dict) -> dict:
-        """Training losses {'total_loss', 'cls_loss', 'loc_loss'} for a batch dict holding
-        template, search, label_cls (B,A,H,W), label_loc (B,4,A,H,W), label_loc_weight (B,A,H,W).
+        """Training losses {'total_loss', 'cls_loss', 'loc_loss'} for a training batch
+        (``pipeline.batch``: the images and the three label tensors are read).
         total = TRAIN.CLS_WEIGHT·cls + TRAIN.LOC_WEIGHT·loc. Tensors are moved to the model's
         device only when they are elsewhere."""
         if self.has_mask:
             raise NotImplementedError('SiamMask training (mask loss) is not implemented; '
                                       'MASK configs can only be used for tracking')
-        missing = [k for k in BATCH_KEYS if k not in batch]
+        missing = [k for k in MODEL_INPUTS if k not in batch]
         if missing:
             raise KeyError(f'training batch lacks {missing}; it has {sorted(batch)}')
         device = self._device()
         template, search, label_cls, label_loc, label_loc_weight = (
-            _to_device(batch[k], device) for k in BATCH_KEYS)
+            _to_device(batch[k], device) for k in MODEL_INPUTS)
 
         zf, _ = self._features(template)
         xf, _ = self._features(search)

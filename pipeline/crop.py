@@ -8,8 +8,15 @@ square [cx - s_x/2, cx + s_x/2] onto output pixels [0, out - 1] (scale (out - 1)
 the 127 / s_z that `box_on_crop` (PySOT's `_get_bbox`) assumes, and the object centre lands on
 pixel 255 exactly.  We follow PySOT on both sides so that existing crop511 data and our crops
 are interchangeable.
+
+The constants are what the shard builder cuts with.  Training trusts the geometry a shard
+folder records (`shard_crop_geometry`, the one check of it against a config), and the tracker
+crops with the config's TRACK values; that check ties TRACK.CONTEXT_AMOUNT to the shards'.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,6 +24,38 @@ import numpy as np
 CONTEXT_AMOUNT = 0.5
 EXEMPLAR_SIZE = 127
 CROP_SIZE = 511
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a shard folder's crops were cut (its index metadata 'crop')."""
+    crop_size: int          # side of the stored search crops (511)
+    exemplar_size: int      # template side the crop scale refers to (127)
+    context_amount: float   # SiamFC context of the template square (0.5)
+
+
+def shard_crop_geometry(meta_crop, cfg, where: str) -> CropGeometry:
+    """The crop geometry a shard folder records, checked against the config it is to train.
+
+    `meta_crop`: the 'crop' mapping of the folder's index metadata (None if missing).  The
+    crops must be the config's: exemplar_size = TRAIN.EXEMPLAR_SIZE, context_amount =
+    TRACK.CONTEXT_AMOUNT (the tracker crops with it, so training crops must match) and
+    crop_size >= TRAIN.SEARCH_SIZE.  ValueError naming `where` and each wrong value otherwise.
+    """
+    crop = dict(meta_crop or {})
+    got = {key: crop.get(key) for key in ("exemplar_size", "context_amount", "crop_size")}
+    wrong = []
+    for key, want in (("exemplar_size", int(cfg.TRAIN.EXEMPLAR_SIZE)),
+                      ("context_amount", float(cfg.TRACK.CONTEXT_AMOUNT))):
+        if got[key] is None or not math.isclose(float(got[key]), want):
+            wrong.append(f"{key}={got[key]!r} (config needs {want!r})")
+    if got["crop_size"] is None or int(got["crop_size"]) < int(cfg.TRAIN.SEARCH_SIZE):
+        wrong.append(f"crop_size={got['crop_size']!r} (config needs >= {int(cfg.TRAIN.SEARCH_SIZE)})")
+    if wrong:
+        raise ValueError(f"shards in {where} were built with other crop parameters: {', '.join(wrong)} "
+                         f"(TRAIN.EXEMPLAR_SIZE, TRACK.CONTEXT_AMOUNT, TRAIN.SEARCH_SIZE); rebuild them with "
+                         f"tools/build_lmdb.py or fix the config")
+    return CropGeometry(int(got["crop_size"]), int(got["exemplar_size"]), float(got["context_amount"]))
 
 
 def siamfc_crop_size(w: float, h: float, context: float = CONTEXT_AMOUNT) -> float:

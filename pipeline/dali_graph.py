@@ -324,10 +324,6 @@ class PairGraph:
         self.pipe.build()
         self._fed = collections.deque()   # values of the runs fed and not yet output
 
-    def feed(self, plans, template_jpegs, search_jpegs) -> None:
-        """Feed one batch of plans with their JPEG bytes (schedule it with `schedule`)."""
-        self.feed_values(self.inputs.values(plans, template_jpegs, search_jpegs))
-
     def feed_values(self, values: dict) -> None:
         """Feed values made by `self.inputs.values` (schedule them with `schedule`).  The
         bytes are not copied: the graph holds `values` until that run's outputs are taken."""
@@ -351,12 +347,3 @@ class PairGraph:
                    else self.pipe.outputs(cuda_stream=cuda_stream))
         self._fed.popleft()
         return outputs
-
-    def run(self, plans, template_jpegs, search_jpegs):
-        """Synchronous helper: feed, render and return (template, search) as numpy arrays."""
-        self.feed(plans, template_jpegs, search_jpegs)
-        self.schedule()
-        z, x = self.outputs()
-        if self.device == "gpu":
-            z, x = z.as_cpu(), x.as_cpu()
-        return np.array(z.as_tensor()), np.array(x.as_tensor())

@@ -32,6 +32,7 @@ import torch
 from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from pipeline.batch import BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, NEG, SEARCH, TEMPLATE
 from pipeline.crop_source import CropSource
 from pipeline.dali_graph import PairGraph, decode_image
 from pipeline.devices import cores_per_process, dali_device_id, resolve_device
@@ -80,29 +81,29 @@ class _DecodeProbe:
 class PairLoader:
     """DALI training-pair loader over the LMDB shards of cfg.DATASET.NAMES under `shards`.
 
-    Iterating yields dicts of tensors on `device`: template (B,3,Tz,Tz) and search
-    (B,3,Tx,Tx) float32 BGR 0-255 CHW, label_cls (B,A,S,S) int64, label_loc (B,4,A,S,S),
-    label_loc_weight (B,A,S,S), bbox (B,4) float32 (search box after augmentation), neg (B,)
-    bool.  One pass yields `len(loader)` batches of this rank's slice of the current epoch
-    and then moves to the next epoch; `set_epoch(e)` jumps to epoch e; `state_dict()` /
-    `load_state_dict()` resume at the exact next batch.  Unusable crops (undecodable, failing
-    their checksum, of the wrong size, in an unreadable shard) are replaced by another pair;
-    `loader.skipped` counts the replaced pairs, each crop is logged once.  `close()` stops
-    the background threads (an abandoned iteration stops its own).
+    Iterating yields the batches `pipeline.batch` describes, as tensors on `device`.  One pass
+    yields `len(loader)` batches of this rank's slice of the current epoch and then moves to the
+    next epoch; `set_epoch(e)` jumps to epoch e; `state_dict()` / `load_state_dict()` resume at
+    the exact next batch.  Unusable crops (undecodable, failing their checksum, of the wrong
+    size, in an unreadable shard) are replaced by another pair; `loader.skipped` counts the
+    replaced pairs, each crop is logged once.  `close()` stops the background threads (an
+    abandoned iteration stops its own).  `build_loader` is this class.
 
-    device: 'cpu', 'cuda' (the process's current GPU) or 'cuda:N'.  num_threads: DALI worker
-    threads (default: this process's share of the cores, `pipeline.devices.cores_per_process`,
-    plus one on the CPU); results do not depend on it.  read_ahead, read_threads,
-    hw_decoder_load: default to cfg.TRAIN.LOADER_READ_AHEAD (batches read ahead of rendering),
-    LOADER_READ_THREADS (concurrent crop readers; 0 reads in the background thread itself) and
-    LOADER_HW_DECODER_LOAD (the GPU decoder's hardware share).  roi_decode: decode only the part
-    of each 511 crop that the crop can touch (default: on for the CPU, where it halves decoding;
-    off on the GPU).  pin_memory (device='cpu' only): return page-locked tensors for a fast
-    non_blocking host->GPU copy (costs one copy per batch; without it CPU batches are DALI's own
-    buffers, handed over without a copy).  crop_kernel: do the pixel work in the fused CPU kernel
-    (default on the CPU; it is a CPU operator) or with DALI's native operators (False; the GPU's
-    way, ~1.5x more CPU per pair on a CPU).  readers: ShardReaders to use instead of opening
-    `shards`.
+    shards: root folder of the shard folders.  batch_size: pairs per batch and process.
+    device: 'cpu', 'cuda' (the process's current GPU) or 'cuda:N'.  rank, world_size: this
+    process's slice of every epoch.  seed: the seed of every random decision.
+    num_threads: DALI worker threads (default: this process's share of the cores,
+    `pipeline.devices.cores_per_process`, plus one on the CPU); results do not depend on it.
+    read_ahead, read_threads, hw_decoder_load: default to cfg.TRAIN.LOADER_READ_AHEAD (batches
+    read ahead of rendering), LOADER_READ_THREADS (concurrent crop readers; 0 reads in the
+    background thread itself) and LOADER_HW_DECODER_LOAD (the GPU decoder's hardware share).
+    roi_decode: decode only the part of each 511 crop that the crop can touch (default: on for
+    the CPU, where it halves decoding; off on the GPU).  pin_memory (device='cpu' only): return
+    page-locked tensors for a fast non_blocking host->GPU copy (costs one copy per batch;
+    without it CPU batches are DALI's own buffers, handed over without a copy).  crop_kernel:
+    do the pixel work in the fused CPU kernel (default on the CPU; it is a CPU operator) or
+    with DALI's native operators (False; the GPU's way, ~1.5x more CPU per pair on a CPU).
+    readers: ShardReaders to use instead of opening `shards`.
     """
 
     def __init__(self, cfg, shards="cache/", batch_size: int = 32, device="cuda", rank: int = 0,
@@ -133,9 +134,8 @@ class PairLoader:
         self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
         self.sampler = PairSampler(cfg, self.readers, seed)  # raises on crop-parameter mismatch
         self.targets = AnchorTargets(cfg)
-        self.image_size = self.sampler.crop_size  # the sampler checked every shard's crop size
-        self.source = CropSource(self.readers, self.sampler.names,
-                                 [r.meta["crop"]["crop_size"] for r in self.readers])
+        self.image_size = self.sampler.crop_size  # every shard's, as its metadata records it
+        self.source = CropSource(self.readers, self.sampler.names, [self.image_size] * len(self.readers))
         on_gpu = self.device.type == "cuda"
         self.dali_device = "gpu" if on_gpu else "cpu"
         self.device_id = dali_device_id(self.device)
@@ -175,7 +175,7 @@ class PairLoader:
         self.next_batch = 0
         # This rank's global indices: the same for every epoch (the epoch's order is applied
         # per index by the sampler), so computed once.
-        self._rank_indices = self.sampler.epoch_indices(0, self.rank, self.world_size)
+        self._rank_indices = self.sampler.rank_indices(self.rank, self.world_size)
         # (nothing in the preparer refers back to the loader: a dropped loader is freed at once,
         # with its DALI pipeline, not later by the garbage collector in a forked child)
         labels = LabelInputs(self.seed, self.rank, self.targets.anchor_count,
@@ -285,7 +285,7 @@ class PairLoader:
         self._held.append((event, buffers))
 
     def _collect(self, run) -> list:
-        """Outputs of the oldest scheduled run -> one {'template', 'search'} dict per batch
+        """Outputs of the oldest scheduled run -> one {TEMPLATE, SEARCH} dict per batch
         (views into the run's tensors: no copy)."""
         self._scheduled -= 1
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
@@ -298,7 +298,7 @@ class PairLoader:
         images, start = [], 0
         for prepared in run.batches:
             stop = start + len(prepared.plans)
-            images.append({"template": template[start:stop], "search": search[start:stop]})
+            images.append({TEMPLATE: template[start:stop], SEARCH: search[start:stop]})
             start = stop
         return images
 
@@ -308,7 +308,7 @@ class PairLoader:
             boxes, neg, keys = (t.to(self.device, non_blocking=True) for t in (boxes, neg, keys))
         with _single_cpu_thread(self.device):
             cls, loc, weight = self.targets(boxes, neg, keys=keys)
-        labels = dict(label_cls=cls, label_loc=loc, label_loc_weight=weight, bbox=boxes, neg=neg)
+        labels = {LABEL_CLS: cls, LABEL_LOC: loc, LABEL_LOC_WEIGHT: weight, BBOX: boxes, NEG: neg}
         if self.pin_memory:
             labels = {k: v.pin_memory() for k, v in labels.items()}
         batch.update(labels)
@@ -395,7 +395,4 @@ def _single_cpu_thread(device: torch.device):
         torch.set_num_threads(previous)
 
 
-def build_loader(cfg, *args, **options) -> PairLoader:
-    """The training-pair loader for `cfg`: `PairLoader(cfg, ...)`, whose docstring lists the
-    options (shards, batch_size, device, rank, world_size, seed, ...)."""
-    return PairLoader(cfg, *args, **options)
+build_loader = PairLoader  # the entry point the trainer and tools call: the class itself, one signature

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.batch import BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, NEG, SEARCH, TEMPLATE
 from pipeline.sampling import ImageAug, PairPlan, PairSampler
 from pipeline.shards import CorruptCropError, open_shard_readers
 from pipeline.targets import AnchorTargets
@@ -75,9 +76,9 @@ def label_seed(seed: int, epoch: int, index: int) -> int:
 class ReferenceDataset(Dataset):
     """PySOT-style per-sample dataset over the shards: one epoch's slice for one rank.
 
-    Items are dicts of numpy arrays like PySOT's TrkDataset (template (3,127,127), search
-    (3,255,255) float32 CHW, label_cls, label_loc, label_loc_weight, bbox) plus `neg` (bool)
-    and `skipped` (how many undecodable pairs were replaced to produce this item).
+    Items are one sample of the batch `pipeline.batch` describes, as numpy arrays (`neg` a
+    bool), like PySOT's TrkDataset items, plus `skipped` (how many undecodable pairs were
+    replaced to produce this item).
     """
 
     def __init__(self, cfg, shards, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
@@ -86,7 +87,7 @@ class ReferenceDataset(Dataset):
         self.sampler = PairSampler(cfg, self.readers, seed)
         self.targets = AnchorTargets(cfg)
         self.seed, self.epoch = int(seed), int(epoch)
-        self.indices = self.sampler.epoch_indices(epoch, rank, world_size)
+        self.indices = self.sampler.rank_indices(rank, world_size)
         self.skipped = 0   # replaced pairs seen by this process
         self._block = (-1, None)   # (block number, PlanBatch) of the last first-attempt plans
 
@@ -133,12 +134,12 @@ class ReferenceDataset(Dataset):
         box = torch.from_numpy(plan.search.box).view(1, 4)
         cls, loc, weight = self.targets(box, torch.tensor([plan.neg]), generator)
         return {
-            'template': np.ascontiguousarray(template.transpose(2, 0, 1)),
-            'search': np.ascontiguousarray(search.transpose(2, 0, 1)),
-            'label_cls': cls[0].numpy(),
-            'label_loc': loc[0].numpy(),
-            'label_loc_weight': weight[0].numpy(),
-            'bbox': plan.search.box.copy(),
-            'neg': plan.neg,
+            TEMPLATE: np.ascontiguousarray(template.transpose(2, 0, 1)),
+            SEARCH: np.ascontiguousarray(search.transpose(2, 0, 1)),
+            LABEL_CLS: cls[0].numpy(),
+            LABEL_LOC: loc[0].numpy(),
+            LABEL_LOC_WEIGHT: weight[0].numpy(),
+            BBOX: plan.search.box.copy(),
+            NEG: plan.neg,
             'skipped': replaced,
         }

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.crop import CONTEXT_AMOUNT, CROP_SIZE, box_on_crop
+from pipeline.crop import CROP_SIZE, box_on_crop, shard_crop_geometry
 
 # rgbVar of PySOT's colour augmentation (PCA of ImageNet RGB, rows scaled).
 RGB_VAR = np.array([[-0.55919361, 0.98062831, -0.41940627],
@@ -364,22 +364,23 @@ def _join(parts: list) -> np.ndarray:
     return np.concatenate(list(parts) + [np.zeros(0, np.int64)]).astype(np.int64)
 
 
-def _check_crop_meta(reader, name: str, cfg):
-    crop = dict(reader.meta.get('crop', {}))
-    expected = {'exemplar_size': int(cfg.TRAIN.EXEMPLAR_SIZE), 'crop_size': CROP_SIZE,
-                'context_amount': CONTEXT_AMOUNT}
-    wrong = {k: (crop.get(k), v) for k, v in expected.items() if crop.get(k) != v}
-    if wrong:
-        where = getattr(reader, 'folder', name)
-        details = ', '.join(f"{k}={got!r} (config needs {want!r})" for k, (got, want) in wrong.items())
-        raise ValueError(f"shards in {where} (dataset {name}) were built with other crop "
-                         f"parameters: {details}; rebuild them with tools/build_lmdb.py")
+def _shards_geometry(readers: list, names: list, cfg):
+    """The one crop geometry of every dataset's shards, each checked against the config."""
+    geometries = [shard_crop_geometry(r.meta.get('crop'), cfg, f"{getattr(r, 'folder', name)} (dataset {name})")
+                  for r, name in zip(readers, names)]
+    if len(set(geometries)) > 1:
+        sizes = ', '.join(f"{name} {g.crop_size} px" for name, g in zip(names, geometries))
+        raise ValueError(f"the shards of one run must share one crop size, got {sizes}; "
+                         f"rebuild them with tools/build_lmdb.py")
+    return geometries[0]
 
 
 class PairSampler:
     """PySOT's TrkDataset sampling, as pure functions of (seed, epoch, index, attempt).
 
-    readers: ShardReader objects in cfg.DATASET.NAMES order.
+    readers: ShardReader objects in cfg.DATASET.NAMES order.  Their crops are taken as cut with
+    the geometry their metadata records (`pipeline.crop.shard_crop_geometry` checks it against
+    `cfg`); `geometry` and `crop_size` say which.
     """
 
     def __init__(self, cfg, readers: list, seed: int):
@@ -387,15 +388,13 @@ class PairSampler:
         if len(readers) != len(names):
             raise ValueError(f"PairSampler needs one reader per cfg.DATASET.NAMES entry "
                              f"({names}), got {len(readers)}")
-        self.cfg = cfg
         self.names = names
         self.seed = int(seed)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.readers = list(readers)
-        for reader, name in zip(self.readers, names):
-            _check_crop_meta(reader, name, cfg)
-        self.crop_size = CROP_SIZE
+        self.geometry = _shards_geometry(self.readers, names, cfg)  # raises on a mismatch
+        self.crop_size = self.geometry.crop_size
         self.datasets = [_DatasetIndex(r) for r in self.readers]
         self.slots = _SlotTable(self.datasets)
         self.frame_range = np.array([int(getattr(cfg.DATASET, n).FRAME_RANGE) for n in names],
@@ -465,10 +464,11 @@ class PairSampler:
         keys = rng.random((self._block, len(self.round_picks)))
         return self.round_picks[np.argsort(keys, axis=1)].reshape(-1)
 
-    def epoch_indices(self, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        """This rank's global indices of `epoch`: strided, disjoint, equal length.
+    def rank_indices(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's global indices of every epoch: strided, disjoint, equal length.
 
-        The last len(self) % world_size indices are dropped so every rank has the same count.
+        The same for every epoch (an epoch's order is applied per index by `plan_batch`). The
+        last len(self) % world_size indices are dropped so every rank has the same count.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -530,7 +530,8 @@ class PairSampler:
 
     def _crop_boxes(self, refs) -> np.ndarray:
         """(N, 4) boxes on the 511 crop (PySOT's `_get_bbox`) of the entries `refs` (N, 2)."""
-        boxes = [box_on_crop(self.datasets[d].entry_box[e], crop_size=self.crop_size,
-                             exemplar=self.exemplar_size, context=CONTEXT_AMOUNT)
+        g = self.geometry
+        boxes = [box_on_crop(self.datasets[d].entry_box[e], crop_size=g.crop_size,
+                             exemplar=g.exemplar_size, context=g.context_amount)
                  for d, e in refs.tolist()]
         return np.array(boxes, np.float64).reshape(len(refs), 4)

@@ -314,3 +314,20 @@ def test_lasot_scores_absent_frames_as_misses_by_default(tmp_path):
     assert reports['exclude']['trackers']['static']['overall']['auc'] == pytest.approx(20 / 21)
     assert reports['default']['trackers']['static']['fps'] is None  # printed as '–'
     assert '–' in (tmp_path / 'default' / 'report.txt').read_text()
+
+
+def test_both_eval_tools_name_their_trackers_alike(tmp_path, pysot_checkpoints):
+    """tools/eval.py and tools/eval_vot.py share their tracker options and how trackers are made from
+    them: each says what to give when nothing is named, and the same options give the same
+    trackers in both."""
+    sys.path.insert(0, str(ROOT))
+    from tools import eval as ote, eval_vot as vot
+
+    for tool, missing in ((ote, '--checkpoints or --baselines'), (vot, '--baselines or --results')):
+        with pytest.raises(SystemExit, match=f'nothing to evaluate: give --snapshot, .*{missing}'):
+            tool.main(['--dataset', str(tmp_path)])
+    argv = ['--dataset', str(tmp_path), '--cfg', str(DEMO_CFG), '--checkpoints', str(pysot_checkpoints),
+            '--baselines', 'static', '--device', 'cpu']
+    for tool in (ote, vot):
+        names = list(ote.trackers_to_evaluate(tool.parse_args(argv), 'nothing'))
+        assert names == ['checkpoint_e1', 'checkpoint_e2', 'static'], names

@@ -124,7 +124,7 @@ def test_images_match_reference_for_the_same_plans(shards, cfg):
     loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", seed=3)
     loader.set_epoch(1)
     first = next(iter(loader))
-    indices = loader.sampler.epoch_indices(1)[:BATCH]
+    indices = loader.sampler.rank_indices()[:BATCH]
     for i, index in enumerate(indices):
         plan = loader.sampler.plan(1, int(index))
         (dz, ez), (dx, ex) = plan.template_ref, plan.search_ref
@@ -281,7 +281,7 @@ def test_undecodable_crops_are_skipped_and_counted(shards, cfg, tmp_path, caplog
     assert all(ref[0] == 0 for ref in loader.bad_entries)  # dataset 0 = COCO
     # every COCO crop is unusable, so each delivered pair is the first replacement attempt whose
     # crops are both VID (dataset 1): the same images and box as the reference renders for it
-    indices = loader.sampler.epoch_indices(0)[:len(out) * BATCH]
+    indices = loader.sampler.rank_indices()[:len(out) * BATCH]
     coco_planned = 0
     for n, index in enumerate(indices):
         attempt = 0

@@ -14,7 +14,7 @@ from nvidia.dali import fn, pipeline_def
 
 from pipeline import build_loader
 from pipeline.dali_graph import FIELDS, PairGraph, _fields, _pair_graph
-from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, textured_crop
+from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, render, textured_crop
 from test_loader import BATCH, batches, make_cfg, shards  # noqa: F401  (module fixture)
 
 HAS_CUDA = torch.cuda.is_available()
@@ -102,8 +102,8 @@ def test_graph_matches_the_cpu_native_graph_per_image(variant, kind):
     if device == "gpu":
         options = dict(options, device_id=torch.cuda.current_device())
     graph = PairGraph(GRAPH_BATCH, device=device, **options)
-    ref_z, ref_x = reference.run(plans, jpegs, jpegs[::-1])
-    z, x = graph.run(plans, jpegs, jpegs[::-1])
+    ref_z, ref_x = render(reference, plans, jpegs, jpegs[::-1])
+    z, x = render(graph, plans, jpegs, jpegs[::-1])
     assert_images_close(z, ref_z, bounds, f"{variant} {kind} template")
     assert_images_close(x, ref_x, bounds, f"{variant} {kind} search")
 
@@ -112,7 +112,7 @@ def test_image_comparison_catches_a_broken_image():
     """The per-image check fails for one wrong image in a batch that a batch mean would pass."""
     jpegs = [textured_crop(s) for s in range(GRAPH_BATCH)]
     plans = make_plans(seed=1, n=GRAPH_BATCH)
-    _, x = PairGraph(GRAPH_BATCH, device="cpu", kernel=True).run(plans, jpegs, jpegs)
+    _, x = render(PairGraph(GRAPH_BATCH, device="cpu", kernel=True), plans, jpegs, jpegs)
     broken = x.copy()
     broken[2, :, 100:140] = broken[2, ::-1, 100:140]        # channel order swapped in a band
     assert np.abs(broken - x).mean() < 1.5                   # the old batch-mean check passes

@@ -1,4 +1,12 @@
-"""PySOT's per-epoch lr schedule and the freeze/unfreeze parameter groups (facts §8.3, §8.4)."""
+"""PySOT's per-epoch lr schedule and the freeze/unfreeze parameter groups.
+
+The expected values are PySOT's: `pysot/utils/lr_scheduler.py` (`build_lr_scheduler`: a
+`WarmUPScheduler` joining the LR_WARMUP schedule's epochs to the LR schedule's; each group's lr
+= lr_spaces[epoch] x group initial lr / start_lr, start_lr being the main schedule's first
+value) and `tools/train.py` (`build_opt_lr`: backbone group at LAYERS_LR x BASE_LR once
+BACKBONE.TRAIN_EPOCH is reached, neck and head groups at BASE_LR; SGD momentum 0.9, weight
+decay 1e-4), applied to `experiments/siamrpn_r50_l234_dwxcorr_8gpu/config.yaml`.
+"""
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +24,10 @@ R50_RECIPE = ROOT / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
 
 
 def _pysot_r50_closed_form(e: int) -> float:
-    # Facts §8.4: geometric warm-up 0.001 -> 0.005 over 5 epochs, then log decay 0.005 -> 0.0005 over 15.
+    # The 8-GPU recipe's LR_WARMUP is PySOT's StepScheduler(start_lr 0.001, end_lr 0.005, step 1) over
+    # 5 epochs: mult = (0.005 / 0.001) ** (1 / (5 // 1)), lr_e = 0.001 * 5 ** (e / 5). Its LR is the
+    # LogScheduler(0.005 -> 0.0005) over the other 15 epochs: np.logspace(log10 0.005, log10 0.0005, 15),
+    # i.e. 0.005 * 0.1 ** ((e - 5) / 14).
     return 0.001 * 5 ** (e / 5) if e < 5 else 0.005 * 0.1 ** ((e - 5) / 14)
 
 
@@ -35,7 +46,8 @@ def test_r50_recipe_table_matches_pysot_closed_form(r50_cfg):
     assert len(table) == 20
     np.testing.assert_allclose(table, [_pysot_r50_closed_form(e) for e in range(20)], rtol=1e-12)
     assert start_lr == pytest.approx(0.005)  # WarmUPScheduler: start_lr is the normal schedule's first value
-    assert table[10] == pytest.approx(0.0021970, abs=5e-8)  # facts: lr at the unfreeze epoch
+    # the lr at the unfreeze epoch (BACKBONE.TRAIN_EPOCH 10): 0.005 * 0.1 ** (5 / 14), written out
+    assert table[10] == pytest.approx(0.0021970, abs=5e-8)
 
 
 def test_r50_recipe_group_lrs_per_epoch(r50_cfg, r50_model):

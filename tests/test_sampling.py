@@ -91,16 +91,16 @@ def test_num_use_smaller_than_dataset(readers):
 
 def test_ddp_slices_disjoint_equal_and_complete(readers):
     s = sampler(readers, **{'DATASET.VIDEOS_PER_EPOCH': 41})
-    slices = [s.epoch_indices(2, rank, 3) for rank in range(3)]
+    slices = [s.rank_indices(rank, 3) for rank in range(3)]
     assert [len(x) for x in slices] == [13, 13, 13]
     union = np.concatenate(slices)
     assert len(set(union.tolist())) == 39 and sorted(union.tolist()) == list(range(39))
-    assert s.epoch_indices(2).tolist() == list(range(41))
+    assert s.rank_indices().tolist() == list(range(41))
     # a rank's plan does not depend on the rank layout
     other = sampler(readers, **{'DATASET.VIDEOS_PER_EPOCH': 41})
     assert plan_key(s.plan(2, int(slices[1][4]))) == plan_key(other.plan(2, int(slices[1][4])))
     with pytest.raises(ValueError):
-        s.epoch_indices(0, 3, 3)
+        s.rank_indices(3, 3)
 
 
 def _object_frames(readers, d, video, track):
@@ -225,3 +225,34 @@ def test_crop_parameter_mismatch_is_a_clear_error(readers):
     cfg = load_config(None, overrides=overrides(**{'TRAIN.EXEMPLAR_SIZE': 135, 'TRAIN.OUTPUT_SIZE': 24}))
     with pytest.raises(ValueError, match=r"VID.*exemplar_size=127 \(config needs 135\)"):
         PairSampler(cfg, readers, 0)
+    # the loader's path runs the same check as train/preflight.py: the config's tracking context too
+    with pytest.raises(ValueError, match=r"context_amount=0\.5 \(config needs 0\.6\)"):
+        sampler(readers, **{'TRACK.CONTEXT_AMOUNT': 0.6})
+
+
+def _recorded_as(reader, **crop):
+    """A reader of the same shards whose metadata records other crop parameters."""
+    other = ShardReader(reader.folder)
+    other.meta = {**other.meta, 'crop': {**other.meta['crop'], **crop}}
+    return other
+
+
+def test_boxes_follow_the_geometry_the_shards_record(readers):
+    """The shards' metadata is the truth for their crops: shards recorded as cut with context 0.6
+    (and a config that tracks with 0.6) place their boxes with 0.6, not pipeline.crop's 0.5."""
+    wide = [_recorded_as(r, context_amount=0.6) for r in readers]
+    s = PairSampler(load_config(None, overrides=overrides(**{
+        'TRACK.CONTEXT_AMOUNT': 0.6, 'DATASET.SEARCH.SCALE': 0.0, 'DATASET.SEARCH.SHIFT': 0})), wide, 0)
+    assert s.geometry.context_amount == 0.6
+    for i in range(10):
+        d, e = s.plan(0, i).search_ref
+        x1, y1, x2, y2 = box_on_crop(readers[d].box_at(e), context=0.6)
+        assert x2 - x1 < box_on_crop(readers[d].box_at(e))[2] - box_on_crop(readers[d].box_at(e))[0]
+        np.testing.assert_allclose(s.plan(0, i).search.box, [x1 - 128, y1 - 128, x2 - 128, y2 - 128], atol=1e-4)
+
+
+def test_shards_of_other_sizes_are_clear_errors(readers):
+    with pytest.raises(ValueError, match=r"one crop size, got VID 511 px, COCO 600 px"):
+        sampler([readers[0], _recorded_as(readers[1], crop_size=600)])
+    with pytest.raises(ValueError, match=r"COCO.*crop_size=200 \(config needs >= 255\)"):
+        sampler([readers[0], _recorded_as(readers[1], crop_size=200)])

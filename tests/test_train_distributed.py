@@ -1,8 +1,10 @@
 """Device per process (cuda:LOCAL_RANK, --device cuda:N) and the flat gradient buffer under real
 DDP: a 2-process gloo group started with torch.multiprocessing."""
+import copy
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from test_train import shards  # noqa: F401  (module fixture: synthetic VID shards)
-from train.distributed import choose_device, init_distributed, loader_device, parse_device, shutdown_distributed
+from train.distributed import (choose_device, init_distributed, loader_device, parse_device, shutdown_distributed,
+                               wrap_ddp)
 from train.preflight import PreflightError
 from train.step import GradBuffer
 
@@ -66,7 +69,7 @@ def _rank_main(rank, world, port, out_dir):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
     grads = GradBuffer(model.parameters())
-    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    ddp = wrap_ddp(model)
     grads.zero_()
     torch.manual_seed(1 + rank)  # each rank its own batch
     ddp(torch.randn(2, 3, 8, 8)).square().sum().backward()
@@ -101,10 +104,61 @@ def test_two_ranks_hand_the_loader_their_own_gpu_and_keep_gradient_views(tmp_pat
     torch.testing.assert_close(torch.tensor(result[0]["grad"]), (own[0] + own[1]) / 2)
 
 
+def _bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 2))
+
+
+def _rank_local_buffers(rank, world, port, out_dir):
+    """One rank: BN statistics of its own before DDP, two forwards on its own data, a re-wrap
+    (as the trainer's at the unfreeze) and one more forward; every step checked against a plain
+    copy of the module that ran the same on this rank alone."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    init_distributed("cpu")
+    model = _bn_net()
+    model[1].running_mean.fill_(float(rank + 1))  # this rank's statistics so far
+    alone = copy.deepcopy(model)
+    local = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for wraps in range(2):
+            ddp = wrap_ddp(model)
+            local.append(all(torch.equal(a, b) for a, b in zip(model.buffers(), alone.buffers())))
+            for step in range(2 - wraps):
+                torch.manual_seed(100 * rank + 10 * wraps + step)
+                x = torch.randn(2, 3, 8, 8)
+                ddp(x).sum().backward()
+                alone(x)
+                local.append(all(torch.equal(a, b) for a, b in zip(model.buffers(), alone.buffers())))
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"local": local, "mean": model[1].running_mean.tolist(),
+                                      "future_warnings": [str(w.message) for w in caught
+                                                          if issubclass(w.category, FutureWarning)]})
+    if rank == 0:
+        with open(os.path.join(out_dir, "buffers.json"), "w") as f:
+            json.dump(gathered, f)
+    dist.barrier()
+    shutdown_distributed()
+
+
+def test_ddp_keeps_bn_statistics_rank_local_without_a_future_warning(tmp_path):
+    """PySOT never synchronises BN buffers: DDP neither broadcasts rank 0's at construction (also
+    not at a re-wrap) nor before a forward; and wrapping prints no FutureWarning on torch versions
+    that deprecate broadcast_buffers."""
+    mp.spawn(_rank_local_buffers, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = json.loads((tmp_path / "buffers.json").read_text())
+    for r in ranks:
+        assert r["local"] == [True] * 5, r["local"]  # after each wrap and each forward
+        assert r["future_warnings"] == []
+    assert ranks[0]["mean"] != ranks[1]["mean"]
+
+
 def _nan_on_one_rank(rank, world, port, shards, out_dir):
     """One rank of a real gloo DDP run whose rank 1 sees a NaN template in its second batch."""
     from pipeline import build_loader
-    from test_train import _NaNTemplateAt, _cfg
+    from test_train import _cfg, _nan_template_at
     from train.trainer import Trainer
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
@@ -114,7 +168,7 @@ def _nan_on_one_rank(rank, world, port, shards, out_dir):
     loader = build_loader(cfg, shards=shards, batch_size=4, device="cpu", rank=rank, world_size=world,
                           seed=cfg.TRAIN.SEED)
     trainer = Trainer(cfg, shards=shards, out_dir=out_dir, device="cpu", show_progress=False,
-                      loader=_NaNTemplateAt(loader, [(0, 1)] if rank == 1 else []))
+                      loader=_nan_template_at(loader, [(0, 1)] if rank == 1 else []))
     summary = trainer.fit()
     params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
     gathered = [None] * world

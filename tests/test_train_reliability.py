@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from test_build_diskfull import tmpfs  # noqa: F401  (fixture: a small real tmpfs)
-from test_train import ENV, _cfg, _cmd, shards  # noqa: F401  (module fixture: synthetic VID shards)
+from test_train import ENV, _cfg, _cmd, _EachBatch, shards  # noqa: F401  (module fixture: synthetic VID shards)
 from train.checkpoint import CheckpointError
 from train.trainer import Trainer
 
@@ -103,30 +103,14 @@ class _KilledAt(Exception):
     pass
 
 
-class _DiesAt:
+def _dies_at(loader, at):
     """The real loader; raises before yielding global batch ``at`` (a kill between two steps)."""
+    def change(epoch, i, batch):
+        if epoch * len(loader) + i + 1 == at:
+            raise _KilledAt
+        return batch
 
-    def __init__(self, loader, at):
-        self.loader, self.at, self.epoch = loader, at, 0
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, e):
-        self.epoch = e
-        self.loader.set_epoch(e)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, sd):
-        self.loader.load_state_dict(sd)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.epoch * len(self.loader) + i + 1 == self.at:
-                raise _KilledAt
-            yield batch
+    return _EachBatch(loader, change)
 
 
 def test_metrics_after_a_resume_read_as_an_uninterrupted_run(shards, tmp_path):  # noqa: F811
@@ -142,7 +126,7 @@ def test_metrics_after_a_resume_read_as_an_uninterrupted_run(shards, tmp_path): 
     cut = tmp_path / "cut"
     with pytest.raises(_KilledAt):
         Trainer(cfg, shards=shards, out_dir=cut, device="cpu", show_progress=False,
-                loader=_DiesAt(loader, at=4)).fit()
+                loader=_dies_at(loader, at=4)).fit()
     assert [r["step"] for r in _records(cut)] == [3]
     assert torch.load(cut / "latest.pth", weights_only=True)["global_step"] == 2
     _train(shards, cut, *opts, resume=True)

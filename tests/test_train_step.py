@@ -19,19 +19,24 @@ def _sgd(net, **kw):  # two groups with their own lr, as PySOT's backbone / head
                            lr=0.05, momentum=0.9, weight_decay=1e-4, **kw)
 
 
+def _step_both(ref, ref_opt, ours, our_opt, grads, x):
+    """One step on ``x``: torch's SGD for ``ref``, an applied masked step for ``ours``."""
+    ref_opt.zero_grad()
+    ref(x).square().mean().backward()
+    ref_opt.step()
+    grads.zero_()
+    ours(x).square().mean().backward()
+    masked_sgd_step(our_opt, torch.tensor(True))
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 def test_applied_steps_equal_torch_sgd_bit_for_bit(foreach):
     ref, ours = _net(), _net()
     ref_opt, our_opt = _sgd(ref, foreach=foreach), _sgd(ours)
     grads = GradBuffer(ours.parameters())
     for step in range(5):
-        x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
-        ref_opt.zero_grad()
-        ref(x).square().mean().backward()
-        ref_opt.step()
-        grads.zero_()
-        ours(x).square().mean().backward()
-        masked_sgd_step(our_opt, torch.tensor(True))
+        _step_both(ref, ref_opt, ours, our_opt, grads,
+                   torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last))
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.equal(a, b)
     for a, b in zip(ref.parameters(), ours.parameters()):
@@ -78,12 +83,7 @@ def test_first_step_cancelled_then_applied_equals_a_fresh_first_step():
     ours(torch.randn(4, 3, 10, 10)).square().mean().backward()
     grads.keep_if(torch.tensor(False))
     masked_sgd_step(our_opt, torch.tensor(False))
-    x = torch.randn(4, 3, 10, 10)
-    ref(x).square().mean().backward()
-    ref_opt.step()
-    grads.zero_()
-    ours(x).square().mean().backward()
-    masked_sgd_step(our_opt, torch.tensor(True))
+    _step_both(ref, ref_opt, ours, our_opt, grads, torch.randn(4, 3, 10, 10))
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.equal(a, b)
 

@@ -24,15 +24,31 @@ from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT  # noqa: E402
 from track.sequences import FORMATS  # noqa: E402
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_tracker_options(p, checkpoints_help: str) -> None:
+    """The options `trackers_to_evaluate` reads (shared with tools/eval_vot.py)."""
     p.add_argument('--cfg', help='model/tracker config YAML (default: the config saved in the first '
                    'snapshot, if it is one of our training checkpoints)')
     p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
     p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
-    p.add_argument('--checkpoints', help='run folder: evaluate every checkpoint_e*.pth, report the best')
+    p.add_argument('--checkpoints', help=checkpoints_help)
     p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES,
                    help='static: never moves its first box; untrained: the network at random init')
+    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
+
+
+def add_run_options(p) -> None:
+    """How sequences are run and shown (shared with tools/eval_vot.py)."""
+    p.add_argument('--batch-size', type=int, default=0,
+                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
+    p.add_argument('--sequential', action='store_true',
+                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tracker_options(p, 'run folder: evaluate every checkpoint_e*.pth, report the best')
     p.add_argument('--dataset', required=True, help='root folder of the sequences')
     p.add_argument('--format', default='otb', choices=FORMATS)
     p.add_argument('--index', help='PySOT-toolkit index JSON (e.g. OTB100.json; a path or a file name in '
@@ -45,15 +61,9 @@ def parse_args(argv=None):
                         'miss = scored as misses, kept in the denominator (the official LaSOT toolkit); '
                         'exclude = left out (the GOT-10k rule). Default: '
                         + ', '.join(f'{k} {v}' for k, v in DEFAULT_ABSENT.items()))
-    p.add_argument('--batch-size', type=int, default=0,
-                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
+    add_run_options(p)
     p.add_argument('--streams', type=int, default=0,
                    help='CPU only: sub-batches run concurrently, torch threads split between them (default 2)')
-    p.add_argument('--sequential', action='store_true',
-                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
-    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
-    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
 
 
@@ -69,17 +79,23 @@ def saved_config(snapshots, overrides):
     return config_from_dict(saved, f'{snapshots[0]}:config', overrides)
 
 
-def run(args):
+def trackers_to_evaluate(args, nothing: str) -> dict:
+    """{name: tracker} for what `add_tracker_options`' options name (the config: --cfg, else the one
+    saved in the first snapshot); exits with the message ``nothing`` when they name none."""
     snapshots = list(args.snapshot)
     if args.checkpoints:
         snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
     if not snapshots and not args.baselines:
-        sys.exit('nothing to evaluate: give --snapshot, --checkpoints or --baselines')
+        sys.exit(nothing)
     cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
-    trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    return make_trackers(cfg, snapshots, args.baselines, device)
+
+
+def run(args):
+    trackers = trackers_to_evaluate(args, 'nothing to evaluate: give --snapshot, --checkpoints or --baselines')
     engine = None if args.sequential else EngineOptions(batch_size=args.batch_size, streams=args.streams)
     evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
              progress=not args.quiet, index=args.index, engine=engine)

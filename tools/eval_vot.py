@@ -14,11 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from train.config import load_config  # noqa: E402
-from tools.eval import saved_config  # noqa: E402
-from track.evaluate import BASELINES, epoch_checkpoints, make_trackers  # noqa: E402
+from tools.eval import add_run_options, add_tracker_options, trackers_to_evaluate  # noqa: E402
 from track.vot.analysis import EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
 from track.engine import EngineOptions  # noqa: E402
 from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot, score_stored  # noqa: E402
@@ -38,11 +34,7 @@ def parse_interval(text: str) -> tuple:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--dataset', required=True, help='VOT sequences folder (list.txt + <seq>/...)')
-    p.add_argument('--cfg', help='model/tracker config YAML (default: the config saved in the first snapshot)')
-    p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
-    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
-    p.add_argument('--checkpoints', help='run folder: evaluate every checkpoint_e*.pth')
-    p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES)
+    add_tracker_options(p, 'run folder: evaluate every checkpoint_e*.pth')
     p.add_argument('--results', help='score the runs stored here (vot-toolkit layout, e.g. a workspace\'s '
                    'results/) for --trackers instead of running trackers')
     p.add_argument('--trackers', nargs='*', default=[], help='tracker names under --results')
@@ -52,13 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--interval', type=parse_interval, default=EAO_INTERVALS['vot2018'],
                    help=f'EAO interval: {", ".join(sorted(EAO_INTERVALS))} or LOW,HIGH (default vot2018: 100,356)')
     p.add_argument('--restart', action='store_true', help='rerun sequences whose runs are stored')
-    p.add_argument('--batch-size', type=int, default=0,
-                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
-    p.add_argument('--sequential', action='store_true',
-                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
-    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
-    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_run_options(p)
     return p.parse_args(argv)
 
 
@@ -69,16 +55,8 @@ def run(args):
             sys.exit('--results needs --trackers (names of folders under it)')
         score_stored(args.results, args.trackers, args.dataset, args.out, low, high, args.eao)
         return
-    snapshots = list(args.snapshot)
-    if args.checkpoints:
-        snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
-    if not snapshots and not args.baselines:
-        sys.exit('nothing to evaluate: give --snapshot, --checkpoints, --baselines or --results')
-    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
-    trackers = make_trackers(cfg, snapshots, args.baselines, device)
+    trackers = trackers_to_evaluate(args, 'nothing to evaluate: give --snapshot, --checkpoints, --baselines '
+                                          'or --results')
     drive = drive_sequential if args.sequential else batched_driver(EngineOptions(batch_size=args.batch_size))
     evaluate_vot(trackers, args.dataset, args.out, low, high, args.eao, restart=args.restart,
                  progress=not args.quiet, drive=drive)

@@ -16,6 +16,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.anchors import anchor_grid_from_cfg  # noqa: E402
+from pipeline.batch import BBOX, LABEL_CLS, NEG, SEARCH, TEMPLATE  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
 from train.config import load_config  # noqa: E402
 
@@ -27,18 +28,18 @@ def to_image(chw) -> np.ndarray:
 
 def draw_pair(batch: dict, i: int, centres: np.ndarray) -> np.ndarray:
     """One row: template | search with box and positive anchor centres."""
-    template = to_image(batch["template"][i].cpu().numpy())
-    search = to_image(batch["search"][i].cpu().numpy())
-    x1, y1, x2, y2 = (float(v) for v in batch["bbox"][i])
+    template = to_image(batch[TEMPLATE][i].cpu().numpy())
+    search = to_image(batch[SEARCH][i].cpu().numpy())
+    x1, y1, x2, y2 = (float(v) for v in batch[BBOX][i])
     cv2.rectangle(search, (round(x1), round(y1)), (round(x2), round(y2)), (0, 255, 0), 1)
-    positive = batch["label_cls"][i].cpu().numpy() == 1          # (A, S, S)
+    positive = batch[LABEL_CLS][i].cpu().numpy() == 1          # (A, S, S)
     for cx, cy in zip(centres[0][positive], centres[1][positive]):
         cv2.circle(search, (round(float(cx)), round(float(cy))), 2, (0, 0, 255), -1)
     h = search.shape[0]
     row = np.zeros((h, template.shape[1] + 8 + search.shape[1], 3), np.uint8)
     row[:template.shape[0], :template.shape[1]] = template
     row[:, template.shape[1] + 8:] = search
-    if bool(batch["neg"][i]):
+    if bool(batch[NEG][i]):
         cv2.rectangle(row, (0, 0), (row.shape[1] - 1, h - 1), (0, 0, 255), 3)
         cv2.putText(row, "NEG", (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
     n_pos = int(positive.sum())
@@ -70,7 +71,7 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), grid):
         raise SystemExit(f"could not write {args.out}")
-    print(f"wrote {args.out}: {args.n} pairs ({int(batch['neg'].sum())} negative)")
+    print(f"wrote {args.out}: {args.n} pairs ({int(batch[NEG].sum())} negative)")
 
 
 if __name__ == "__main__":

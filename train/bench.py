@@ -26,6 +26,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.flops import count_flops
+from model.heads.rpn import DepthwiseXCorr
+from model.heads.xcorr import xcorr_depthwise
+from pipeline.batch import SEARCH
+
 from .freeze import set_train_mode
 from .gpu_peaks import card_peak
 from .trainer import Trainer
@@ -166,8 +171,6 @@ def profile_steps(trainer, batches, steps: int, path) -> Path:
 
 def _xcorr_shapes(trainer, batch) -> list:
     """(search, kernel) shapes of every depthwise correlation in one forward of the model."""
-    from model.heads.rpn import DepthwiseXCorr
-
     shapes, hooks = [], []
     for m in trainer.model.modules():
         if isinstance(m, DepthwiseXCorr):
@@ -177,7 +180,7 @@ def _xcorr_shapes(trainer, batch) -> list:
                 lambda _m, _i, o, s=seen: shapes.append((tuple(s["x"]), tuple(o.shape)))))
     try:
         with torch.no_grad(), _autocast(trainer):
-            trainer.model(_slice(batch, batch["search"].shape[0]))
+            trainer.model(_slice(batch, batch[SEARCH].shape[0]))
     finally:
         for h in hooks:
             h.remove()
@@ -188,8 +191,6 @@ def xcorr_round_trips(trainer, batch, reps: int = 20) -> dict:
     """GPU time per step of the layout copies around the depthwise correlations: forward and
     backward of ``xcorr_depthwise`` on channels_last inputs (output converted back, as the head's
     convolution does) minus the same on contiguous inputs, summed over the model's calls."""
-    from model.heads.xcorr import xcorr_depthwise
-
     shapes = _xcorr_shapes(trainer, batch)
     dtype = torch.bfloat16 if trainer.amp else torch.float32
     clock = _Clock(trainer.device)
@@ -216,8 +217,6 @@ def xcorr_round_trips(trainer, batch, reps: int = 20) -> dict:
 def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profile_steps_n=5) -> dict:
     """Measure both phases; returns a JSON-ready dict (see tools/bench_train.py). With
     ``profile_dir``, also writes a torch.profiler summary of ``profile_steps_n`` steps per phase there."""
-    from model.flops import count_flops
-
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, shards=shards, out_dir=tmp, device=device, show_progress=False)
         memory = MemoryMeter(trainer.device)

@@ -8,18 +8,21 @@ per node to GPU N.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.devices import local_world_size
 
 from .preflight import PreflightError
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "choose_device", "loader_device",
-           "parse_device"]
+           "parse_device", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,23 @@ def init_distributed(device) -> DistContext:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(module: torch.nn.Module, device_ids=None) -> DDP:
+    """``module`` in DDP with rank-local buffers: its BN statistics are never synchronised, neither
+    at construction nor before a forward (PySOT's behaviour; rank 0's are the ones saved).
+
+    That is ``broadcast_buffers=False``. torch 2.13 deprecates the argument (a FutureWarning on
+    every rank) for ``forward_sync_buffers``, which still broadcasts rank 0's buffers at
+    construction: the trainer re-wraps at the unfreeze, when each rank's statistics differ, so
+    that is not the same. Where torch offers ``init_sync_buffers`` the pair of new arguments is
+    used; otherwise ``broadcast_buffers=False`` (not deprecated before 2.13), and its deprecation
+    warning, whose own advice this is, is not shown.
+    """
+    accepted = inspect.signature(DDP.__init__).parameters
+    if "init_sync_buffers" in accepted:
+        return DDP(module, device_ids=device_ids, forward_sync_buffers=False, init_sync_buffers=False,
+                   find_unused_parameters=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return DDP(module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False)

@@ -1,8 +1,11 @@
 """Checks run before any training step, each failing with a message that names the bad input."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
+
+from model.checkpoint import read_state_dict
+from pipeline.crop import shard_crop_geometry
+from pipeline.shards import ShardError, ShardReader, shard_dir
 
 __all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits", "check_compile"]
 
@@ -12,12 +15,11 @@ class PreflightError(ValueError):
 
 
 def check_shards(cfg, shards_root) -> dict:
-    """Every dataset in DATASET.NAMES has a complete, non-empty shard folder whose crops fit the config.
+    """Every dataset in DATASET.NAMES has a complete, non-empty shard folder whose crops fit the
+    config (`pipeline.crop.shard_crop_geometry`, the check the sampler makes too).
 
     Returns {name: number of crops}.
     """
-    from pipeline.shards import ShardError, ShardReader, shard_dir
-
     root = Path(shards_root)
     if not root.is_dir():
         raise PreflightError(f"--shards {root} does not exist; build shards with tools/build_lmdb.py")
@@ -31,18 +33,10 @@ def check_shards(cfg, shards_root) -> dict:
         try:
             if len(reader) == 0:
                 raise PreflightError(f"shards {folder} ({name}) hold no crops; rebuild them with tools/build_lmdb.py")
-            crop = reader.meta["crop"]
-            expect = {"exemplar_size": cfg.TRAIN.EXEMPLAR_SIZE, "context_amount": cfg.TRACK.CONTEXT_AMOUNT}
-            for key, want in expect.items():
-                got = crop.get(key)
-                if got is None or not math.isclose(float(got), float(want)):
-                    raise PreflightError(
-                        f"shards {folder} were cropped with {key}={got} but the config wants {want} "
-                        f"(TRAIN.EXEMPLAR_SIZE / TRACK.CONTEXT_AMOUNT); rebuild the shards or fix the config")
-            size = crop.get("crop_size")
-            if size is None or size < cfg.TRAIN.SEARCH_SIZE:
-                raise PreflightError(f"shards {folder}: crop_size={size} is smaller than TRAIN.SEARCH_SIZE="
-                                     f"{cfg.TRAIN.SEARCH_SIZE}")
+            try:
+                shard_crop_geometry(reader.meta.get("crop"), cfg, f"{folder} (dataset {name})")
+            except ValueError as err:
+                raise PreflightError(str(err)) from None
             counts[name] = len(reader)
         finally:
             reader.close()
@@ -64,8 +58,6 @@ def check_batch(cfg, world_size: int) -> int:
 
 def check_checkpoint_fits(ckpt: dict, model, cfg, path) -> None:
     """The checkpoint's state_dict has exactly the model's keys and shapes (same architecture)."""
-    from model.checkpoint import read_state_dict
-
     if "state_dict" not in ckpt:
         raise PreflightError(f"{path} has no 'state_dict' (keys: {sorted(ckpt)}); is it a training checkpoint?")
     arc = ckpt.get("meta_arc")

@@ -1,9 +1,9 @@
 """Train a Siamese tracker from LMDB shards (PySOT's recipe).
 
-    python train/run.py --cfg configs/siamrpn_r50_l234_dwxcorr_8gpu.yaml --shards cache/ --out runs/r50
-    torchrun --nproc_per_node=8 train/run.py --cfg ... --shards cache/ --device cuda
-    python train/run.py --cfg ... --shards cache/ --out runs/r50 --resume       # continue the newest checkpoint
-    python train/run.py --cfg ... --shards cache/ --device cuda:1                 # one process on GPU 1
+    python train/run.py --shards cache/                      # SiamRPN++ R50, on CUDA if present
+    torchrun --nproc_per_node=8 train/run.py --shards cache/ --out runs/r50
+    python train/run.py --shards cache/ --out runs/r50 --resume       # continue the newest checkpoint
+    python train/run.py --cfg configs/siamrpn_alex_dwxcorr_16gpu.yaml --shards cache/ --device cuda:1
 """
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ import errno
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
 
 from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import ConfigError, load_config  # noqa: E402
 from train.distributed import parse_device, shutdown_distributed  # noqa: E402
 from train.preflight import PreflightError  # noqa: E402
+
+DEFAULT_CFG = REPO / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"  # PySOT's SiamRPN++ training recipe
 
 
 def _device_arg(text: str) -> str:
@@ -30,7 +35,9 @@ def _device_arg(text: str) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", required=True, help="experiment YAML (PySOT schema)")
+    p.add_argument("--cfg", default=str(DEFAULT_CFG),
+                   help="experiment YAML, PySOT schema (default: the SiamRPN++ R50 recipe, "
+                        "configs/siamrpn_r50_l234_dwxcorr_8gpu.yaml)")
     p.add_argument("--shards", default="cache/", help="root folder of the LMDB shards (default: cache/)")
     p.add_argument("--out", default=None, help="run folder for checkpoints and logs (default: runs/<cfg name>)")
     p.add_argument("--device", type=_device_arg, default=None,
@@ -46,13 +53,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def default_device() -> str:
+    """--device when none is given: CUDA if torch sees a GPU (under torchrun: cuda:LOCAL_RANK)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
     from train.trainer import RunStopped, Trainer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     out = Path(args.out) if args.out else Path("runs") / Path(args.cfg).stem
     try:
         cfg = load_config(args.cfg, args.opts)

@@ -2,8 +2,9 @@
 gradient) with exact resume, skipped non-finite steps and throughput telemetry.
 
 Single process (CPU or one GPU) and torchrun DDP share one code path; see :class:`Trainer`.
-The steady-state step never waits for the device: losses stay there and are read once per
-``PRINT_FREQ`` interval, and a bad step is cancelled on the device (:mod:`train.step`).
+One epoch's steps are :func:`train.engine.train_one_epoch`. The steady-state step never waits for
+the device: losses stay there and are read once per ``PRINT_FREQ`` interval, and a bad step is
+cancelled on the device (:mod:`train.step`).
 """
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ import contextlib
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from model import build_model
+from model.checkpoint import load_pretrained, read_state_dict
 from pipeline.fileio import write_json
+from pipeline.loader import build_loader
 
 from .checkpoint import (CheckpointError, DiskFullError, capture_rng, load_checkpoint, remove_stale_temp_files,
                          restore_rng, save_checkpoint, to_plain)
-from .distributed import DistContext, init_distributed, loader_device
+from .distributed import DistContext, init_distributed, loader_device, wrap_ddp
+from .engine import device_batches, train_one_epoch
 from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_train_mode
 from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
@@ -37,7 +40,6 @@ __all__ = ["Trainer", "RunStopped", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
 MAX_VALID_LOSS = 1e4  # PySOT's is_valid_number: a loss above this is treated like NaN/Inf
 CHECKPOINT_FORMAT = "siamtrack-train-1"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_IMAGE_KEYS = ("template", "search")
 
 
 def _resolve(path: str) -> Path:
@@ -50,48 +52,13 @@ class RunStopped(RuntimeError):
     """Training stopped for a reason already logged (train.log and stderr), e.g. a full disk."""
 
 
-def _channels_last_images(batch: dict) -> dict:
-    """The batch with its images in channels_last memory format (TRAIN.CHANNELS_LAST)."""
-    return {k: (v.contiguous(memory_format=torch.channels_last) if k in _IMAGE_KEYS else v) for k, v in batch.items()}
-
-
-def _prefetch_to(loader_iter, device, channels_last):
-    """Yield batches moved to ``device``: pinned host memory, async copies on a side stream, one ahead."""
-    stream = torch.cuda.Stream(device)
-
-    def issue(batch):
-        with torch.cuda.stream(stream):
-            out = {}
-            for k, v in batch.items():
-                if isinstance(v, torch.Tensor):
-                    if v.device.type == "cpu" and not v.is_pinned():
-                        v = v.pin_memory()
-                    v = v.to(device, non_blocking=True)
-                    if channels_last and v.dim() == 4 and k in _IMAGE_KEYS:
-                        v = v.contiguous(memory_format=torch.channels_last)
-                out[k] = v
-        return out
-
-    nxt = None
-    for batch in loader_iter:
-        cur, nxt = nxt, issue(batch)
-        if cur is not None:
-            yield cur
-        torch.cuda.current_stream(device).wait_stream(stream)
-        for v in nxt.values():
-            if isinstance(v, torch.Tensor) and v.device.type == "cuda":
-                v.record_stream(torch.cuda.current_stream(device))
-    if nxt is not None:
-        yield nxt
-
-
 class Trainer:
     """Builds model, loader, optimizer from ``cfg`` and trains into ``out_dir``.
 
     ``resume``: None (fresh run; cfg.TRAIN.RESUME may still name a checkpoint), True (resume
     from the newest checkpoint in ``out_dir`` that loads) or a checkpoint path. A fresh run
     refuses an ``out_dir`` holding an earlier run unless ``overwrite`` (which deletes that run's
-    files). ``loader``: an already built loader to use instead of ``pipeline.build_loader``
+    files). ``loader``: an already built loader to use instead of ``pipeline.loader.build_loader``
     (same interface). ``ctx``: the distributed context (default: read from torchrun's environment).
     """
 
@@ -107,7 +74,7 @@ class Trainer:
         aside = self._agreed(lambda: refuse_or_set_aside(self.out_dir, overwrite)) if fresh else None
         aside = aside if self.ctx.is_main else None  # rank 0 owns the folder
         try:
-            self._setup(shards, resume, loader)
+            self._build(shards, resume, loader)
         except BaseException:
             if aside is not None:
                 put_back(aside)
@@ -115,22 +82,38 @@ class Trainer:
         if aside is not None:
             self.log.info(f"--overwrite: deleted the earlier run's {discard(aside)} files from {self.out_dir}")
 
-    def _setup(self, shards, resume, loader):
-        cfg, tr = self.cfg, self.cfg.TRAIN
+    # ------------------------------------------------------------------ construction, in order
+    def _build(self, shards, resume, loader):
+        self._open_run_folder()
+        resume_path, ckpt = self._preflight(shards, resume)
+        self._seed_and_backends()
+        self._build_model(ckpt, resume_path)
+        self._build_loader(shards, loader)
+        self._start_state(ckpt, resume_path)
+        self._prepare_steps()
+        self.finished = self.epoch >= self.cfg.TRAIN.EPOCH
+        if ckpt is not None and not self.finished:
+            self._cut_records_after(self.global_step)
+
+    def _open_run_folder(self):
+        """The run folder and its log; leftovers of a checkpoint write that was killed removed."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = setup_logger(self.out_dir if self.ctx.is_main else None, self.ctx.rank)
-        if self.ctx.is_main:  # leftovers of a checkpoint write that was killed (only rank 0 writes them)
+        if self.ctx.is_main:  # only rank 0 writes checkpoints, so only it has such leftovers
             for p in remove_stale_temp_files(self.out_dir):
                 self.log.warning(f"removed {p}: temp file of an interrupted checkpoint write (its process is gone)")
 
-        # ---- checks that need nothing built ----
-        self.steps_per_epoch = check_batch(cfg, self.ctx.world_size)
-        if tr.COMPILE:
+    def _preflight(self, shards, resume):
+        """Checks that need nothing built (batch, compile toolchain, shards); the resume point."""
+        self.steps_per_epoch = check_batch(self.cfg, self.ctx.world_size)
+        if self.cfg.TRAIN.COMPILE:
             check_compile(self.device.type)
-        self.shard_counts = check_shards(cfg, shards)
-        resume_path, ckpt = self._resume_point(resume)
+        self.shard_counts = check_shards(self.cfg, shards)
+        return self._resume_point(resume)
 
-        # ---- determinism and speed knobs ----
+    def _seed_and_backends(self):
+        """Global seeds (the model's initial weights), and the speed knobs of a CUDA run."""
+        tr = self.cfg.TRAIN
         torch.manual_seed(tr.SEED)
         np.random.seed(tr.SEED)
         random.seed(tr.SEED)
@@ -141,59 +124,59 @@ class Trainer:
         self.amp = self.on_cuda and tr.AMP
         self.channels_last = self.on_cuda and tr.CHANNELS_LAST
 
-        # ---- model ----
-        from model import build_model
-
-        self.model = build_model(cfg)
+    def _build_model(self, ckpt, resume_path):
+        """The network on the device; a checkpoint to resume must fit it, else BACKBONE.PRETRAINED loads."""
+        self.model = build_model(self.cfg)
         if ckpt is not None:
-            check_checkpoint_fits(ckpt, self.model, cfg, resume_path)
-        elif cfg.BACKBONE.PRETRAINED:
-            self._load_pretrained(self.model.backbone, cfg.BACKBONE.PRETRAINED, "BACKBONE.PRETRAINED")
+            check_checkpoint_fits(ckpt, self.model, self.cfg, resume_path)
+        elif self.cfg.BACKBONE.PRETRAINED:
+            self._load_pretrained(self.model.backbone, self.cfg.BACKBONE.PRETRAINED, "BACKBONE.PRETRAINED")
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-        # ---- data ----
+    def _build_loader(self, shards, loader):
+        """The pair loader on TRAIN.LOADER_DEVICE (``loader`` if one was given)."""
+        tr = self.cfg.TRAIN
         self.loader_device = loader_device(tr.LOADER_DEVICE, self.device)
         self.host_loader = self.loader_device.type == "cpu" and self.on_cuda
         if loader is None:
-            from pipeline import build_loader
-
-            loader = build_loader(cfg, shards=str(shards), batch_size=tr.BATCH_SIZE, device=str(self.loader_device),
-                                  rank=self.ctx.rank, world_size=self.ctx.world_size, seed=tr.SEED,
-                                  pin_memory=self.host_loader)
+            loader = build_loader(self.cfg, shards=str(shards), batch_size=tr.BATCH_SIZE,
+                                  device=str(self.loader_device), rank=self.ctx.rank,
+                                  world_size=self.ctx.world_size, seed=tr.SEED, pin_memory=self.host_loader)
         self.loader = loader
         if len(self.loader) != self.steps_per_epoch:
             self.log.warning(f"loader yields {len(self.loader)} batches per epoch; PySOT's count would be "
                              f"{self.steps_per_epoch}; using the loader's")
             self.steps_per_epoch = len(self.loader)
 
-        # ---- training state ----
-        self.epoch = tr.START_EPOCH
+    def _start_state(self, ckpt, resume_path):
+        """Counters, meters and optimizer: from the checkpoint, or fresh (then TRAIN.PRETRAINED loads)."""
+        self.epoch = self.cfg.TRAIN.START_EPOCH
         self.epoch_step = 0
         self.global_step = self.epoch * self.steps_per_epoch
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # read lazily: skipped_steps
         self.interval, self.epoch_meter = IntervalMeter(), IntervalMeter()
         self.totals = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
         self.verdicts: list[str] = []
-        self.unfrozen = backbone_unfrozen_at(cfg, self.epoch)
+        self.unfrozen = backbone_unfrozen_at(self.cfg, self.epoch)
         if ckpt is not None:
             self._restore(ckpt, resume_path)
         else:
             self._build_optimizer()
-            if tr.PRETRAINED:
-                self._load_pretrained(self.model, tr.PRETRAINED, "TRAIN.PRETRAINED")
-        self.grad_scale = float(self.ctx.world_size) if tr.GRAD_SUM else 1.0
+            if self.cfg.TRAIN.PRETRAINED:
+                self._load_pretrained(self.model, self.cfg.TRAIN.PRETRAINED, "TRAIN.PRETRAINED")
+
+    def _prepare_steps(self):
+        """What every step uses: the gradient scale, the BN snapshot, the (DDP/compiled) network."""
+        self.grad_scale = float(self.ctx.world_size) if self.cfg.TRAIN.GRAD_SUM else 1.0
         self.param_grad_stats = False  # per-parameter LOG_GRADS scalars: fit() turns them on when TensorBoard is there
         self.last_grad_stats: dict = {}
         self.last_param_grads: dict = {}
         self.buffers = BufferGuard(self.model)
         self._wrap()
-        self.finished = self.epoch >= tr.EPOCH
-        if ckpt is not None and not self.finished:
-            self._cut_records_after(self.global_step)
 
-    # ------------------------------------------------------------------ setup helpers
+    # ------------------------------------------------------------------ construction helpers
     def _agreed(self, decide):
         """``decide()`` on rank 0, its result (or its PreflightError/CheckpointError) on every rank."""
         outcome = [None, None]
@@ -234,8 +217,6 @@ class Trainer:
         return path, load_checkpoint(path)
 
     def _load_pretrained(self, module, path, key):
-        from model.checkpoint import load_pretrained
-
         p = _resolve(path)
         if not p.is_file():
             raise PreflightError(f"{key}={path!r}: file not found (also tried {p})")
@@ -243,12 +224,12 @@ class Trainer:
         self.log.info(f"{key}: loaded {p}: {report}")
 
     def _restore(self, ckpt, path):
+        """The state a checkpoint holds: weights, counters, optimizer, schedule, loader position,
+        RNG states and the unfinished metrics interval (a PySOT file: weights, epoch, optimizer)."""
         cfg = self.cfg
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             # A PySOT checkpoint_eN (or foreign file): weights, optimizer if it fits, epoch.
             self.log.warning(f"{path} is not one of our training checkpoints; restoring weights and epoch only")
-        from model.checkpoint import read_state_dict
-
         self.model.load_state_dict(read_state_dict(ckpt, str(path)), strict=True)
         self.epoch = int(ckpt.get("epoch", 0))
         self.epoch_step = int(ckpt.get("epoch_step", 0))
@@ -259,18 +240,7 @@ class Trainer:
         self.unfrozen = bool(ckpt.get("backbone_unfrozen", backbone_unfrozen_at(cfg, self.epoch)))
         self.global_step = int(ckpt.get("global_step", self.epoch * self.steps_per_epoch + self.epoch_step))
         self._skipped.fill_(int(ckpt.get("skipped_steps", 0)))
-        self._build_optimizer()
-        if "optimizer" in ckpt:
-            try:
-                self.optimizer.load_state_dict(ckpt["optimizer"])
-            except (ValueError, KeyError) as err:
-                if ckpt.get("format") == CHECKPOINT_FORMAT:
-                    phase = "unfrozen" if self.unfrozen else "frozen"
-                    raise PreflightError(f"{path}: optimizer state does not fit the {phase} parameter groups "
-                                         f"({err})") from None
-                # PySOT's checkpoint_e{TRAIN_EPOCH} holds the frozen-phase optimizer; PySOT itself would
-                # rebuild the optimizer at that epoch, so a fresh one is the faithful continuation.
-                self.log.warning(f"{path}: optimizer state does not fit ({err}); starting a fresh optimizer")
+        self._restore_optimizer(ckpt, path)
         if "scheduler" in ckpt:
             self.sched.load_state_dict(ckpt["scheduler"])
         if "loader" in ckpt:
@@ -287,13 +257,27 @@ class Trainer:
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.epoch_step}/{self.steps_per_epoch}, "
                       f"global step {self.global_step}, backbone {'unfrozen' if self.unfrozen else 'frozen'}")
 
+    def _restore_optimizer(self, ckpt, path):
+        """A fresh optimizer for the checkpoint's phase, then its saved state where that fits."""
+        self._build_optimizer()
+        if "optimizer" not in ckpt:
+            return
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            if ckpt.get("format") == CHECKPOINT_FORMAT:
+                phase = "unfrozen" if self.unfrozen else "frozen"
+                raise PreflightError(f"{path}: optimizer state does not fit the {phase} parameter groups "
+                                     f"({err})") from None
+            # PySOT's checkpoint_e{TRAIN_EPOCH} holds the frozen-phase optimizer; PySOT itself would
+            # rebuild the optimizer at that epoch, so a fresh one is the faithful continuation.
+            self.log.warning(f"{path}: optimizer state does not fit ({err}); starting a fresh optimizer")
+
     def _wrap(self):
         """(Re)wrap the model for DDP / compile; needed again when the trainable set changes."""
         self.net = self.model
-        if self.ctx.distributed:
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.on_cuda else None,
-                           broadcast_buffers=False,  # PySOT never syncs BN buffers; rank 0's are saved
-                           find_unused_parameters=False)
+        if self.ctx.distributed:  # PySOT never syncs BN buffers (rank 0's are saved): rank-local here too
+            self.net = wrap_ddp(self.model, device_ids=[self.device.index] if self.on_cuda else None)
         if self.cfg.TRAIN.COMPILE:
             self.net = torch.compile(self.net)
 
@@ -346,7 +330,9 @@ class Trainer:
         """Pairs the loader replaced because a crop was unusable (counted in delivered batches)."""
         return int(getattr(self.loader, "skipped", 0))
 
-    def _save(self, *names):
+    def save(self, *names):
+        """Write the checkpoint as each of ``names`` in the run folder (rank 0 only); a full disk
+        is logged and stops the run (:class:`RunStopped`)."""
         if not self.ctx.is_main:
             return
         payload = self.checkpoint_payload()
@@ -369,12 +355,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def batches(self):
         """One pass over the loader as ``train_step`` takes it: on the device, images channels_last if asked."""
-        it = iter(self.loader)
-        if self.host_loader:
-            return _prefetch_to(it, self.device, self.channels_last)
-        if self.channels_last:
-            return map(_channels_last_images, it)
-        return it
+        return device_batches(iter(self.loader), self.device, self.host_loader, self.channels_last)
 
     def train_step(self, batch) -> torch.Tensor:
         """Forward, all-rank validity vote, backward, then an update that every rank applies or
@@ -407,10 +388,6 @@ class Trainer:
         self._skipped += ~apply
         return torch.where(apply, packed.double() / self.ctx.world_size, 0.0)
 
-    def _record_batch(self, fh, batch):
-        fp = {k: batch[k].double().flatten(1).sum(1).tolist() for k in ("template", "search")}
-        fh.write(json.dumps({"epoch": self.epoch, "step": self.global_step, **fp}) + "\n")
-
     def fit(self) -> dict:
         """Train until cfg.TRAIN.EPOCH; returns a summary dict (also written to summary.json).
 
@@ -427,7 +404,9 @@ class Trainer:
                   if tr.RECORD_BATCHES else None)
         try:
             while self.epoch < tr.EPOCH:
-                self.train_epoch(metrics, record)
+                lr = self.start_epoch()
+                train_one_epoch(self, lr, metrics, record)
+                self.finish_epoch()
         finally:
             if metrics is not None:
                 metrics.close()
@@ -437,16 +416,16 @@ class Trainer:
         if self.ctx.is_main:
             write_json(self.out_dir / "summary.json", summary, indent=2)
             try:
-                from .plotting import plot_run
+                from .plotting import plot_run  # matplotlib: imported only here, and a failure is tolerated
 
                 summary["curves"] = str(plot_run(self.out_dir))
             except Exception as err:  # a missing plot must not fail a finished training run
                 self.log.warning(f"could not plot {self.out_dir / 'metrics.jsonl'}: {err}")
         return summary
 
-    def train_epoch(self, metrics: MetricsWriter | None, record=None) -> None:
-        """Train the rest of ``self.epoch`` (all of it, or from a resumed ``epoch_step``), then
-        save ``checkpoint_e{N}.pth`` and ``latest.pth``."""
+    def start_epoch(self) -> float:
+        """Ready ``self.epoch``: unfreeze the backbone when due, set the epoch's lr, point the loader
+        at the epoch (unless a resumed run is inside it), set train/eval modes; returns the lr."""
         cfg, tr = self.cfg, self.cfg.TRAIN
         if not self.unfrozen and backbone_unfrozen_at(cfg, self.epoch):
             self.unfreeze()
@@ -458,50 +437,11 @@ class Trainer:
         self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
                       f"{[f'{x:.3g}' for x in self.sched.group_lrs()]}, backbone "
                       f"{'unfrozen' if self.unfrozen else 'frozen'}")
-        pairs_per_step = tr.BATCH_SIZE * self.ctx.world_size
-        from tqdm import tqdm
+        return lr
 
-        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, unit="step", dynamic_ncols=True,
-                   desc=f"epoch {self.epoch + 1}/{tr.EPOCH}", disable=not self.show_progress)
-        shown_loss = math.nan
-        it = self.batches()
-        t0 = time.perf_counter()
-        while self.epoch_step < self.steps_per_epoch:
-            try:
-                batch = next(it)
-            except StopIteration:
-                raise RuntimeError(f"loader ended after {self.epoch_step} of {self.steps_per_epoch} "
-                                   f"batches in epoch {self.epoch + 1}") from None
-            t1 = time.perf_counter()
-            if record is not None:
-                self._record_batch(record, batch)
-            contrib = self.train_step(batch)
-            self.epoch_step += 1
-            self.global_step += 1
-            if self.param_grad_stats and self.last_grad_stats:  # PySOT logs these every step
-                metrics.tensorboard_scalars(self.last_param_grads, self.global_step)
-            t2 = time.perf_counter()
-            for meter in (self.interval, self.epoch_meter):
-                meter.update(contrib, pairs_per_step, t1 - t0, t2 - t0, self.last_grad_stats)
-            t0 = t2
-            # Intervals are aligned to the epoch's steps, so a resumed run (which restores the
-            # unfinished interval's sums) writes the records an uninterrupted run would.
-            if self.epoch_step % tr.PRINT_FREQ == 0 or self.epoch_step == self.steps_per_epoch:
-                if self.ctx.is_main:  # the one device read of an interval
-                    shown_loss = self.epoch_meter.means()["total_loss"]  # epoch so far: steadier than the interval
-                    metrics.write({"epoch": self.epoch, "step": self.global_step, "lr": lr, **self.interval.means(),
-                                   "skipped_steps": self.skipped_steps, "replaced_crops": self.replaced_crops})
-                self.interval.reset()
-            if self.show_progress:
-                bar.update(1)
-                bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{lr:.2e}",
-                                pairs_s=f"{self.epoch_meter.pairs / max(self.epoch_meter.step_s, 1e-9):.1f}",
-                                wait=f"{100 * self.epoch_meter.wait_s / max(self.epoch_meter.step_s, 1e-9):.0f}%",
-                                replaced=self.replaced_crops, refresh=False)
-            if (tr.CKPT_INTERVAL and self.global_step % tr.CKPT_INTERVAL == 0
-                    and self.epoch_step < self.steps_per_epoch):
-                self._save("latest.pth")
-        bar.close()
+    def finish_epoch(self) -> None:
+        """After the epoch's last step: its verdict in the log, its figures added to the totals,
+        the next epoch begun, and ``checkpoint_e{N}.pth`` and ``latest.pth`` saved."""
         ep = self.epoch_meter
         verdict = bound_verdict(self.epoch, ep.pairs, ep.wait_s, ep.step_s)
         self.verdicts.append(verdict)
@@ -513,7 +453,7 @@ class Trainer:
         self.epoch_step = 0
         self.interval.reset()
         self.epoch_meter.reset()
-        self._save(f"checkpoint_e{self.epoch}.pth", "latest.pth")
+        self.save(f"checkpoint_e{self.epoch}.pth", "latest.pth")
 
     def _summary(self) -> dict:
         t = self.totals

@@ -1,0 +1,36 @@
+"""The training batch: the keys of the dict the loader yields and the model's ``forward`` reads.
+
+B pairs per batch, A anchors per position (len(ANCHOR.RATIOS) x len(ANCHOR.SCALES)), S the score
+map side (TRAIN.OUTPUT_SIZE), Tz / Tx the template / search side (TRAIN.EXEMPLAR_SIZE /
+TRAIN.SEARCH_SIZE).  PySOT's ``TrkDataset`` items carry the same names.
+
+==================  ===============================================================================
+key                 holds
+==================  ===============================================================================
+TEMPLATE            (B, 3, Tz, Tz) float32: BGR, 0-255, CHW, no normalisation
+SEARCH              (B, 3, Tx, Tx) float32: the same for the search image
+LABEL_CLS           (B, A, S, S) int64: 1 positive, 0 negative, -1 ignored anchor
+LABEL_LOC           (B, 4, A, S, S) float32: (dx, dy, dw, dh) of the target from every anchor (0: negative pair)
+LABEL_LOC_WEIGHT    (B, A, S, S) float32: 1 / (positives of the pair + 1e-6) on positives, else 0
+BBOX                (B, 4) float32: the target's x1, y1, x2, y2 on the augmented search image
+NEG                 (B,) bool: a negative pair (search image from another object)
+==================  ===============================================================================
+
+``pipeline.loader.PairLoader`` yields these tensors on its device; ``pipeline.reference``
+returns one sample's arrays under the same keys (without the batch axis).
+"""
+
+TEMPLATE = "template"
+SEARCH = "search"
+LABEL_CLS = "label_cls"
+LABEL_LOC = "label_loc"
+LABEL_LOC_WEIGHT = "label_loc_weight"
+BBOX = "bbox"
+NEG = "neg"
+
+IMAGES = (TEMPLATE, SEARCH)
+LABELS = (LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, BBOX, NEG)
+MODEL_INPUTS = (TEMPLATE, SEARCH, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT)  # what the RPN losses need
+
+__all__ = ["TEMPLATE", "SEARCH", "LABEL_CLS", "LABEL_LOC", "LABEL_LOC_WEIGHT", "BBOX", "NEG", "IMAGES",
+           "LABELS", "MODEL_INPUTS"]
