@@ -2,6 +2,8 @@
 synthetic sequences with real networks (demo, AlexNet, R50; random weights), per-job settings,
 the long-term tracker's two search sizes in one step, a re-initialising protocol, unreadable
 frames, shared templates and errors."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,17 @@ def test_equal_first_boxes_of_one_frame_share_a_template(sequences):
     assert ptr[0] == ptr[1]                      # same frame, box and template geometry
     assert len({ptr[0], ptr[2], ptr[3]}) == 3    # another frame object; another context amount
     torch.testing.assert_close(states[0].kernel, states[2].kernel, rtol=1e-4, atol=1e-4)
+
+
+def test_streams_share_the_jobs_evenly(sequences):
+    """Fewer jobs than one stream's batch: every stream still gets its share (8 jobs on 2
+    streams once ran as 8 + 0, the busy stream on half the torch threads); here 3 jobs: 2 + 1."""
+    _, tracker = random_tracker('configs/demo_cpu.yaml')
+    lanes = []
+    jobs = [Job(OnePassProtocol(s), frame_reader(s), s.name) for s in sequences]
+    run_batched(jobs, tracker, EngineOptions(batch_size=16, streams=2),
+                on_done=lambda job: lanes.append(threading.current_thread().name))
+    assert sorted(lanes) in (['track-lane0'] * 2 + ['track-lane1'], ['track-lane0'] + ['track-lane1'] * 2)
 
 
 class FailingProtocol(OnePassProtocol):

@@ -40,7 +40,7 @@ def add_tracker_options(p, checkpoints_help: str) -> None:
 def add_run_options(p) -> None:
     """How sequences are run and shown (shared with tools/eval_vot.py)."""
     p.add_argument('--batch-size', type=int, default=0,
-                   help='sequences per network forward and stream (default: 16 on CPU, 64 on CUDA)')
+                   help='sequences per network forward and stream (default: 8 on CPU, 64 on CUDA)')
     p.add_argument('--sequential', action='store_true',
                    help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
     p.add_argument('--quiet', action='store_true', help='no progress bars')

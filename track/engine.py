@@ -10,9 +10,10 @@ result to its protocol and admits waiting jobs as others finish.  Each job keeps
 the sequential tracker; only float rounding in the batched convolutions differs (well under
 1e-3 px, tested).  Any `track.protocol.Protocol` runs on it, including re-initialising ones.
 
-On the CPU the engine also splits the active jobs into `streams` sub-batches run concurrently,
-each on its own thread with its own copy of the network and a share of the torch threads
-(small convolutions parallelise poorly inside one op).  Two opt-in CPU speed-ups change the
+On the CPU the engine also splits the jobs evenly into `streams` sub-batches run concurrently,
+each on its own thread with its own copy of the network and a share of the torch threads, so
+one stream's cropping and Python work overlaps the other's convolutions.  The CPU batch stays
+small (8 per stream): the forward is compute-bound, and larger batches fall out of the cache.  Two opt-in CPU speed-ups change the
 float rounding more than batching does (tracks part by up to ~1e-3 px within 8 frames of a random
 network, ~1e-4 px with batching alone; see tests/test_engine.py): NHWC crops (`channels_last`)
 and BatchNorm folded into the preceding convolutions of a copy of the model (`fuse_bn`).
@@ -58,7 +59,7 @@ class Job:
 @dataclass
 class EngineOptions:
     """How the engine runs; 0 / None pick a default for the tracker's device."""
-    batch_size: int = 0           # active jobs per stream (0: 16 on CPU, 64 on CUDA)
+    batch_size: int = 0           # active jobs per stream (0: 8 on CPU, 64 on CUDA)
     streams: int = 0              # CPU sub-batches run concurrently (0: 2 if torch has >= 2 threads); CUDA: 1
     read_workers: int = 0         # threads decoding frames and cutting crops (0: min(8, CPUs))
     fuse_bn: bool = False         # fold BatchNorm into convolutions (on a copy of the model)
@@ -123,14 +124,15 @@ class _Lane:
 
     def _admit(self, active: list) -> None:
         while len(active) < self.batch_size:
-            job = self.shared.take()
+            job = self.shared.take(self, len(active))
             if job is None:
-                return
+                break
             request = job.protocol.next_request()
             if request is None:
                 self.shared.finished(job)
             else:
                 active.append(_Active(job, self.tracker.new_state(job.track), request))
+        self.shared.set_active(self, len(active))
 
     def run(self) -> None:
         active, cache = [], {}
@@ -166,6 +168,7 @@ class _Lane:
                 else:
                     still.append(a)
             active = still
+        self.shared.set_active(self, 0)
 
     def _step(self, active: list, imgs: list) -> None:
         inits, tracks = [], []
@@ -192,16 +195,27 @@ class _Lane:
 class _Shared:
     """What the lanes share: the job queue, the reader pool, progress, completion and errors."""
 
-    def __init__(self, jobs, pool, bar, on_done):
+    def __init__(self, jobs, pool, bar, on_done, lanes: int = 1):
         self.queue = deque(jobs)
         self.pool, self.bar, self.on_done = pool, bar, on_done
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors = []
+        self.lanes, self.active = lanes, {}
 
-    def take(self):
+    def take(self, lane, holding: int):
+        """The next job for `lane`, which holds `holding` active jobs, or None when the queue is
+        empty or the lane already holds its share (the work left split evenly over the lanes,
+        so that 8 jobs on 2 lanes run as 4 + 4, not 8 + 0)."""
         with self.lock:
-            return self.queue.popleft() if self.queue else None
+            left = len(self.queue) + holding + sum(n for k, n in self.active.items() if k is not lane)
+            if not self.queue or holding >= -(-left // self.lanes):
+                return None
+            return self.queue.popleft()
+
+    def set_active(self, lane, count: int) -> None:
+        with self.lock:
+            self.active[lane] = count
 
     def advance(self, frames: int) -> None:
         with self.lock:
@@ -219,7 +233,7 @@ def _lanes(tracker, options: EngineOptions) -> list:
     if not getattr(tracker, 'batchable', False):
         return [(_OneAtATime(tracker), 1)]
     cuda = tracker.device.type == 'cuda'
-    batch_size = options.batch_size or (64 if cuda else 16)
+    batch_size = options.batch_size or (64 if cuda else 8)
     streams = 1 if cuda else (options.streams or (2 if torch.get_num_threads() >= 2 else 1))
 
     def model(i):
@@ -244,7 +258,7 @@ def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: b
     threads = torch.get_num_threads()
     with ThreadPoolExecutor(workers, thread_name_prefix='track-read') as pool, \
             tqdm(total=total, desc=desc, unit='frame', disable=not progress, dynamic_ncols=True) as bar:
-        shared = _Shared(jobs, pool, bar, on_done)
+        shared = _Shared(jobs, pool, bar, on_done, len(lanes))
         runners = []
         for lane_tracker, batch_size in lanes:
             if len(lanes) == 1:
