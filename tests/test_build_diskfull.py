@@ -2,7 +2,6 @@
 "free space and rerun" resumes into shards identical to an uninterrupted build."""
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,44 +9,11 @@ import pytest
 
 from pipeline.ingest import verify_shards
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader
+from conftest import run_quiet as _run
 from pipeline.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = 6
-
-
-def _run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, **kw)
-
-
-def _mount_tmpfs(where: Path, size: int, remount: bool = False):
-    opts = f'remount,size={size}' if remount else f'size={size}'
-    return _run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(where)])
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(size) mounts a tmpfs of `size` bytes (again: resizes it in place); unmounted at teardown."""
-    where = tmp_path / 'tmpfs'
-    where.mkdir()
-    mounted = []
-
-    def mount(size: int) -> Path:
-        if shutil.which('mount') is None:
-            pytest.skip('no mount command: cannot make a small real filesystem')
-        r = _mount_tmpfs(where, size, remount=bool(mounted))
-        if r.returncode != 0:
-            if not mounted:
-                pytest.skip(f'cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}')
-            raise RuntimeError(f'tmpfs resize failed: {r.stderr.strip()}')
-        mounted.append(size)
-        return where
-
-    yield mount
-    if mounted:
-        r = _run(['umount', str(where)])
-        if r.returncode != 0:
-            _run(['umount', '-l', str(where)])
 
 
 @pytest.fixture(scope='module')

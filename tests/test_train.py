@@ -39,18 +39,6 @@ SMALL = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Synthetic VID shards built with the project's own tools."""
-    base = tmp_path_factory.mktemp("shards")
-    raw, out = base / "raw", base / "cache"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_synthetic.py"), "--dataset", "VID", "--out",
-                    str(raw), "--videos", "6", "--frames", "20", "--no-broken"], check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "tools" / "build_lmdb.py"), "--dataset", "VID", "--root", str(raw),
-                    "--out", str(out), "--workers", "2", "--no-progress"], check=True, capture_output=True)
-    return out
-
-
 def _cmd(shards, out, *extra, opts=()):
     return [sys.executable, str(RUN), "--cfg", str(DEMO), "--shards", str(shards), "--out", str(out),
             "--device", "cpu", "--no-progress", *extra, "--opts", *SMALL, *opts]

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from test_build_diskfull import tmpfs  # noqa: F401  (fixture: a small real tmpfs)
 from train.checkpoint import (CheckpointError, capture_rng, load_checkpoint, remove_stale_temp_files, restore_rng,
                               save_checkpoint, to_plain)
 

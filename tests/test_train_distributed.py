@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from test_train import shards  # noqa: F401  (module fixture: synthetic VID shards)
 from train.distributed import (choose_device, init_distributed, loader_device, parse_device, shutdown_distributed,
                                wrap_ddp)
 from train.preflight import PreflightError

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from test_train import DEMO, ENV, ROOT, SMALL, _cfg, shards  # noqa: F401  (module fixture)
+from test_train import DEMO, ENV, ROOT, SMALL, _cfg
 from train.trainer import Trainer
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

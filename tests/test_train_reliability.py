@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_build_diskfull import tmpfs  # noqa: F401  (fixture: a small real tmpfs)
-from test_train import ENV, _cfg, _cmd, _EachBatch, shards  # noqa: F401  (module fixture: synthetic VID shards)
+from test_train import ENV, _cfg, _cmd, _EachBatch
 from train.checkpoint import CheckpointError
 from train.trainer import Trainer
 

@@ -7,7 +7,6 @@ trainer's (:meth:`~train.trainer.Trainer.start_epoch`, :meth:`~train.trainer.Tra
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import torch
@@ -86,7 +85,7 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
     pairs_per_step = tr.BATCH_SIZE * trainer.ctx.world_size
     bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.epoch_step, unit="step", dynamic_ncols=True,
                desc=f"epoch {trainer.epoch + 1}/{tr.EPOCH}", disable=not trainer.show_progress)
-    shown_loss = math.nan
+    shown_loss = "-"  # read from the device once per PRINT_FREQ steps, not before
     it = trainer.batches()
     t0 = time.perf_counter()
     while trainer.epoch_step < trainer.steps_per_epoch:
@@ -111,7 +110,7 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
         # unfinished interval's sums) writes the records an uninterrupted run would.
         if trainer.epoch_step % tr.PRINT_FREQ == 0 or trainer.epoch_step == trainer.steps_per_epoch:
             if metrics is not None:  # rank 0: the one device read of an interval
-                shown_loss = trainer.epoch_meter.means()["total_loss"]  # epoch so far: steadier than the interval
+                shown_loss = f'{trainer.epoch_meter.means()["total_loss"]:.4f}'  # epoch so far: steadier
                 metrics.write({"epoch": trainer.epoch, "step": trainer.global_step, "lr": lr,
                                **trainer.interval.means(), "skipped_steps": trainer.skipped_steps,
                                "replaced_crops": trainer.replaced_crops})
@@ -119,7 +118,7 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
         if trainer.show_progress:
             meter = trainer.epoch_meter
             bar.update(1)
-            bar.set_postfix(loss=f"{shown_loss:.4f}", lr=f"{lr:.2e}",
+            bar.set_postfix(loss=shown_loss, lr=f"{lr:.2e}",
                             pairs_s=f"{meter.pairs / max(meter.step_s, 1e-9):.1f}",
                             wait=f"{100 * meter.wait_s / max(meter.step_s, 1e-9):.0f}%",
                             replaced=trainer.replaced_crops, refresh=False)
