@@ -13,10 +13,11 @@ the sequential tracker; only float rounding in the batched convolutions differs 
 On the CPU the engine also splits the jobs evenly into `streams` sub-batches run concurrently,
 each on its own thread with its own copy of the network and a share of the torch threads, so
 one stream's cropping and Python work overlaps the other's convolutions.  The CPU batch stays
-small (8 per stream): the forward is compute-bound, and larger batches fall out of the cache.  Two opt-in CPU speed-ups change the
-float rounding more than batching does (tracks part by up to ~1e-3 px within 8 frames of a random
-network, ~1e-4 px with batching alone; see tests/test_engine.py): NHWC crops (`channels_last`)
-and BatchNorm folded into the preceding convolutions of a copy of the model (`fuse_bn`).
+small (8 per stream): the forward is compute-bound, and larger batches fall out of the cache.
+Two opt-in CPU speed-ups change the float rounding more than batching does (tracks part by up
+to ~1e-3 px within 8 frames of a random network, ~1e-4 px with batching alone; see
+tests/test_engine.py): NHWC crops (`channels_last`) and BatchNorm folded into the preceding
+convolutions of a copy of the model (`fuse_bn`).
 Trackers without a batched path (SiamMask, the static baseline) run one job at a time through
 the same loop.
 """
