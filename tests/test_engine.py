@@ -10,7 +10,7 @@ import torch
 
 from model import build_model
 from pipeline.synthetic import make_eval
-from track.engine import EngineOptions, Job, inference_model, run_batched
+from track.engine import BlockedBackbone, EngineOptions, Job, inference_model, run_batched
 from track.protocol import OnePassProtocol, Protocol, Request, run_sequential
 from track.runner import frame_reader, run_tracker
 from track.sequences import Sequence, load_sequences
@@ -49,6 +49,7 @@ def assert_same_tracks(got, want):
 @pytest.mark.parametrize('cfg_path, n_seqs, frames, options', [
     ('configs/demo_cpu.yaml', 3, None, EngineOptions(batch_size=2, streams=2)),
     ('configs/demo_cpu.yaml', 2, 3, EngineOptions.fast(batch_size=2, streams=1)),
+    ('configs/demo_cpu.yaml', 2, 3, EngineOptions(batch_size=2, streams=1, blocked=False)),
     ('configs/siamrpn_alex_dwxcorr.yaml', 2, 4, EngineOptions(batch_size=2, streams=1)),
     ('configs/siamrpn_r50_l234_dwxcorr.yaml', 2, 2, EngineOptions(batch_size=2, streams=1)),
 ])
@@ -199,6 +200,32 @@ def test_inference_model_folds_batchnorm_into_a_copy():
     x = torch.rand(2, 3, 127, 127) * 255
     with torch.no_grad():
         torch.testing.assert_close(fused.backbone(x), model.backbone(x), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('cfg_path, size, blocks', [
+    ('configs/demo_cpu.yaml', 127, True),
+    ('configs/siamrpn_r50_l234_dwxcorr.yaml', 127, True),         # three levels: a list out
+    ('configs/siamrpn_mobilev2_l234_dwxcorr.yaml', 127, False),   # ReLU6 has no blocked kernel
+])
+def test_blocked_backbone_gives_the_plain_features_or_is_not_used(cfg_path, size, blocks):
+    cfg = load_config(cfg_path)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    for m in model.modules():  # non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    copy = inference_model(model, fuse_bn=False, blocked=True)
+    assert isinstance(copy.backbone, BlockedBackbone) == blocks
+    assert not isinstance(model.backbone, BlockedBackbone)  # the original is untouched
+    x = torch.rand(2, 3, size, size) * 255
+    with torch.no_grad():
+        got, want = copy.backbone(x), model.backbone(x)
+    got, want = (got, want) if isinstance(want, list) else ([got], [want])
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.layout == torch.strided and g.shape == w.shape
+        assert float((g - w).abs().max()) <= 1e-5 * float(w.abs().max())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

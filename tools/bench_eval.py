@@ -11,10 +11,15 @@ Modes (wall-clock time of the whole run, frame decoding included):
   sequential      one sequence at a time, frame by frame (PySOT's way; `tools/eval.py --sequential`)
   batched         the batched engine with its defaults (`tools/eval.py`)
   batched_1stream the same with one CPU stream (what the streams add)
+  batched_dense   the same with the backbone in plain NCHW tensors (what the blocked layout adds)
   batched_fast    the engine plus channels_last crops and BatchNorm folding (EngineOptions.fast)
   tune_batched    S settings x the sequences as one batched run (`tools/tune.py`)
   tune_one_by_one one setting at a time, each a batched run over the sequences
-Each tracking mode also reports its largest box difference from `sequential` (px).  With
+Each tracking mode also reports its largest box difference from `sequential` (px).
+`compute_bound` sets the ceiling of any exact-arithmetic speed-up: the FLOPs of one search
+forward, the fastest rate any of the model's own (ungrouped) convolutions reaches here at the
+engine's batch, and so the least time a frame could take if every convolution ran at that rate
+and nothing else cost anything; `ceiling_vs_sequential` is the sequential time over that.  With
 --repeat R every mode runs R times, interleaved, and keeps its best time.  Prints the times as
 they come and writes JSON with the ratios and the load average before and after.
 """
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from model import build_model  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
@@ -71,6 +77,38 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def compute_bound(model, cfg, batch: int, device: str) -> dict:
+    """The FLOPs of one search forward and the fastest rate of the model's ungrouped
+    convolutions at `batch` (each timed alone on its own input shape): the least time a frame
+    could take with every convolution at that rate and nothing else."""
+    size = cfg.TRACK.INSTANCE_SIZE
+    convs = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: convs.append((m, inp[0].shape)))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    z = torch.zeros(1, 3, cfg.TRACK.EXEMPLAR_SIZE, cfg.TRACK.EXEMPLAR_SIZE, device=device)
+    x = torch.zeros(1, 3, size, size, device=device)
+    with torch.no_grad():
+        model.template(z)
+        del convs[:]
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model.track(x)
+    for h in hooks:
+        h.remove()
+    rates = []
+    with torch.no_grad():
+        for conv, shape in convs:
+            inp = torch.rand(batch, *shape[1:], device=device)
+            with FlopCounterMode(display=False) as c:
+                conv(inp[:1])
+            conv(inp)
+            _, seconds = timed(lambda: [conv(inp) for _ in range(5)])
+            rates.append(batch * c.get_total_flops() * 5 / seconds)
+    flops = counter.get_total_flops()
+    return {'search_gflop_per_frame': flops / 1e9, 'fastest_conv_gflops': max(rates) / 1e9,
+            'least_ms_per_frame': 1e3 * flops / max(rates), 'batch': batch}
+
+
 def max_diff(a: dict, b: dict) -> float:
     return float(max(np.abs(a[k]['boxes'] - b[k]['boxes']).max() for k in a))
 
@@ -100,6 +138,7 @@ def main(argv=None):
             'sequential': None,
             'batched': engine,
             'batched_1stream': EngineOptions(batch_size=args.batch_size, streams=1),
+            'batched_dense': EngineOptions(batch_size=args.batch_size, streams=args.streams, blocked=False),
             'batched_fast': EngineOptions.fast(batch_size=args.batch_size, streams=args.streams),
         }
         rows, tracks = {}, {}
@@ -132,10 +171,12 @@ def main(argv=None):
                         rows[name] = {'setting_frames': n, 'settings': len(settings), 'seconds': seconds,
                                       'setting_frames_per_s': n / seconds}
         load_after = os.getloadavg()
+    bound = compute_bound(model, cfg, args.batch_size or (64 if args.device.startswith('cuda') else 8), args.device)
     ratios = {}
     if 'sequential' in rows:
+        bound['ceiling_vs_sequential'] = 1e3 / rows['sequential']['fps'] / bound['least_ms_per_frame']
         ratios.update({f'{k}_vs_sequential': rows[k]['fps'] / rows['sequential']['fps']
-                       for k in ('batched', 'batched_1stream', 'batched_fast') if k in rows})
+                       for k in ('batched', 'batched_1stream', 'batched_dense', 'batched_fast') if k in rows})
     if 'tune_batched' in rows and 'tune_one_by_one' in rows:
         ratios['tune_batched_vs_one_by_one'] = (rows['tune_batched']['setting_frames_per_s']
                                                 / rows['tune_one_by_one']['setting_frames_per_s'])
@@ -145,10 +186,14 @@ def main(argv=None):
         'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
         'load_average_before': load_before, 'load_average_after': load_after,
         'sequences': len(seqs), 'frames': frames, 'repeat': args.repeat, 'engine': vars(engine),
-        'results': rows, 'ratios': ratios,
+        'results': rows, 'ratios': ratios, 'compute_bound': bound,
     }
     for k, v in ratios.items():
         print(f'{k}: {v:.2f}x')
+    print(f"compute bound: {bound['search_gflop_per_frame']:.2f} GFLOP per frame, fastest convolution "
+          f"{bound['fastest_conv_gflops']:.0f} GFLOP/s -> at least {bound['least_ms_per_frame']:.1f} ms "
+          f"per frame" + (f", at most {bound['ceiling_vs_sequential']:.2f}x sequential"
+                          if 'ceiling_vs_sequential' in bound else ''))
     print(f'load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} CPUs)')
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, report, indent=2)
