@@ -36,6 +36,14 @@ def random_tracker(cfg_path, overrides=(), seed=0):
     return cfg, build_tracker(cfg, build_model(cfg))
 
 
+def randomise_batchnorm_statistics(model):
+    """Non-trivial running statistics (a fresh model's mean 0 / var 1 hide rounding)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+
+
 def sequential(tracker, seqs):
     return {s.name: run_sequential(OnePassProtocol(s), tracker, frame_reader(s)).result() for s in seqs}
 
@@ -190,10 +198,7 @@ def test_inference_model_folds_batchnorm_into_a_copy():
     cfg = load_config('configs/demo_cpu.yaml')
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    for m in model.modules():  # non-trivial running statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    randomise_batchnorm_statistics(model)
     fused = inference_model(model)
     bn = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert bn(fused) == 0 and bn(model) > 0
@@ -211,10 +216,7 @@ def test_blocked_backbone_gives_the_plain_features_or_is_not_used(cfg_path, size
     cfg = load_config(cfg_path)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    for m in model.modules():  # non-trivial running statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
+    randomise_batchnorm_statistics(model)
     copy = inference_model(model, fuse_bn=False, blocked=True)
     assert isinstance(copy.backbone, BlockedBackbone) == blocks
     assert not isinstance(model.backbone, BlockedBackbone)  # the original is untouched
