@@ -41,11 +41,15 @@ from typing import Any, Callable, Hashable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.utils.mkldnn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from track.protocol import Protocol
+
+try:  # an old torch API; without it the engine keeps the plain backbone
+    import torch.utils.mkldnn as mkldnn_utils
+except ImportError:
+    mkldnn_utils = None
 
 __all__ = ['Job', 'EngineOptions', 'run_batched', 'inference_model', 'BlockedBackbone']
 
@@ -86,7 +90,7 @@ class BlockedBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.inner = torch.utils.mkldnn.to_mkldnn(copy.deepcopy(backbone).eval())
+        self.inner = mkldnn_utils.to_mkldnn(copy.deepcopy(backbone).eval())
 
     def forward(self, x: torch.Tensor):
         out = self.inner(x.contiguous().to_mkldnn())
@@ -96,7 +100,7 @@ class BlockedBackbone(nn.Module):
     def convert(cls, backbone: nn.Module, size: int = 127) -> nn.Module:
         """`backbone` in the blocked layout, or `backbone` itself when that cannot run it (no
         oneDNN, an operator without a blocked kernel) or differs from it on a test crop."""
-        if not torch.backends.mkldnn.is_available():
+        if mkldnn_utils is None or not torch.backends.mkldnn.is_available():
             return backbone
         probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
         try:
