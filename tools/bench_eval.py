@@ -41,7 +41,7 @@ from model import build_model  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
 from pipeline.synthetic import make_eval  # noqa: E402
 from train.config import load_config  # noqa: E402
-from track.engine import EngineOptions, Job, run_batched  # noqa: E402
+from track.engine import EngineOptions, Job, default_batch_size, run_batched  # noqa: E402
 from track.evaluate import load_snapshot  # noqa: E402
 from track.protocol import OnePassProtocol  # noqa: E402
 from track.runner import frame_reader, run_tracker  # noqa: E402
@@ -171,7 +171,7 @@ def main(argv=None):
                         rows[name] = {'setting_frames': n, 'settings': len(settings), 'seconds': seconds,
                                       'setting_frames_per_s': n / seconds}
         load_after = os.getloadavg()
-    bound = compute_bound(model, cfg, args.batch_size or (64 if args.device.startswith('cuda') else 8), args.device)
+    bound = compute_bound(model, cfg, args.batch_size or default_batch_size(args.device), args.device)
     ratios = {}
     if 'sequential' in rows:
         bound['ceiling_vs_sequential'] = 1e3 / rows['sequential']['fps'] / bound['least_ms_per_frame']

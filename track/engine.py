@@ -51,7 +51,7 @@ try:  # an old torch API; without it the engine keeps the plain backbone
 except ImportError:
     mkldnn_utils = None
 
-__all__ = ['Job', 'EngineOptions', 'run_batched', 'inference_model', 'BlockedBackbone']
+__all__ = ['Job', 'EngineOptions', 'run_batched', 'inference_model', 'BlockedBackbone', 'default_batch_size']
 
 
 @dataclass
@@ -275,13 +275,18 @@ class _Shared:
                 self.on_done(job)
 
 
+def default_batch_size(device) -> int:
+    """Active jobs per stream when EngineOptions.batch_size is 0: 64 on CUDA, 8 on the CPU."""
+    return 64 if torch.device(device).type == 'cuda' else 8
+
+
 def _lanes(tracker, options: EngineOptions) -> list:
     """[(tracker, batch size)] per stream; the first stream uses the tracker's own model unless
     it is folded or blocked, the others deep copies (the model caches features between calls)."""
     if not getattr(tracker, 'batchable', False):
         return [(_OneAtATime(tracker), 1)]
     cuda = tracker.device.type == 'cuda'
-    batch_size = options.batch_size or (64 if cuda else 8)
+    batch_size = options.batch_size or default_batch_size(tracker.device)
     streams = 1 if cuda else (options.streams or (2 if torch.get_num_threads() >= 2 else 1))
     blocked = options.blocked and not cuda
 
