@@ -1,13 +1,12 @@
 """Which GPU and how many threads the loader takes (pipeline.devices), testable without a GPU:
 every DDP rank must render on its own GPU (cuda:LOCAL_RANK), never silently on GPU 0."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo_ranks import end_rank, report, reports, set_rank_env, spawn_ranks
 from pipeline import build_loader
 from pipeline.devices import (cores_per_process, dali_device_id, local_world_size,
                               resolve_device, resolve_device_on, usable_cores)
@@ -54,30 +53,19 @@ def test_cores_per_process(monkeypatch):
 def _rank_placement(rank: int, world: int, port: int, out: str) -> None:
     """One torchrun-like rank: what it would hand DALI for cuda:LOCAL_RANK, and for a bare
     'cuda' after the trainer's torch.cuda.set_device(LOCAL_RANK), on an 8-GPU node."""
-    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), RANK=str(rank),
-                      WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rank_env(rank, world, port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     local_rank = int(os.environ["LOCAL_RANK"])
     mine = {"explicit": dali_device_id(resolve_device_on(f"cuda:{local_rank}", 0, 8)),
             "bare": dali_device_id(resolve_device_on("cuda", local_rank, 8)),
             "threads": cores_per_process()}
-    gathered = [None] * world
-    dist.all_gather_object(gathered, mine)
-    if rank == 0:
-        torch.save(gathered, out)
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    report(out, rank, mine)
+    end_rank()
 
 
 def test_each_ddp_rank_hands_dali_its_own_gpu(tmp_path):
-    out = tmp_path / "placement.pt"
-    mp.spawn(_rank_placement, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    placement = torch.load(out, weights_only=True)
+    spawn_ranks(_rank_placement, str(tmp_path))
+    placement = reports(tmp_path)
     assert [p["explicit"] for p in placement] == [0, 1]
     assert [p["bare"] for p in placement] == [0, 1]
     assert [p["threads"] for p in placement] == [max(1, usable_cores() // 2)] * 2

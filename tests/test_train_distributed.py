@@ -3,16 +3,13 @@ DDP: a 2-process gloo group started with torch.multiprocessing."""
 import copy
 import json
 import os
-import socket
 import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from train.distributed import (choose_device, init_distributed, loader_device, parse_device, shutdown_distributed,
-                               wrap_ddp)
+from gloo_ranks import end_rank, report, reports, set_rank_env, spawn_ranks
+from train.distributed import (choose_device, init_distributed, loader_device, parse_device, wrap_ddp)
 from train.preflight import PreflightError
 from train.step import GradBuffer
 
@@ -51,15 +48,8 @@ def test_device_errors_name_the_problem():
             parse_device(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, out_dir):
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    set_rank_env(rank, world, port)
     ctx = init_distributed("cpu")  # the real process group (gloo); the GPU choice is computed for 2 GPUs
     train_dev = choose_device("cuda", ctx.local_rank, int(os.environ["LOCAL_WORLD_SIZE"]), cuda_count=2)
     handed = str(loader_device("", train_dev))
@@ -75,19 +65,13 @@ def _rank_main(rank, world, port, out_dir):
     views_kept = all(p.grad is v for p, v in grads.views)
     reduced = torch.cat([g.reshape(-1) for g in grads.flats]).tolist()
 
-    gathered = [None] * world
-    dist.all_gather_object(gathered, {"rank": ctx.rank, "loader_device": handed, "views_kept": views_kept,
-                                      "grad": reduced})
-    if ctx.is_main:
-        with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()  # both ranks done with the group before either tears it down
-    shutdown_distributed()
+    report(out_dir, rank, {"rank": ctx.rank, "loader_device": handed, "views_kept": views_kept, "grad": reduced})
+    end_rank()
 
 
 def test_two_ranks_hand_the_loader_their_own_gpu_and_keep_gradient_views(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    result = json.loads((tmp_path / "result.json").read_text())
+    spawn_ranks(_rank_main, str(tmp_path))
+    result = reports(tmp_path)
     assert [r["loader_device"] for r in result] == ["cuda:0", "cuda:1"]
     assert all(r["views_kept"] for r in result)
     assert result[0]["grad"] == result[1]["grad"]  # all-reduced into the views: the same on both ranks
@@ -113,8 +97,7 @@ def _rank_local_buffers(rank, world, port, out_dir):
     """One rank: BN statistics of its own before DDP, two forwards on its own data, a re-wrap
     (as the trainer's at the unfreeze) and one more forward; every step checked against a plain
     copy of the module that ran the same on this rank alone."""
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    set_rank_env(rank, world, port)
     init_distributed("cpu")
     model = _bn_net()
     model[1].running_mean.fill_(float(rank + 1))  # this rank's statistics so far
@@ -131,23 +114,17 @@ def _rank_local_buffers(rank, world, port, out_dir):
                 ddp(x).sum().backward()
                 alone(x)
                 local.append(all(torch.equal(a, b) for a, b in zip(model.buffers(), alone.buffers())))
-    gathered = [None] * world
-    dist.all_gather_object(gathered, {"local": local, "mean": model[1].running_mean.tolist(),
-                                      "future_warnings": [str(w.message) for w in caught
-                                                          if issubclass(w.category, FutureWarning)]})
-    if rank == 0:
-        with open(os.path.join(out_dir, "buffers.json"), "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()
-    shutdown_distributed()
+    report(out_dir, rank, {"local": local, "mean": model[1].running_mean.tolist(),
+                           "future_warnings": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]})
+    end_rank()
 
 
 def test_ddp_keeps_bn_statistics_rank_local_without_a_future_warning(tmp_path):
     """PySOT never synchronises BN buffers: DDP neither broadcasts rank 0's at construction (also
     not at a re-wrap) nor before a forward; and wrapping prints no FutureWarning on torch versions
     that deprecate broadcast_buffers."""
-    mp.spawn(_rank_local_buffers, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = json.loads((tmp_path / "buffers.json").read_text())
+    spawn_ranks(_rank_local_buffers, str(tmp_path))
+    ranks = reports(tmp_path)
     for r in ranks:
         assert r["local"] == [True] * 5, r["local"]  # after each wrap and each forward
         assert r["future_warnings"] == []
@@ -160,9 +137,7 @@ def _nan_on_one_rank(rank, world, port, shards, out_dir):
     from test_train import _cfg, _nan_template_at
     from train.trainer import Trainer
 
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "OMP_NUM_THREADS": "1"})
+    set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
     cfg = _cfg("TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False", "DATASET.VIDEOS_PER_EPOCH=24", "TRAIN.CKPT_INTERVAL=0")
     loader = build_loader(cfg, shards=shards, batch_size=4, device="cpu", rank=rank, world_size=world,
                           seed=cfg.TRAIN.SEED)
@@ -170,22 +145,17 @@ def _nan_on_one_rank(rank, world, port, shards, out_dir):
                       loader=_nan_template_at(loader, [(0, 1)] if rank == 1 else []))
     summary = trainer.fit()
     params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
-    gathered = [None] * world
-    dist.all_gather_object(gathered, {"skipped": summary["skipped_steps"], "params": params.tolist(),
-                                      "finite": bool(torch.isfinite(params).all())})
-    if rank == 0:
-        with open(os.path.join(out_dir, "ranks.json"), "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()  # both ranks done with the group before either tears it down
-    shutdown_distributed()
+    report(out_dir, rank, {"skipped": summary["skipped_steps"], "params": params.tolist(),
+                           "finite": bool(torch.isfinite(params).all())})
+    end_rank()
 
 
 def test_a_bad_step_on_one_rank_is_skipped_on_every_rank(shards, tmp_path):  # noqa: F811
     """Real DDP on gloo: rank 1's loss is NaN at step 2 of 3; both ranks skip that step (decided on the
     device from the all-reduced flag), count it, and end with the same finite weights."""
     out = tmp_path / "run"
-    mp.spawn(_nan_on_one_rank, args=(2, _free_port(), str(shards), str(out)), nprocs=2, join=True)
-    ranks = json.loads((out / "ranks.json").read_text())
+    spawn_ranks(_nan_on_one_rank, str(shards), str(out))
+    ranks = reports(out)
     assert [r["skipped"] for r in ranks] == [1, 1]
     assert all(r["finite"] for r in ranks)
     assert ranks[0]["params"] == ranks[1]["params"]  # no rank applied the step the other skipped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -115,8 +116,24 @@ def init_distributed(device) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+# How long a gloo rank lets the backend's worker threads finish before it leaves (shutdown_distributed).
+GLOO_DRAIN_S = 0.2
+
+
 def shutdown_distributed() -> None:
+    """Leave the process group, if there is one (every rank, once, at the end).
+
+    On gloo, first a short pause with the GIL released. gloo frees each finished collective on a
+    worker thread a moment after the caller has gone on, and that takes the GIL (the work keeps the
+    caller's thread-local state, Python objects among them). torch never joins those threads, so a
+    worker still freeing when the interpreter shuts down is killed mid-unwind and the rank ends in
+    SIGABRT ("terminate called without an active exception") after a clean run, e.g. right after an
+    object broadcast that reported an error. The pause shrinks that to a worker starved of the CPU
+    for all of it; it cannot rule it out (tests/gloo_ranks.py ends its ranks with os._exit).
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            time.sleep(GLOO_DRAIN_S)
         dist.destroy_process_group()
 
 
