@@ -19,6 +19,7 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.fileio import atomic_write
 from train.distributed import shutdown_distributed
 
 
@@ -42,11 +43,7 @@ def set_rank_env(rank: int, world: int, port: int, **extra: str) -> None:
 
 def report(out_dir, rank: int, result: dict) -> None:
     """This rank's result, for the test process to read with ``reports``."""
-    path = Path(out_dir) / f"rank{rank}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    atomic_write(Path(out_dir) / f"rank{rank}.json", json.dumps(result))
 
 
 def reports(out_dir, world: int = 2) -> list:
