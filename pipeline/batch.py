@@ -14,7 +14,13 @@ LABEL_LOC           (B, 4, A, S, S) float32: (dx, dy, dw, dh) of the target from
 LABEL_LOC_WEIGHT    (B, A, S, S) float32: 1 / (positives of the pair + 1e-6) on positives, else 0
 BBOX                (B, 4) float32: the target's x1, y1, x2, y2 on the augmented search image
 NEG                 (B,) bool: a negative pair (search image from another object)
+LABEL_MASK          (B, 1, Tx, Tx) float32 in {-1, +1}: the search crop's object mask (SiamMask only;
+                    -1 everywhere for negative pairs and pairs from datasets without masks)
+LABEL_MASK_WEIGHT   (B, 1, S, S) float32: 1 where any anchor of that position is positive, for
+                    non-negative pairs whose search crop has a mask; else 0 (SiamMask only)
 ==================  ===============================================================================
+
+SiamMask batches (MASK.MASK configs) carry the two mask keys as well; SiamRPN batches do not.
 
 ``pipeline.loader.PairLoader`` yields these tensors on its device; ``pipeline.reference``
 returns one sample's arrays under the same keys (without the batch axis).
@@ -27,10 +33,13 @@ LABEL_LOC = "label_loc"
 LABEL_LOC_WEIGHT = "label_loc_weight"
 BBOX = "bbox"
 NEG = "neg"
+LABEL_MASK = "label_mask"
+LABEL_MASK_WEIGHT = "label_mask_weight"
 
 IMAGES = (TEMPLATE, SEARCH)
 LABELS = (LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, BBOX, NEG)
 MODEL_INPUTS = (TEMPLATE, SEARCH, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT)  # what the RPN losses need
+MASK_LABELS = (LABEL_MASK, LABEL_MASK_WEIGHT)  # what the SiamMask mask loss needs on top
 
-__all__ = ["TEMPLATE", "SEARCH", "LABEL_CLS", "LABEL_LOC", "LABEL_LOC_WEIGHT", "BBOX", "NEG", "IMAGES",
-           "LABELS", "MODEL_INPUTS"]
+__all__ = ["TEMPLATE", "SEARCH", "LABEL_CLS", "LABEL_LOC", "LABEL_LOC_WEIGHT", "BBOX", "NEG", "LABEL_MASK",
+           "LABEL_MASK_WEIGHT", "IMAGES", "LABELS", "MODEL_INPUTS", "MASK_LABELS"]
