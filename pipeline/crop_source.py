@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from pipeline.crop_check import crop_problem
 from pipeline.shards import CorruptCropError
 
 log = logging.getLogger("pipeline.loader")
+
+LISTED = 10  # unusable crops named in the log one by one; the rest are counted (damaged_shards)
 
 
 class CropSource:
@@ -64,9 +67,22 @@ class CropSource:
             if ref in self.bad:
                 return False
             self.bad.add(ref)
-        log.warning("unusable crop, skipped: dataset %s entry %d (%s)", self.names[ref[0]],
-                    ref[1], why)
+            listed = len(self.bad) <= LISTED
+        if listed:
+            log.warning("unusable crop, skipped: dataset %s entry %d (%s)%s", self.names[ref[0]], ref[1], why,
+                        "; further ones are counted, not listed" if len(self.bad) == LISTED else "")
         return True
+
+    def damaged_shards(self) -> dict:
+        """{shard folder: unusable crops found in it so far}, in folder order."""
+        with self._lock:
+            bad = sorted(self.bad)
+        counts = defaultdict(int)
+        for d, e in bad:
+            reader = self.readers[d]
+            shard = reader.meta["shards"][int(reader.entry_shard[e])]["name"]
+            counts[str(Path(reader.folder) / shard)] += 1
+        return dict(sorted(counts.items()))
 
     def prefetch(self, refs) -> None:
         """Advisory read-ahead of crops needed soon (readers that offer `prefetch(entries)`)."""
@@ -77,3 +93,13 @@ class CropSource:
             hint = getattr(self.readers[d], "prefetch", None)
             if hint is not None:
                 hint(np.unique(np.asarray(entries, np.int64)))
+
+
+def describe_damage(shards: dict) -> str:
+    """'cache/VID/shard-00000 (12 unusable crops), ...; check them with build_lmdb.py --verify-only'."""
+    if not shards:
+        return "no damaged shard known"
+    listed = ", ".join(f"{k} ({v} unusable crop{'s' * (v != 1)})" for k, v in shards.items())
+    folders = sorted({Path(k).parent for k in shards})
+    checks = "; ".join(f"python tools/build_lmdb.py --dataset {f.name} --out {f.parent} --verify-only" for f in folders)
+    return f"{listed}; check them with {checks}"

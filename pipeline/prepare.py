@@ -15,12 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.crop_source import describe_damage
 from pipeline.sampling import PlanBatch
 from pipeline.targets import random_keys
 
 log = logging.getLogger("pipeline.loader")
 
 MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
+
+
+class UnusableCropsError(RuntimeError):
+    """No usable pair for an index in MAX_ATTEMPTS tries: the shards are (almost) all damaged."""
 
 
 @dataclass
@@ -112,12 +117,13 @@ class BatchPreparer:
             attempt, plan = 0, plans
             while z is None or x is None:
                 replaced += 1
-                log.warning("epoch %d index %d attempt %d: replacing the pair (template %s, "
-                            "search %s)", epoch, rows[i], attempt, t_ref, s_ref)
+                log.debug("epoch %d index %d attempt %d: replacing the pair (template %s, "
+                          "search %s)", epoch, rows[i], attempt, t_ref, s_ref)
                 attempt += 1
                 if attempt == MAX_ATTEMPTS:
-                    raise RuntimeError(f"epoch {epoch} index {rows[i]}: {MAX_ATTEMPTS} replacement "
-                                       f"pairs in a row were unusable; the shards look corrupt")
+                    raise UnusableCropsError(
+                        f"no usable crops: epoch {epoch} index {rows[i]} found none in {MAX_ATTEMPTS} pairs "
+                        f"in a row; damaged shards: {describe_damage(self.source.damaged_shards())}")
                 plan = self.sampler.plan_batch(epoch, rows[i:i + 1], attempt)
                 t_ref, s_ref = tuple(plan.template_ref[0].tolist()), tuple(plan.search_ref[0].tolist())
                 z, x = self._pair(crop, t_ref, s_ref)

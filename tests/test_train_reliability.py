@@ -1,6 +1,7 @@
 """The trainer under hostile-but-fair use (issue 12): a reused run folder, a lost or broken
 latest.pth, a kill between a checkpoint and the next metrics record, a full disk, a finished run
-resumed, files that are not checkpoints, and damaged crops. Real shards, real files, a real tmpfs.
+resumed, files that are not checkpoints, and damaged crops. Real shards, real files, a small disk
+(a real tmpfs, or one simulated at the write seam: tests/conftest.py).
 """
 import io
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.fileio import DISK_LIMIT_ENV
 from test_train import ENV, _cfg, _cmd, _EachBatch
 from train.checkpoint import CheckpointError
 from train.trainer import Trainer
@@ -29,7 +31,8 @@ def _without_timing(records):
 
 
 def _run(cmd):
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    env = {**ENV, **{k: os.environ[k] for k in (DISK_LIMIT_ENV,) if k in os.environ}}  # a small_disk's
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _train(shards, out, *opts, **kw):  # noqa: F811
@@ -146,12 +149,12 @@ def _checkpoint_bytes(shards):  # noqa: F811
         return buf.tell()
 
 
-def test_disk_full_while_saving_a_checkpoint(shards, tmpfs):  # noqa: F811
+def test_disk_full_while_saving_a_checkpoint(shards, small_disk):  # noqa: F811
     """Room for one checkpoint (latest.pth at step 2), not for the next one (checkpoint_e1.pth at
     step 4): one line 'no space left on <folder>', also in train.log; exit status 1; no traceback;
     latest.pth intact."""
     size = _checkpoint_bytes(shards)
-    mnt = tmpfs(int(1.6 * size) + 256 * 1024)
+    mnt = small_disk(int(1.6 * size) + 256 * 1024)
     out = mnt / "run"
     res = _run(_cmd(shards, out))
     assert res.returncode == 1, res.stderr[-3000:]

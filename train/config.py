@@ -121,6 +121,8 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "LOADER_HW_DECODER_LOAD": 0.65,  # GPU loader: share of JPEG decodes on the hardware decoder (DALI's default)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
+        # run reliability (docs/reliability.md)
+        "MAX_REPLACED_FRAC": 0.01,  # stop when more than this share of an epoch's pairs had unusable crops (1.0: never)
     },
 }
 
@@ -325,6 +327,9 @@ def _validate(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: TRAIN.POS_NUM={tr['POS_NUM']} must be within [0, TRAIN.TOTAL_NUM={tr['TOTAL_NUM']}]")
     if tr["BATCH_SIZE"] < 1:
         raise ConfigError(f"{source}: TRAIN.BATCH_SIZE must be at least 1, got {tr['BATCH_SIZE']}")
+    if not 0.0 <= tr["MAX_REPLACED_FRAC"] <= 1.0:
+        raise ConfigError(f"{source}: TRAIN.MAX_REPLACED_FRAC={tr['MAX_REPLACED_FRAC']} is a share of an epoch's "
+                          f"pairs and must lie in [0, 1]")
     for key in ("NEG", "GRAY"):
         if not 0.0 <= ds[key] <= 1.0:
             raise ConfigError(f"{source}: DATASET.{key}={ds[key]} is a probability and must lie in [0, 1]")
@@ -342,6 +347,17 @@ def _validate(data: dict, source: str) -> None:
             raise ConfigError(f"{source}: DATASET.{name}.NUM_USE={ds[name]['NUM_USE']} must be -1 (all) or positive")
 
 
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: 'FILE:LINE:COLUMN: not valid YAML: what the parser expected'."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(str(getattr(err, "problem", None) or err).split())
+    context, begun = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and begun is not None and mark is not None and begun.line != mark.line:
+        context += f" begun at line {begun.line + 1}"
+    return f"{where}: not valid YAML: {what}" + (f" ({' '.join(context.split())})" if context else "")
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ConfigNode:
     """Load a PySOT-schema YAML experiment file (or the defaults when ``path`` is None).
 
@@ -357,7 +373,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(_yaml_error(path, err)) from None
     return config_from_dict({} if loaded is None else loaded, str(path), overrides)
 
 

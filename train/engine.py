@@ -79,7 +79,8 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
     MetricsWriter (None on other ranks); a record is written at every epoch step that is a
     multiple of PRINT_FREQ and at the epoch's last step, the one device read of an interval.
     ``record``: an open file for TRAIN.RECORD_BATCHES, or None. ``latest.pth`` is saved every
-    CKPT_INTERVAL global steps inside the epoch (the epoch's end is ``finish_epoch``'s).
+    CKPT_INTERVAL global steps inside the epoch (the epoch's end is ``finish_epoch``'s). Returns
+    early, after a step, when ``trainer.stop_requested()``.
     """
     tr = trainer.cfg.TRAIN
     pairs_per_step = tr.BATCH_SIZE * trainer.ctx.world_size
@@ -125,4 +126,6 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
         if tr.CKPT_INTERVAL and trainer.global_step % tr.CKPT_INTERVAL == 0 \
                 and trainer.epoch_step < trainer.steps_per_epoch:
             trainer.save("latest.pth")
+        if trainer.stop_requested():  # every rank agrees (a signal, too many replaced crops): fit() ends the run
+            break
     bar.close()

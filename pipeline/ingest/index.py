@@ -37,7 +37,7 @@ class ArraySpool:
         self.counts = dict.fromkeys(INDEX_ARRAYS, 0)
         self._files = {}
         for name in INDEX_ARRAYS:
-            self._files[name] = open(folder / name, 'wb', buffering=1 << 20)
+            self._files[name] = fileio.open_for_write(folder / name, buffering=1 << 20)
 
     def append(self, name: str, data):
         a = np.asarray(data, dtype=np.dtype(INDEX_ARRAYS[name]))
@@ -66,7 +66,7 @@ def write_index(folder: Path, meta: dict, sources: dict) -> dict:
     tmp = path.with_name(path.name + '.tmp')
     table, offset, digest = {}, 0, hashlib.sha256()
     try:
-        with open(tmp, 'wb') as f:
+        with fileio.open_for_write(tmp) as f:
             for name, dtype in INDEX_ARRAYS.items():
                 pad = -offset % ARRAY_ALIGN
                 f.write(b'\0' * pad)
