@@ -8,13 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip('got10k')
-from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # noqa: E402
+from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # the test extra installs got10k (setup.cfg)
 
-from track.evaluate import evaluate, make_trackers, score_results  # noqa: E402
-from track.runner import write_results  # noqa: E402
-from track.sequences import load_sequences  # noqa: E402
-from train.config import load_config  # noqa: E402
+from track.evaluate import evaluate, make_trackers, score_results
+from track.runner import write_results
+from track.sequences import load_sequences
+from train.config import load_config
 
 TOL = 1e-6
 W, H = 96, 64

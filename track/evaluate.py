@@ -2,6 +2,8 @@
 report (table + JSON) and optionally plot.  `tools/eval.py` and the demo call `evaluate`."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from track.runner import read_results, run_tracker, write_got10k_submission
 from track.sequences import load_sequences, resolve_index
 
 BASELINES = ('static', 'untrained')
+UNFINISHED = '.unfinished.json'  # in results/<tracker>/ while its evaluation runs: what an interrupted one reuses
 _EPOCH_RE = re.compile(r'checkpoint_e(\d+)\.pth$')
 
 
@@ -70,6 +73,39 @@ def make_trackers(cfg, snapshots=(), baselines=(), device='cpu', seed: int = 0) 
     return trackers
 
 
+def tracker_key(tracker, dataset_root, fmt: str) -> str:
+    """What makes two runs of a tracker give the same result files: its kind, config, weights and
+    the dataset (a digest)."""
+    h = hashlib.sha256(json.dumps([type(tracker).__name__, str(Path(dataset_root).resolve()), fmt]).encode())
+    cfg = getattr(tracker, 'cfg', None)
+    if cfg is not None:
+        h.update(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    model = getattr(tracker, 'model', None)
+    if model is not None:
+        for k, v in model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def finished_before(results_dir, name: str, fmt: str, sequences, key: str) -> list:
+    """Sequences an interrupted evaluation of the same tracker (same `key`) wrote completely."""
+    try:
+        marker = json.loads((Path(results_dir) / name / UNFINISHED).read_text())
+    except (OSError, ValueError):
+        return []
+    if marker.get('key') != key:
+        return []
+    done = []
+    for seq in sequences:
+        try:
+            if len(read_results(results_dir, name, fmt, seq.name)) == len(seq):
+                done.append(seq)
+        except (OSError, ValueError):
+            continue
+    return done
+
+
 def score_results(sequences, results_dir, name: str, fmt: str, absent: str | None = None,
                   times=None, reports_speed: bool = True) -> dict:
     """Scores of the result files of tracker `name` under `results_dir` (the layout of
@@ -102,7 +138,14 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     results_dir = out_dir / 'results'
     scores = {}
     for name, tracker in trackers.items():
-        results = run_tracker(tracker, sequences, name, results_dir, fmt, progress, engine)
+        key = tracker_key(tracker, dataset_root, fmt)
+        reused = {s.name for s in finished_before(results_dir, name, fmt, sequences, key)}
+        if reused:
+            log(f'{name}: reusing {len(reused)} of {len(sequences)} sequences that an interrupted evaluation wrote to '
+                f'{results_dir / name}')
+        write_json(results_dir / name / UNFINISHED, {'key': key})
+        todo = [s for s in sequences if s.name not in reused]
+        results = run_tracker(tracker, todo, name, results_dir, fmt, progress, engine) if todo else {}
         scores[name] = score_results(sequences, results_dir, name, fmt, absent,
                                      {k: r['times'] for k, r in results.items()},
                                      getattr(tracker, 'reports_speed', True))
@@ -110,6 +153,7 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
             scores[name]['track'] = dict(tracker.cfg.TRACK)  # the settings it tracked with
         if fmt == 'got10k':
             log(f'wrote {write_got10k_submission(results_dir, name, [s.name for s in sequences])}')
+        (results_dir / name / UNFINISHED).unlink()
     table = format_table(scores, per_sequence=per_sequence)
     best = best_of(scores)
     text = f'{fmt} one-pass evaluation on {dataset_root} ({len(sequences)} sequences)\n{table}\n'

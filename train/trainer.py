@@ -31,7 +31,8 @@ from .engine import device_batches, train_one_epoch
 from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_train_mode
 from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
-from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_compile, check_shards
+from .preflight import (PreflightError, check_batch, check_checkpoint_fits, check_compile, check_free_space,
+                        check_same_shards, check_shards, checkpoint_bytes, shards_identity)
 from .run_folder import discard, find_resume_checkpoint, put_back, refuse_or_set_aside, truncate_records
 from .run_lock import RunLock
 from .step import BufferGuard, GradBuffer, masked_sgd_step
@@ -116,6 +117,10 @@ class Trainer:
         self.finished = self.epoch >= self.cfg.TRAIN.EPOCH
         if not self.finished:  # also records of a run that stopped before its first checkpoint
             self._cut_records_after(self.global_step)
+            room = self._agreed(lambda: check_free_space(
+                self.out_dir, checkpoint_bytes(self.model, self.cfg.TRAIN.MOMENTUM > 0), self.cfg.TRAIN.EPOCH - self.epoch))
+            if room:
+                self.log.warning(room)
 
     def _open_run_folder(self):
         """The run folder and its log; leftovers of a checkpoint write that was killed removed."""
@@ -131,6 +136,7 @@ class Trainer:
         if self.cfg.TRAIN.COMPILE:
             check_compile(self.device.type)
         self.shard_counts = check_shards(self.cfg, shards)
+        self.shards_identity = shards_identity(self.cfg, shards)
         return self._resume_point(resume)
 
     def _seed_and_backends(self):
@@ -255,6 +261,10 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             # A PySOT checkpoint_eN (or foreign file): weights, optimizer if it fits, epoch.
             self.log.warning(f"{path} is not one of our training checkpoints; restoring weights and epoch only")
+        if "shards" in ckpt:
+            moved = check_same_shards(ckpt["shards"], self.shards_identity, path)
+            if moved:
+                self.log.info(moved)
         self.model.load_state_dict(read_state_dict(ckpt, str(path)), strict=True)
         self.epoch = int(ckpt.get("epoch", 0))
         self.epoch_step = int(ckpt.get("epoch_step", 0))
@@ -340,6 +350,7 @@ class Trainer:
             "meters": {"interval": self.interval.state_dict(), "epoch": self.epoch_meter.state_dict(),
                        "totals": dict(self.totals), "verdicts": list(self.verdicts)},
             "world_size": self.ctx.world_size,
+            "shards": self.shards_identity,
             "meta_arc": self.cfg.META_ARC,
             "config": self.cfg.to_dict(),
             "format": CHECKPOINT_FORMAT,
@@ -491,10 +502,12 @@ class Trainer:
             message = (f"stopped {where}: more than TRAIN.MAX_REPLACED_FRAC={tr.MAX_REPLACED_FRAC:g} of the epoch's "
                        f"pairs had unusable crops; damaged shards: {describe_damage(shards)}; {kept}; "
                        f"repair the shards, then {then}")
-            self.log.error(message)
+            if self.ctx.is_main:
+                self.log.error(message)
             raise RunStopped(message)
         message = f"stopped by {stop.signal_name} {where}: {kept}; {then}"
-        self.log.warning(message)
+        if self.ctx.is_main:  # one line for the run, not one per rank
+            self.log.warning(message)
         raise TrainingInterrupted(message, exit_status(stop.signum))
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from track.vot.sequences import load_vot
 
 def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
     """One sequential supervised run of `tracker` (init/track API) over `seq`."""
-    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
+    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name, sources=seq.sources)
     return run_sequential(protocol, tracker, seq.read_frame)
 
 
@@ -93,7 +93,8 @@ def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int =
                     runs[seq.name] = [stored]
                     bar.update(len(seq))
                 else:
-                    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
+                    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name,
+                                                  sources=seq.sources)
                     counter = _Counting(seq.read_frame, bar)
                     counters[seq.name] = (counter, len(seq))
                     jobs.append((protocol, counter))

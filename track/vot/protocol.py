@@ -29,10 +29,12 @@ def tracked_region(result: dict) -> np.ndarray:
 
 
 class SupervisedProtocol(Protocol):
-    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
+    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height).
+    `sources`: where each ground-truth region was read ("file:line"), for the error when the
+    region of an initialisation frame cannot start a tracker."""
 
     def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
-                 name: str = '', clock=time.perf_counter):
+                 name: str = '', clock=time.perf_counter, sources=()):
         if skip_initialize < 1:
             raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
         self.groundtruth = list(groundtruth)
@@ -40,6 +42,7 @@ class SupervisedProtocol(Protocol):
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
         self.name = name
+        self.sources = list(sources)
         self._clock = clock
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
@@ -59,7 +62,9 @@ class SupervisedProtocol(Protocol):
                 try:
                     box = tuple(init_box(self.groundtruth[f]))
                 except ValueError as e:
-                    raise ValueError(f'sequence {self.name!r}, frame {f}: {e}') from None
+                    where = f'{self.sources[f]}: ' if f < len(self.sources) else ''
+                    when = 'the first frame' if f == 0 else 'a re-initialisation'
+                    raise ValueError(f'{where}sequence {self.name!r}, frame {f} ({when}): {e}') from None
                 self._pending = Request('init', f, box)
             self._started = self._clock()
         return self._pending
