@@ -22,7 +22,8 @@ import torch
 from pipeline.shards import ShardReader, release_read_env, shard_dir
 from shard_damage import fit_jpeg
 from test_loader import _corrupt
-from test_train import ENV, _cmd
+from test_train import ENV, _cfg, _cmd
+from train.trainer import RunStopped, Trainer
 
 OPTS = ["TRAIN.EPOCH=2", "TRAIN.CKPT_INTERVAL=0"]  # 2 x 4 steps, unfreeze at 1; no mid-epoch checkpoint unless asked
 TIMING = {"pairs_per_s", "data_wait_frac"}  # differ between any two runs
@@ -239,7 +240,9 @@ def _damaged_copy(shards, root, every: int = 1, kinds=("crc",)) -> Path:
 
 
 def test_no_usable_crop_is_one_line_and_the_folder_takes_a_rerun(shards, tmp_path):
-    """Every crop unusable, half failing their checksum and half of the wrong size."""
+    """Every crop unusable, half failing their checksum and half of the wrong size: one line, the
+    first unusable crops named in train.log; with the shards repaired, a plain start in the same
+    folder trains."""
     root = tmp_path / "cache"
     folder = _damaged_copy(shards, root, kinds=("crc", "size"))
     out = tmp_path / "run"
@@ -248,26 +251,37 @@ def test_no_usable_crop_is_one_line_and_the_folder_takes_a_rerun(shards, tmp_pat
     line = _last_line(res.stderr)
     assert line.startswith("error: no usable crops: epoch 0 index ") and f"{folder}/shard-00000 (" in line, line
     assert f"python tools/build_lmdb.py --dataset VID --out {root} --verify-only" in line, line
-    assert len(res.stderr.strip().splitlines()) <= 15  # the first unusable crops, then only the count
-    assert "fails its CRC" in res.stderr or "checksum" in res.stderr
-    assert "64x64" in res.stderr  # the wrong size is named
-    shutil.rmtree(folder)  # the shards repaired (rebuilt), then the same command
+    log = (out / "train.log").read_text()
+    listed = [x for x in log.splitlines() if "unusable crop, skipped" in x]
+    assert len(listed) == 10 and listed[-1].endswith("further ones are counted, not listed"), listed
+    assert "checksum" in log and "crop is 64x64 px, the shard's crop size is 511x511" in log
+
+    shutil.rmtree(folder)  # the shards repaired (rebuilt), then a plain start in the same folder
     shutil.copytree(shard_dir(shards, "VID"), folder)
-    res = _run(_cmd(root, out, opts=OPTS))
-    assert res.returncode == 0, res.stderr[-3000:]
+    summary = Trainer(_cfg(*OPTS), shards=root, out_dir=out, device="cpu", show_progress=False).fit()
+    assert summary["global_step"] == 8 and summary["replaced_crops"] == 0
 
 
 def test_too_many_replaced_crops_stop_the_run_naming_the_shards(shards, tmp_path):
     """A third of the crops damaged, TRAIN.MAX_REPLACED_FRAC at its default (1% of an epoch's
-    pairs): the run stops in its first epoch with the damaged shard named and latest.pth saved."""
+    pairs): the run stops in its first epoch with the damaged shard named and latest.pth saved;
+    without the ceiling (-1) the same data trains through."""
     root = tmp_path / "cache"
     folder = _damaged_copy(shards, root, every=3)
     out = tmp_path / "run"
-    res = _run(_cmd(root, out, opts=OPTS))
-    assert res.returncode == 1, res.stderr[-3000:]
-    line = _last_line(res.stderr)
-    step = torch.load(out / "latest.pth", weights_only=True)["global_step"]
-    assert 1 <= step <= 4
-    assert (f"stopped at global step {step} (epoch 1, batch {step}/4): more than TRAIN.MAX_REPLACED_FRAC=0.01 "
-            f"of the epoch's pairs had unusable crops; damaged shards: {folder}/shard-00000 (") in line, line
-    assert f"saved {out / 'latest.pth'}; repair the shards, then continue with: python " in line, line
+    with pytest.raises(RunStopped) as stopped:
+        Trainer(_cfg(*OPTS), shards=root, out_dir=out, device="cpu", show_progress=False).fit()
+    ckpt = torch.load(out / "latest.pth", weights_only=True)
+    step = ckpt["global_step"]
+    assert 1 <= step <= 4 and ckpt["loader"]["epoch_skipped"] > 0.01 * 16
+    line = str(stopped.value)
+    where = f"(epoch {ckpt['epoch'] + 1}, batch {ckpt['epoch_step']}/4)"
+    assert line.startswith(f"stopped at global step {step} {where}: this epoch drew {ckpt['loader']['epoch_skipped']} "
+                           f"replacement pairs for unusable crops, more than TRAIN.MAX_REPLACED_FRAC=0.01 of its 16 "
+                           f"pairs; damaged shards: {folder}/shard-00000 ("), line
+    assert f"python tools/build_lmdb.py --dataset VID --out {root} --verify-only" in line
+    assert f"saved {out / 'latest.pth'}; repair the shards, then continue with: python " in line
+    assert line in (out / "train.log").read_text()
+    summary = Trainer(_cfg(*OPTS, "TRAIN.MAX_REPLACED_FRAC=-1"), shards=root, out_dir=out, device="cpu",
+                      show_progress=False, resume=True).fit()
+    assert summary["global_step"] == 8 and summary["replaced_crops"] > 0

@@ -122,7 +122,7 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
         # run reliability (docs/reliability.md)
-        "MAX_REPLACED_FRAC": 0.01,  # stop when more than this share of an epoch's pairs had unusable crops (1.0: never)
+        "MAX_REPLACED_FRAC": 0.01,  # stop when an epoch drew more replacement pairs (for unusable crops) than this share of its pairs (-1: no limit)
     },
 }
 
@@ -327,9 +327,9 @@ def _validate(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: TRAIN.POS_NUM={tr['POS_NUM']} must be within [0, TRAIN.TOTAL_NUM={tr['TOTAL_NUM']}]")
     if tr["BATCH_SIZE"] < 1:
         raise ConfigError(f"{source}: TRAIN.BATCH_SIZE must be at least 1, got {tr['BATCH_SIZE']}")
-    if not 0.0 <= tr["MAX_REPLACED_FRAC"] <= 1.0:
-        raise ConfigError(f"{source}: TRAIN.MAX_REPLACED_FRAC={tr['MAX_REPLACED_FRAC']} is a share of an epoch's "
-                          f"pairs and must lie in [0, 1]")
+    if tr["MAX_REPLACED_FRAC"] < 0 and tr["MAX_REPLACED_FRAC"] != -1:
+        raise ConfigError(f"{source}: TRAIN.MAX_REPLACED_FRAC={tr['MAX_REPLACED_FRAC']} must be a share of an epoch's "
+                          f"pairs (>= 0) or -1 (no limit)")
     for key in ("NEG", "GRAY"):
         if not 0.0 <= ds[key] <= 1.0:
             raise ConfigError(f"{source}: DATASET.{key}={ds[key]} is a probability and must lie in [0, 1]")

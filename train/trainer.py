@@ -117,8 +117,8 @@ class Trainer:
         self.finished = self.epoch >= self.cfg.TRAIN.EPOCH
         if not self.finished:  # also records of a run that stopped before its first checkpoint
             self._cut_records_after(self.global_step)
-            room = self._agreed(lambda: check_free_space(
-                self.out_dir, checkpoint_bytes(self.model, self.cfg.TRAIN.MOMENTUM > 0), self.cfg.TRAIN.EPOCH - self.epoch))
+            size = checkpoint_bytes(self.model, self.cfg.TRAIN.MOMENTUM > 0)
+            room = self._agreed(lambda: check_free_space(self.out_dir, size, self.cfg.TRAIN.EPOCH - self.epoch))
             if room:
                 self.log.warning(room)
 
@@ -450,7 +450,7 @@ class Trainer:
         record = (open(self.out_dir / f"batches_rank{self.ctx.rank}.jsonl", "a", buffering=1)
                   if tr.RECORD_BATCHES else None)
         try:
-            while self.epoch < tr.EPOCH and not self.stop_requested():
+            while self.epoch < tr.EPOCH and not self.stop_requested(after_step=False):
                 lr = self.start_epoch()
                 train_one_epoch(self, lr, metrics, record)
                 if self.epoch_step == self.steps_per_epoch:
@@ -475,17 +475,20 @@ class Trainer:
                 self.log.warning(f"could not plot {self.out_dir / 'metrics.jsonl'}: {err}")
         return summary
 
-    def stop_requested(self) -> bool:
-        """Every rank's vote, after each step and before each epoch: stop here? (``self.stop``:
-        a signal, or more replaced crops this epoch than TRAIN.MAX_REPLACED_FRAC allows)."""
-        ceiling = self.cfg.TRAIN.MAX_REPLACED_FRAC * self.steps_per_epoch * self.cfg.TRAIN.BATCH_SIZE
-        self.stop = self.stop_vote(damaged=getattr(self.loader, "epoch_skipped", 0) > ceiling)
+    def stop_requested(self, after_step: bool = True) -> bool:
+        """Every rank's vote, after each step and before each epoch: stop here? (``self.stop``: a
+        signal, or after a step, more replacement pairs drawn this epoch than TRAIN.MAX_REPLACED_FRAC
+        of its pairs; a pair whose crop is unusable is replaced, and so may its replacement be)."""
+        frac, pairs = self.cfg.TRAIN.MAX_REPLACED_FRAC, self.steps_per_epoch * self.cfg.TRAIN.BATCH_SIZE
+        replaced = getattr(self.loader, "epoch_skipped", 0) if after_step else 0
+        self.stop = self.stop_vote(damaged=frac >= 0 and replaced > frac * pairs)
         return bool(self.stop)
 
     def _stop_here(self, started_at: int) -> None:
         """After an agreed stop: latest.pth for this step (unless written already), one line, raise."""
         stop, tr = self.stop, self.cfg.TRAIN
-        damage = self.stop_vote.gather(self.loader.damaged_shards() if stop.damaged else {})
+        damage = self.stop_vote.gather((getattr(self.loader, "epoch_skipped", 0), self.loader.damaged_shards())
+                                       if stop.damaged else (0, {}))
         trained = self.global_step > started_at
         if trained and self._latest_at != self.global_step:
             self.save("latest.pth")
@@ -498,10 +501,11 @@ class Trainer:
         else:
             kept, then = "nothing trained, no checkpoint", "rerun the same command to start again"
         if stop.damaged:
-            shards = {k: v for d in damage for k, v in d.items()}
-            message = (f"stopped {where}: more than TRAIN.MAX_REPLACED_FRAC={tr.MAX_REPLACED_FRAC:g} of the epoch's "
-                       f"pairs had unusable crops; damaged shards: {describe_damage(shards)}; {kept}; "
-                       f"repair the shards, then {then}")
+            shards = {k: v for _, d in damage for k, v in d.items()}
+            pairs = self.steps_per_epoch * tr.BATCH_SIZE * self.ctx.world_size
+            message = (f"stopped {where}: this epoch drew {sum(n for n, _ in damage)} replacement pairs for unusable "
+                       f"crops, more than TRAIN.MAX_REPLACED_FRAC={tr.MAX_REPLACED_FRAC:g} of its {pairs} pairs; "
+                       f"damaged shards: {describe_damage(shards)}; {kept}; repair the shards, then {then}")
             if self.ctx.is_main:
                 self.log.error(message)
             raise RunStopped(message)
