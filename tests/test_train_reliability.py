@@ -211,3 +211,47 @@ def test_replaced_crops_are_visible_in_bar_log_metrics_and_summary(shards, tmp_p
     recs = _records(out)
     assert recs[-1]["replaced_crops"] == replaced and all("replaced_crops" in r for r in recs)
     assert json.loads((out / "summary.json").read_text())["replaced_crops"] == replaced
+
+
+def test_free_space_is_checked_against_the_checkpoint_size_before_training(shards, small_disk):  # noqa: F811
+    """No room for one checkpoint: a one-line error before anything trains (not a failed save an
+    epoch later); room for one but not for every epoch checkpoint: a warning, and the run starts."""
+    from train.preflight import PreflightError
+
+    size = _checkpoint_bytes(shards)
+    mnt = small_disk(size // 2)
+    with pytest.raises(PreflightError) as err:
+        Trainer(_cfg(*THREE), shards=shards, out_dir=mnt / "run", device="cpu", show_progress=False)
+    assert str(err.value).startswith(f"{mnt / 'run'}: ") and "MiB free, but one checkpoint takes about" in str(err.value)
+    assert not (mnt / "run" / "metrics.jsonl").exists()
+    small_disk(int(2.5 * size))  # room for two checkpoints; the run writes three epoch checkpoints and latest.pth
+    t = Trainer(_cfg(*THREE), shards=shards, out_dir=mnt / "run", device="cpu", show_progress=False)
+    t.close()
+    assert "holds fewer than the 3 epoch checkpoints and latest.pth this run writes" in (mnt / "run" / "train.log").read_text()
+
+
+def test_resume_with_other_shards_says_so(shards, finished, tmp_path):  # noqa: F811
+    """The checkpoint records the shards it was trained on: the same shards moved elsewhere resume
+    (and the log says they moved); other shards are a one-line error naming both folders."""
+    from sampling_fixtures import VID_TRACKS, write_crop511
+    from pipeline.ingest import build_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    moved = tmp_path / "moved"
+    shutil.copytree(shards, moved)
+    t = Trainer(_cfg(*THREE[:-1], "TRAIN.EPOCH=4"), shards=moved, out_dir=run, device="cpu", show_progress=False,
+                resume=True)
+    t.close()
+    assert f"--resume: the shards moved from {Path(shards).resolve()} to {moved.resolve()} (same content)" in \
+        (run / "train.log").read_text()
+
+    other = tmp_path / "other"
+    anno = write_crop511(tmp_path / "crop511", VID_TRACKS, seed=1)
+    build_dataset("VID", out_root=other, from_crop511=tmp_path / "crop511", anno=anno, progress=False)
+    res = _run(_cmd(other, run, "--resume", opts=THREE[:-1] + ["TRAIN.EPOCH=4"]))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()  # the log of the resume point, then the error
+    assert "Traceback" not in res.stderr and lines[-1].startswith(f"error: --resume: {run / 'latest.pth'} was trained on "
+                                                   f"--shards {Path(shards).resolve()}, this command gives --shards "
+                                                   f"{other.resolve()}, whose VID shards differ"), lines
