@@ -13,7 +13,7 @@ import torch
 from nvidia.dali import fn, pipeline_def
 
 from pipeline import build_loader
-from pipeline.dali_graph import FIELDS, PairGraph, _fields, _pair_graph
+from pipeline.dali_graph import DECODE_FIELDS, FIELDS, MASK_FIELDS, IS_SEARCH, PairGraph, _pair_graph, graph_fields
 from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, render, textured_crop
 from test_loader import BATCH, batches, make_cfg, shards  # noqa: F401  (module fixture)
 
@@ -120,12 +120,15 @@ def test_image_comparison_catches_a_broken_image():
         assert_images_close(broken, x, PRODUCTION, "broken")
 
 
+@pytest.mark.parametrize("mask", [False, True], ids=["siamrpn", "siammask"])
 @pytest.mark.parametrize("roi", [True, False], ids=["roi", "full"])
-def test_the_gpu_graph_definition_is_valid(roi):
+def test_the_gpu_graph_definition_is_valid(roi, mask):
     """DALI checks every operator's arguments when the graph is defined, without a GPU: the
-    GPU-only branches (mixed decoder options, native operators) are at least well-formed."""
-    fields = {"z": _fields(roi, True, True, False), "x": _fields(roi, True, True, False)}
-    assert set(fields["x"]) <= set(FIELDS)
+    GPU-only branches (mixed decoder options, native operators, the mask's warp) are at least
+    well-formed."""
+    fields = graph_fields(roi, True, True, True, False, mask)
+    assert set(fields["inputs"]) <= {*DECODE_FIELDS, *FIELDS, *MASK_FIELDS, IS_SEARCH}
+    assert ("mask_matrix" in fields["inputs"]) == mask
     # constructing the pipeline defines the graph (operator schemas checked); nothing is built
     pipe = _pair_graph(fields, 127, 255, "gpu", roi, True, True, True, False,
                        {"hw_decoder_load": 0.65, "fancy_upsampling": False}, batch_size=4,
