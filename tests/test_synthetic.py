@@ -281,7 +281,7 @@ def _inflated(box):
 # ----------------------------------------------------------------------------
 # tests
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize('name', synthetic.DATASETS)
+@pytest.mark.parametrize('name', list(SIZES))  # YTBVOS and DAVIS: tests/test_synthetic_vos.py
 def test_layout_boxes_and_faults(made, name):
     root, manifest = made[name]
     disk = json.loads((root / 'broken.json').read_text())

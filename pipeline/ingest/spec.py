@@ -19,7 +19,12 @@ from ..shards import StringTableBuilder
 # Video datasets whose single-frame runs are dropped: PySOT's VID gen_json drops them; its YTB
 # gen_json and siamban's GOT-10k / LaSOT gen_json keep every valid frame.
 DROPS_SINGLE_RUNS = ('VID',)
-DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
+DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT', 'YTBVOS')
+# Datasets whose crops carry masks; thresholds of the warped float mask, as the SiamMask authors'
+# data/coco/par_crop.py (> 0.5) and data/ytb_vos/par_crop.py (> 0.2) take them.
+MASK_THRESHOLDS = {'COCO': 0.5, 'YTBVOS': 0.2}
+# The authors' data/ytb_vos/parse_ytb_vos.py keeps an object in a frame only with more pixels than this.
+YTBVOS_MIN_MASK_PIXELS = 1000
 
 # Drop reasons (counted per object-frame entry unless the name says file/row).
 CROWD = 'crowd'
