@@ -12,7 +12,9 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
+from mask_fixtures import build_mask_shards, check_mask_labels, mask_cfg
 from pipeline import build_loader
+from pipeline.batch import LABEL_MASK, LABEL_MASK_WEIGHT
 from pipeline.dali_graph import DECODE_FIELDS, FIELDS, MASK_FIELDS, IS_SEARCH, PairGraph, _pair_graph, graph_fields
 from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, render, textured_crop
 from test_loader import BATCH, batches, make_cfg, shards  # noqa: F401  (module fixture)
@@ -186,6 +188,33 @@ def test_two_loaders_with_one_seed_give_identical_batches(shards, device):  # no
     for a, b in zip(one, two):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def mask_shards(tmp_path_factory):
+    return build_mask_shards(tmp_path_factory.mktemp("gpu_mask_shards"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_loader_matches_the_authors_and_the_cpu_native_loader(mask_shards, device):
+    """SiamMask batches on `device` (the GPU: DALI's native operators, the mask's warp_affine
+    on the GPU): every search mask as the authors' for its plan, the mask weights and labels
+    exactly those of the CPU native loader, the images within the decoders' differences."""
+    cfg = mask_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 16})
+    reference = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device="cpu", seed=12,
+                             crop_kernel=False, roi_decode=False)
+    reference.run_batches = 1
+    other = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device=device, seed=12)
+    bounds = SAME_DECODER if device == "cpu" else PRODUCTION
+    masks = 0
+    for b, (a, o) in enumerate(zip(reference, other)):
+        assert o[LABEL_MASK].device.type == device and o[LABEL_MASK_WEIGHT].device.type == device
+        masks += check_mask_labels(other, 0, b * BATCH, o)["mask"]
+        assert_labels_equal(a, o)
+        assert torch.equal(a[LABEL_MASK_WEIGHT], o[LABEL_MASK_WEIGHT].cpu())
+        for key in ("template", "search"):
+            assert_images_close(o[key], a[key], bounds, f"{device} mask loader {key}")
+    assert masks > 0 and other.skipped == 0
 
 
 @needs_cuda
