@@ -226,10 +226,10 @@ def _inside(index, width):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def render_mask(out, mask, params):
-    """Render one search mask: out (1, S, S) float32 in {-1, +1} from mask (h, w) uint8 (the
-    stored region of the object's mask; nonzero = object) and the `crop_params` vector of the
-    search image taken with the region's top-left pixel as origin (gray, colour and blur are
-    ignored)."""
+    """Render one search mask: out (1, S, S) float32 in {-1, +1} from mask (h, w, 1) uint8
+    (the stored region of the object's mask, HWC; nonzero = object) and the `crop_params`
+    vector of the search image taken with the region's top-left pixel as origin (gray, colour
+    and blur are ignored)."""
     size = out.shape[1]
     height, width = mask.shape[0], mask.shape[1]
     flip = params[_FLIP] > 0.5
@@ -242,7 +242,7 @@ def render_mask(out, mask, params):
     padded = np.zeros((height + 2, width + 2), np.float32)
     for r in range(height):
         for c in range(width):
-            if mask[r, c] > 0:
+            if mask[r, c, 0] > 0:
                 padded[r + 1, c + 1] = 1.0
     col_first, col_last = _inside(x_index, width)
     row_first, row_last = _inside(y_index, height)

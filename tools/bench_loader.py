@@ -3,6 +3,7 @@
     python tools/bench_loader.py --shards cache/ --device cpu|cuda --batch-size B --batches N
                                  [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--cold]
                                  [--min-seconds S] [--json out.json]
+    python tools/bench_loader.py --cfg configs/siammask_r50_l3.yaml --mask-cost --skip-reference ...
 
 DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
 ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
@@ -14,7 +15,10 @@ rendering ahead as in training).  --cold evicts the shard files from the page ca
 (posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
 same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
 pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
-the GPU name; prints and writes JSON with the speed ratio (warm figures).
+the GPU name; prints and writes JSON with the speed ratio (warm figures).  --mask-cost (a
+SiamMask config, MASK.MASK true): every round also runs the same config as SiamRPN (MASK.MASK
+false: no search masks, no mask labels) and reports what the masks cost, SiamMask over SiamRPN
+CPU ms per pair and pairs/s (medians of the per-round ratios).
 """
 import argparse
 import json
@@ -219,6 +223,9 @@ def main(argv=None):
                              "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--mask-cost", action="store_true",
+                        help="a SiamMask --cfg: also run it as SiamRPN (MASK.MASK false) each round "
+                             "and report the cost of the masks")
     parser.add_argument("--json", default="runs/bench_loader.json")
     args = parser.parse_args(argv)
 
@@ -238,13 +245,21 @@ def main(argv=None):
                    read_ahead=args.read_ahead,
                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
                    crop_kernel=False if args.native_ops else None)
-    dali_runs, ref_runs = [], []
+    if args.mask_cost and not cfg.MASK.MASK:
+        raise SystemExit("--mask-cost needs a SiamMask config (MASK.MASK true)")
+    rpn_cfg = load_config(args.cfg, overrides=[*args.opts, "MASK.MASK=False"])
+    dali_runs, ref_runs, rpn_runs = [], [], []
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
                                     args.warmup, epoch=r, cold=args.cold,
                                     min_seconds=args.min_seconds, **options))
         run = dali_runs[-1]
         line = f"round {r}: DALI {run['pairs_per_s']:7.1f} pairs/s ({run['cpu_cores_busy']:.2f} cores)"
+        if args.mask_cost:
+            rpn_runs.append(bench_dali(rpn_cfg, args.shards, device, args.batch_size, args.batches,
+                                       args.warmup, epoch=r, min_seconds=args.min_seconds, **options))
+            line += (f", as SiamRPN {rpn_runs[-1]['pairs_per_s']:7.1f} pairs/s "
+                     f"({rpn_runs[-1]['cpu_cores_busy']:.2f} cores)")
         if args.cold:
             line += (f", cold {run['cold']['pairs_per_s']:7.1f} pairs/s "
                      f"({run['cold']['cpu_cores_busy']:.2f} cores)")
@@ -269,6 +284,14 @@ def main(argv=None):
         print(f"DALI loader cold: {result['dali_cold']['pairs_per_s']:8.1f} pairs/s, "
               f"{result['dali_cold']['cpu_cores_busy']:.2f} CPU cores busy; "
               f"cold / warm (median of rounds): {result['cold_over_warm']:.2f}")
+    if rpn_runs:
+        result["siamrpn"] = _median_run(rpn_runs)
+        cost = {key: sorted(m[key] / r[key] for m, r in zip(dali_runs, rpn_runs))[len(rpn_runs) // 2]
+                for key in ("cpu_ms_per_pair", "pairs_per_s")}
+        result["mask_cost"] = cost
+        print(f"SiamRPN (same config, MASK.MASK false): {result['siamrpn']['pairs_per_s']:8.1f} pairs/s, "
+              f"{result['siamrpn']['cpu_ms_per_pair']:.2f} CPU ms/pair; SiamMask / SiamRPN (median of "
+              f"rounds): CPU ms per pair {cost['cpu_ms_per_pair']:.3f}x, pairs/s {cost['pairs_per_s']:.3f}x")
     if ref_runs:
         result["reference"] = _median_run(ref_runs)
         result["speedup"] = result["dali"]["pairs_per_s"] / result["reference"]["pairs_per_s"]
