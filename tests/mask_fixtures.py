@@ -143,9 +143,10 @@ def build_mask_shards(tmp: Path) -> Path:
     return out
 
 
-def mask_cfg(**extra):
-    """A SiamMask config (base-stage augmentation) over the `build_mask_shards` datasets
-    (YTBVOS has no section in the defaults: a config gives it, as the SiamMask configs do)."""
+def mask_overrides(**extra) -> list:
+    """KEY=VALUE overrides of a SiamMask config (base-stage augmentation) over the
+    `build_mask_shards` datasets (YTBVOS has no section in the defaults: a config gives it,
+    as the SiamMask configs do)."""
     base = {"MASK.MASK": True, "DATASET.NAMES": "[VID,COCO,YTBVOS]",
             "DATASET.YTBVOS.ROOT": "ytb_vos/crop511", "DATASET.YTBVOS.ANNO": "ytb_vos/train.json",
             "DATASET.YTBVOS.FRAME_RANGE": 20, "DATASET.YTBVOS.NUM_USE": -1,
@@ -153,4 +154,9 @@ def mask_cfg(**extra):
             "DATASET.VIDEOS_PER_EPOCH": 24, "DATASET.NEG": 0.2, "DATASET.GRAY": 0.25,
             "DATASET.SEARCH.BLUR": 0.18, "DATASET.SEARCH.FLIP": 0.5}
     base.update(extra)
-    return load_config(None, overrides=[f"{k}={v}" for k, v in base.items()])
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def mask_cfg(**extra):
+    """The config of `mask_overrides`."""
+    return load_config(None, overrides=mask_overrides(**extra))

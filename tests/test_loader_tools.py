@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from mask_fixtures import build_mask_shards, mask_overrides
 from sampling_fixtures import build_test_shards, overrides
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -85,3 +86,36 @@ def test_show_pairs_draws_a_grid(shards, tmp_path):
     # two columns of (template | search) rows, two rows: at least 2 x (127 + 255) wide
     assert image.shape[1] >= 2 * (127 + 255) and image.shape[0] >= 2 * 255
     assert image.std() > 10   # real pixels, not an empty canvas
+
+
+def test_bench_loader_mask_cost(tmp_path, capsys):
+    """--mask-cost with a SiamMask config: each round runs the config and the same config as
+    SiamRPN; the cost is the median of the per-round ratios.  The reference runs the SiamMask
+    config too (its items carry the masks)."""
+    shards = build_mask_shards(tmp_path)
+    out = tmp_path / "bench.json"
+    opts = mask_overrides(**{"DATASET.VIDEOS_PER_EPOCH": 160})
+    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "8",
+            "--warmup", "1", "--rounds", "1", "--min-seconds", "0", "--workers", "1",
+            "--mask-cost", "--json", str(out), "--opts", *opts]
+    load_tool("bench_loader").main(argv)
+    result = json.loads(out.read_text())
+    dali, rpn = result["dali"], result["siamrpn"]
+    assert dali["batches"] >= 8 and rpn["batches"] >= 8 and result["reference"]["batches"] >= 8
+    assert result["mask_cost"]["cpu_ms_per_pair"] == pytest.approx(dali["cpu_ms_per_pair"] / rpn["cpu_ms_per_pair"])
+    assert result["mask_cost"]["pairs_per_s"] == pytest.approx(dali["pairs_per_s"] / rpn["pairs_per_s"])
+    assert "SiamMask / SiamRPN" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="SiamMask config"):
+        load_tool("bench_loader").main(argv[:-len(opts)] + [*opts, "MASK.MASK=False"])
+
+
+def test_bench_mask_decode_writes_json(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    load_tool("bench_mask_decode").main(["--masks", "64", "--rounds", "2", "--repeat", "1",
+                                         "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["masks"] == 64 and 100 < result["png_bytes_mean"] < 2000
+    for way in ("cv2", "dali", "inflate"):
+        assert len(result["rounds"][way]) == 2 and result["cpu_us_per_mask"][way] > 0
+    assert result["ratio_to_cv2"]["cv2"] == 1.0
+    assert "median CPU us per mask" in capsys.readouterr().out
