@@ -1,6 +1,7 @@
 """The docs stay alive: every relative link in README.md and docs/*.md points to an existing file (and
 heading, GitHub-style anchor), every `python tools/X.py ...` / `python train/run.py ...` command in them
-uses only options that tool's argparse parser accepts, and `.ci/run` runs the README's test command.
+uses only options that tool's argparse parser accepts (and a complete command in a code block parses
+as typed), `.ci/run` runs the README's test command, and the README stays short.
 
 The parsers are the tools' own: one child process imports every tool module with argparse's
 `parse_known_args` replaced by a function that hands back the parser it was called on, then calls the
@@ -8,9 +9,12 @@ module's `parse_args` (or `main`), so no tool runs and no option list is copied 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,25 +33,39 @@ REFERENCE_LINK = re.compile(r'^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+"[^"]*")?\s*
 INLINE_CODE = re.compile(r'(`+)(.+?)\1', re.S)
 FENCE = re.compile(r'^\s*(```|~~~)')
 
+# Reads {"modules": [...], "commands": [[module, [arg, ...]], ...]} on stdin; prints each module's option
+# strings and, per command, None or the error its parser gives.
 _CAPTURE = r'''
-import argparse, importlib, json, sys
+import argparse, contextlib, importlib, io, json, sys
 class Captured(BaseException):
     def __init__(self, parser):
         self.parser = parser
 def capture(self, *args, **kwargs):
     raise Captured(self)
+request = json.load(sys.stdin)
+original = argparse.ArgumentParser.parse_known_args
 argparse.ArgumentParser.parse_known_args = capture
-options = {}
-for name in sys.argv[1:]:
+parsers = {}
+for name in request['modules']:
     module = importlib.import_module(name)
     entry = getattr(module, 'parse_args', None) or getattr(module, 'main')
     try:
         entry([])
     except Captured as c:
-        options[name] = sorted(c.parser._option_string_actions)
-    else:
-        options[name] = None
-print(json.dumps(options))
+        parsers[name] = c.parser
+argparse.ArgumentParser.parse_known_args = original
+errors = []
+for name, args in request['commands']:
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            parsers[name].parse_args(args)
+        errors.append(None)
+    except SystemExit as e:
+        errors.append(None if e.code == 0 else err.getvalue().strip().splitlines()[-1])
+    except KeyError:
+        errors.append('could not read its argparse parser')
+print(json.dumps({'options': {n: sorted(p._option_string_actions) for n, p in parsers.items()}, 'errors': errors}))
 '''
 
 
@@ -121,7 +139,7 @@ def links(path: Path):
 
 
 def code_lines(path: Path):
-    """(line number, text) of every shell-like line: fenced lines (with `\\` continuations joined)
+    """(line number, text, fenced) of every shell-like line: fenced lines (with `\\` continuations joined)
     and inline code spans of prose (a span that wraps is joined with a space)."""
     text = path.read_text(encoding='utf-8')
     pending, start = '', 0
@@ -133,40 +151,70 @@ def code_lines(path: Path):
         if line.rstrip().endswith('\\'):
             pending += line.rstrip()[:-1] + ' '
             continue
-        yield start, pending + line
+        yield start, pending + line, True
         pending = ''
     if pending:
-        yield start, pending
+        yield start, pending, True
     for start, paragraph in paragraphs(text):
         for m in INLINE_CODE.finditer(paragraph):
-            yield start + paragraph.count('\n', 0, m.start()), m.group(2).replace('\n', ' ')
+            yield start + paragraph.count('\n', 0, m.start()), m.group(2).replace('\n', ' '), False
+
+
+@dataclass
+class ToolCall:
+    doc: Path
+    line: int
+    script: str          # tools/X.py or train/run.py
+    args: str            # the command line after the script, up to a comment or the next command
+    typed: bool          # started by python or torchrun (a bare path may be another project's script)
+    fenced: bool         # in a code block (inline code in prose may be a fragment of a command)
+
+    @property
+    def module(self) -> str:
+        return self.script[:-3].replace('/', '.')
+
+    @property
+    def flags(self) -> list[str]:
+        return [f.split('=')[0] for f in FLAG.findall(self.args)]
+
+    @property
+    def complete(self) -> bool:
+        """A command as typed, without placeholders ([optional], A|B, ..., <x>, $VAR)."""
+        return self.typed and self.fenced and not re.search(r'\.\.\.|…|[\[\]|<>${}*]', self.args)
+
+    def __str__(self) -> str:
+        return f'{rel(self.doc)}:{self.line}: {self.script}'
 
 
 def tool_calls(path: Path):
-    """(line number, module, path of the script, flags used, typed as a command) of every mention of a
-    tool in code; `typed` when `python` or `torchrun` starts it (a bare path may name another project's
-    script, e.g. PySOT's tools/test.py)."""
-    for number, text in code_lines(path):
+    """Every mention of a tool in the doc's code, with what follows it on the command line."""
+    for number, text, fenced in code_lines(path):
         for m in TOOL_CALL.finditer(text):
             script = m.group(1) or m.group(2).replace('.', '/') + '.py'
             typed = bool(m.group(2) or re.search(r'\b(python3?|torchrun)\b[^#;&|]*$', text[:m.start()]))
             rest = text[m.end():]
             end = COMMAND_END.search(rest)
-            if end:
-                rest = rest[:end.start()]
-            flags = [f.split('=')[0] for f in FLAG.findall(rest)]
-            yield number, script[:-3].replace('/', '.'), script, flags, typed
+            yield ToolCall(path, number, script, rest[:end.start()] if end else rest, typed, fenced)
+
+
+def all_tool_calls() -> list[ToolCall]:
+    return [call for doc in doc_files() for call in tool_calls(doc)]
 
 
 @pytest.fixture(scope='module')
-def tool_options() -> dict:
+def tools_checked() -> tuple[dict, list[ToolCall], list]:
+    """(options of each tool module, the complete commands, the parse error of each or None)."""
     modules = sorted({p.relative_to(REPO).with_suffix('').as_posix().replace('/', '.')
                       for p in [*(REPO / 'tools').glob('*.py'), REPO / 'train' / 'run.py']
                       if p.name != '__init__.py'})
-    done = subprocess.run([sys.executable, '-c', _CAPTURE, *modules], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__('os').environ, 'PYTHONPATH': str(REPO)}, timeout=120)
+    complete = [c for c in all_tool_calls() if c.complete and (REPO / c.script).exists()]
+    request = {'modules': modules, 'commands': [[c.module, shlex.split(c.args)] for c in complete]}
+    done = subprocess.run([sys.executable, '-c', _CAPTURE], input=json.dumps(request), cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHONPATH': str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer['options'], complete, answer['errors']
 
 
 def test_readme_is_short():
@@ -190,29 +238,38 @@ def test_relative_links_point_to_existing_files_and_headings():
     assert not problems, '\n'.join(problems)
 
 
-def test_tool_commands_use_only_options_the_tools_accept(tool_options):
+def test_tool_commands_use_only_options_the_tools_accept(tools_checked):
+    options, _, _ = tools_checked
     problems, checked = [], 0
-    for doc in doc_files():
-        for number, module, script, flags, typed in tool_calls(doc):
-            where = f'{rel(doc)}:{number}: {script}'
-            if not (REPO / script).exists():
-                if typed:
-                    problems.append(f'{where}: no such tool')
-                continue
-            accepted = tool_options.get(module)
-            if accepted is None:
-                problems.append(f'{where}: could not read its argparse parser')
-                continue
-            checked += 1
-            problems += [f'{where}: {flag} is not an option of {script} (see --help)'
-                         for flag in flags if flag not in accepted]
+    for call in all_tool_calls():
+        if not (REPO / call.script).exists():
+            if call.typed:
+                problems.append(f'{call}: no such tool')
+            continue
+        accepted = options.get(call.module)
+        if accepted is None:
+            problems.append(f'{call}: could not read its argparse parser')
+            continue
+        checked += 1
+        problems += [f'{call}: {flag} is not an option of {call.script} (see --help)'
+                     for flag in call.flags if flag not in accepted]
     assert not problems, '\n'.join(problems)
     assert checked >= 10, f'only {checked} tool commands found in the docs: is the extraction broken?'
 
 
+def test_complete_commands_parse_as_typed(tools_checked):
+    """Required options, choices and value types too, for every command in a code block that has no
+    placeholder in it."""
+    _, complete, errors = tools_checked
+    problems = [f"{call} {call.args.strip()}: {re.sub(r'^.*?error: ', '', error)}"
+                for call, error in zip(complete, errors) if error]
+    assert not problems, '\n'.join(problems)
+    assert len(complete) >= 10, f'only {len(complete)} complete commands found: is the extraction broken?'
+
+
 def readme_setup_commands() -> list[str]:
     """The README's set-up commands: code lines that start with `pip install`."""
-    return [text.strip() for _, text in code_lines(README) if text.strip().startswith('pip install')]
+    return [text.strip() for _, text, fenced in code_lines(README) if fenced and text.strip().startswith('pip install')]
 
 
 def test_ci_runs_the_readme_test_command():
@@ -228,5 +285,5 @@ def test_readme_setup_installs_and_runs_the_demo():
     test, = [c for c in readme_setup_commands() if 'python -m pytest' in c]
     demo = [c for c in readme_setup_commands() if c.endswith('&& python tools/demo.py')]
     assert len(demo) == 1, f'README should have one "pip install ... && python tools/demo.py" command: {demo}'
-    install = test.removesuffix(' && python -m pytest')
-    assert demo[0] == install.replace(',test]', ']') + ' && python tools/demo.py', demo[0]
+    expected = test.removesuffix(' && python -m pytest').replace(',test]', ']') + ' && python tools/demo.py'
+    assert demo[0] == expected, f'README demo command {demo[0]!r}; expected {expected!r}'
