@@ -2,11 +2,8 @@
 YouTube-VOS (palette PNGs, boxes from the masks), the authors' crop511 .m.png import, damage, resume,
 and datasets / folders without masks (real LMDB, real subprocess kill)."""
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,9 +19,9 @@ from pipeline.shards import INDEX_ARRAYS, INDEX_NAME, ShardReader, decode_mask, 
 from pipeline.synthetic import make_dataset
 from tools.build_lmdb import main as cli
 
+from build_fixtures import kill_build_after
 from shard_damage import flip_crop_byte
 
-REPO = Path(__file__).resolve().parents[1]
 LEGACY = Path(__file__).resolve().parent / 'data' / 'shards_v2_coco' / 'COCO'
 
 
@@ -181,18 +178,8 @@ def test_kill_and_resume_with_masks_equals_uninterrupted(tmp_path):
     args = ['--dataset', 'YTBVOS', '--root', str(tmp_path / 'raw'), '--workers', '2', '--shard-size', '60K',
             '--no-progress']
     assert cli(args + ['--out', str(tmp_path / 'ref')]) == 0
-    cmd = [sys.executable, str(REPO / 'tools/build_lmdb.py'), *args, '--out', str(tmp_path / 'k'), '--verbose']
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    committed = 0
-    for line in proc.stdout:
-        committed += line.startswith('committed')
-        if committed == 3:
-            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-build
-            break
-    proc.wait()
-    proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL and not (tmp_path / 'k/YTBVOS' / INDEX_NAME).exists()
+    assert kill_build_after(args + ['--out', tmp_path / 'k'], 3) == -signal.SIGKILL
+    assert not (tmp_path / 'k/YTBVOS' / INDEX_NAME).exists()
     assert cli(args + ['--out', str(tmp_path / 'k')]) == 0
     ref, got = tmp_path / 'ref/YTBVOS', tmp_path / 'k/YTBVOS'
     report = json.loads((got / 'build_report.json').read_text())
