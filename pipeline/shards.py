@@ -32,6 +32,7 @@ without masks).  The reader contract, which the data pipeline codes against:
   crop pixel outside the region is 0.  A mask that is empty after thresholding is
   ``(b"", (0, 0, 0, 0))``.  CRC32-checked like `jpeg_at` (`CorruptCropError` naming shard and key);
   `ShardError` for an entry without a mask.
+* ``ShardReader.jpeg_and_mask_at(e) -> (jpeg, (png, (x, y, w, h)) or None)``: both in one read.
 
 The PNG is stored in the same LMDB value as the crop, right after the JPEG bytes, so it lies at
 ``entry_offset + entry_length`` in data.mdb (one more ``pread``, or the same one as the JPEG).  Only
@@ -623,6 +624,19 @@ class ShardReader:
             return b'', box
         return self._read_part(e, int(self.entry_length[e]), size, int(self.entry_mask_crc[e]), 'mask '), box
 
+    def jpeg_and_mask_at(self, e: int) -> tuple:
+        """`jpeg_at` and `mask_at` of entry e in one read (the PNG follows the JPEG in data.mdb):
+        ``(jpeg, (png, (x, y, w, h)))``, or ``(jpeg, None)`` for an entry without a mask.  Both parts
+        CRC-checked (CorruptCropError naming shard and key).  Thread-safe; the read releases the GIL."""
+        e = self._check_entry(e)
+        if not self.entry_has_mask[e]:
+            return self.jpeg_at(e), None
+        n, m = int(self.entry_length[e]), int(self.entry_mask_length[e])
+        data = self._read_range(e, 0, n + m, '')
+        box = tuple(int(v) for v in self.entry_mask_box[e])
+        return (self._checked(e, data[:n], int(self.entry_crc[e]), ''),
+                (self._checked(e, data[n:], int(self.entry_mask_crc[e]), 'mask '), box))
+
     def _check_entry(self, e) -> int:
         e = int(e)
         if not 0 <= e < len(self.entry_frame):
@@ -631,22 +645,29 @@ class ShardReader:
 
     def _read_part(self, e: int, start: int, size: int, crc: int, what: str) -> bytes:
         """Bytes [start, start + size) of entry e's LMDB value (the JPEG at 0, a mask's PNG after it),
-        checked against `crc`: one pread at the recorded offset, or through LMDB for a value inside a
-        B-tree page."""
+        checked against `crc`."""
+        return self._checked(e, self._read_range(e, start, size, what), crc, what)
+
+    def _read_range(self, e: int, start: int, size: int, what: str) -> bytes:
+        """Bytes [start, start + size) of entry e's LMDB value: one pread at the recorded offset, or
+        through LMDB for a value inside a B-tree page."""
         shard, offset = int(self.entry_shard[e]), int(self.entry_offset[e])
-        if offset:
-            try:
-                data = os.pread(self._index.fd(shard), size, offset + start)
-            except (OSError, ShardError) as err:
-                raise self._corrupt(e, shard, f'{what}unreadable: {err}') from None
-            if len(data) != size:
-                raise self._corrupt(e, shard, f'{what}short read: {len(data)} of {size} bytes at offset '
-                                              f'{offset + start} (data.mdb is shorter than the index says: truncated?)')
-        else:
-            data = self._lmdb_value(e, shard)[start:start + size]
+        if not offset:
+            return self._lmdb_value(e, shard)[start:start + size]
+        try:
+            data = os.pread(self._index.fd(shard), size, offset + start)
+        except (OSError, ShardError) as err:
+            raise self._corrupt(e, shard, f'{what}unreadable: {err}') from None
+        if len(data) != size:
+            raise self._corrupt(e, shard, f'{what}short read: {len(data)} of {size} bytes at offset '
+                                          f'{offset + start} (data.mdb is shorter than the index says: truncated?)')
+        return data
+
+    def _checked(self, e: int, data: bytes, crc: int, what: str) -> bytes:
         got = zlib.crc32(data)
         if got != crc:
-            raise self._corrupt(e, shard, f'{what}checksum mismatch: crc32 {got:08x}, recorded at build {crc:08x}')
+            raise self._corrupt(e, int(self.entry_shard[e]), f'{what}checksum mismatch: crc32 {got:08x}, '
+                                                             f'recorded at build {crc:08x}')
         return data
 
     def _lmdb_value(self, e: int, shard: int) -> bytes:
