@@ -89,3 +89,28 @@ def test_damaged_mask_fails_its_checksum_and_verify(masked, tmp_path):
             read(5)
     problems = verify_shards(folder)
     assert any(f'mask of crop {key}' in p and 'recorded at build' in p for p in problems), problems
+
+
+def test_masks_of_values_inside_btree_pages_are_read_through_lmdb(tmp_path):
+    """A crop and mask small enough to live inside a B-tree page (offset 0) are read by key, then split."""
+    from pipeline.ingest import build_parsed
+    from pipeline.ingest.crop_worker import CropParams
+    from pipeline.ingest.spec import DropLog, ParseResult, TrackSpec, VideoTableBuilder
+    image, mask = tmp_path / 'tiny.x.jpg', tmp_path / 'tiny.m.png'
+    image.write_bytes(cv2.imencode('.jpg', np.full((8, 8, 3), 90, np.uint8))[1].tobytes())
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 3:7] = 255
+    cv2.imwrite(str(mask), m)
+    b = VideoTableBuilder()
+    for v in range(2):
+        b.add(f'v{v}', [TrackSpec(0, [0, 1], [(1.0, 2.0, 5.0, 6.0)] * 2, [str(image)] * 2, [str(mask)] * 2)])
+    parsed = ParseResult('COCO', str(tmp_path), b.finish(precropped=True, mask_kind='crop511'), DropLog(), 1)
+    build_parsed(parsed, {'mode': 'test'}, tmp_path / 'out', CropParams(crop_size=8), progress=False)
+    r = ShardReader(tmp_path / 'out' / 'COCO')
+    assert len(r) == 4 and not r.entry_offset.any() and r.has_masks
+    for e in range(4):
+        jpeg, (png, region) = r.jpeg_and_mask_at(e)
+        assert jpeg == r.jpeg_at(e) == image.read_bytes() and (png, region) == r.mask_at(e)
+        assert region == (3, 2, 4, 3) and np.array_equal(decode_mask(png, region, 8), m)
+    assert verify_shards(tmp_path / 'out' / 'COCO') == []
+    r.close()
