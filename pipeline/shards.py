@@ -32,6 +32,7 @@ without masks).  The reader contract, which the data pipeline codes against:
   crop pixel outside the region is 0.  A mask that is empty after thresholding is
   ``(b"", (0, 0, 0, 0))``.  CRC32-checked like `jpeg_at` (`CorruptCropError` naming shard and key);
   `ShardError` for an entry without a mask.
+* ``ShardReader.jpeg_and_mask_at(e) -> (jpeg, (png, (x, y, w, h)) or None)``: both in one read.
 
 The PNG is stored in the same LMDB value as the crop, right after the JPEG bytes, so it lies at
 ``entry_offset + entry_length`` in data.mdb (one more ``pread``, or the same one as the JPEG).  Only
@@ -603,24 +604,8 @@ class ShardReader:
         CorruptCropError (naming shard and key) for a short, damaged or unreadable value.  Whether
         the bytes are a usable crop (complete JPEG, crop size) is `pipeline.crop_check`'s question.
         Thread-safe; the read releases the GIL."""
-        e = int(e)
-        if not 0 <= e < len(self.entry_frame):
-            raise IndexError(f'entry {e} out of range [0, {len(self.entry_frame)})')
-        shard, offset, size = int(self.entry_shard[e]), int(self.entry_offset[e]), int(self.entry_length[e])
-        if offset:
-            try:
-                data = os.pread(self._index.fd(shard), size, offset)
-            except (OSError, ShardError) as err:
-                raise self._corrupt(e, shard, f'unreadable: {err}') from None
-            if len(data) != size:
-                raise self._corrupt(e, shard, f'short read: {len(data)} of {size} bytes at offset {offset} '
-                                              f'(data.mdb is shorter than the index says: truncated?)')
-        else:
-            data = self._lmdb_value(e, shard)[:size]  # a mask's PNG may follow the JPEG in the value
-        crc = zlib.crc32(data)
-        if crc != int(self.entry_crc[e]):
-            raise self._corrupt(e, shard, f'checksum mismatch: crc32 {crc:08x}, recorded at build {int(self.entry_crc[e]):08x}')
-        return data
+        e = self._check_entry(e)
+        return self._read_part(e, 0, int(self.entry_length[e]), int(self.entry_crc[e]), '')
 
     def mask_at(self, e: int) -> tuple[bytes, tuple[int, int, int, int]]:
         """(PNG bytes, (x, y, w, h)) of entry e's mask: the single-channel {0, 255} PNG of the mask's
@@ -628,9 +613,7 @@ class ShardReader:
         mask is ``(b'', (0, 0, 0, 0))``.  Checked against the CRC32 recorded at build time like
         `jpeg_at` (CorruptCropError naming shard and key); ShardError if the entry has no mask.
         Thread-safe; the read releases the GIL."""
-        e = int(e)
-        if not 0 <= e < len(self.entry_frame):
-            raise IndexError(f'entry {e} out of range [0, {len(self.entry_frame)})')
+        e = self._check_entry(e)
         if not self.entry_has_mask[e]:
             key = entry_key(*self.entry_location(e)).decode()
             why = 'this entry' if self.has_masks else 'this folder (built without masks)'
@@ -639,22 +622,53 @@ class ShardReader:
         box = tuple(int(v) for v in self.entry_mask_box[e])
         if size == 0:
             return b'', box
-        shard, offset, jpeg = int(self.entry_shard[e]), int(self.entry_offset[e]), int(self.entry_length[e])
-        if offset:
-            try:
-                data = os.pread(self._index.fd(shard), size, offset + jpeg)
-            except (OSError, ShardError) as err:
-                raise self._corrupt(e, shard, f'mask unreadable: {err}') from None
-            if len(data) != size:
-                raise self._corrupt(e, shard, f'mask short read: {len(data)} of {size} bytes at offset '
-                                              f'{offset + jpeg} (data.mdb is shorter than the index says: truncated?)')
-        else:
-            data = self._lmdb_value(e, shard)[jpeg:jpeg + size]
-        crc = zlib.crc32(data)
-        if crc != int(self.entry_mask_crc[e]):
-            raise self._corrupt(e, shard, f'mask checksum mismatch: crc32 {crc:08x}, recorded at build '
-                                          f'{int(self.entry_mask_crc[e]):08x}')
-        return data, box
+        return self._read_part(e, int(self.entry_length[e]), size, int(self.entry_mask_crc[e]), 'mask '), box
+
+    def jpeg_and_mask_at(self, e: int) -> tuple:
+        """`jpeg_at` and `mask_at` of entry e in one read (the PNG follows the JPEG in data.mdb):
+        ``(jpeg, (png, (x, y, w, h)))``, or ``(jpeg, None)`` for an entry without a mask.  Both parts
+        CRC-checked (CorruptCropError naming shard and key).  Thread-safe; the read releases the GIL."""
+        e = self._check_entry(e)
+        if not self.entry_has_mask[e]:
+            return self.jpeg_at(e), None
+        n, m = int(self.entry_length[e]), int(self.entry_mask_length[e])
+        data = self._read_range(e, 0, n + m, '')
+        box = tuple(int(v) for v in self.entry_mask_box[e])
+        return (self._checked(e, data[:n], int(self.entry_crc[e]), ''),
+                (self._checked(e, data[n:], int(self.entry_mask_crc[e]), 'mask '), box))
+
+    def _check_entry(self, e) -> int:
+        e = int(e)
+        if not 0 <= e < len(self.entry_frame):
+            raise IndexError(f'entry {e} out of range [0, {len(self.entry_frame)})')
+        return e
+
+    def _read_part(self, e: int, start: int, size: int, crc: int, what: str) -> bytes:
+        """Bytes [start, start + size) of entry e's LMDB value (the JPEG at 0, a mask's PNG after it),
+        checked against `crc`."""
+        return self._checked(e, self._read_range(e, start, size, what), crc, what)
+
+    def _read_range(self, e: int, start: int, size: int, what: str) -> bytes:
+        """Bytes [start, start + size) of entry e's LMDB value: one pread at the recorded offset, or
+        through LMDB for a value inside a B-tree page."""
+        shard, offset = int(self.entry_shard[e]), int(self.entry_offset[e])
+        if not offset:
+            return self._lmdb_value(e, shard)[start:start + size]
+        try:
+            data = os.pread(self._index.fd(shard), size, offset + start)
+        except (OSError, ShardError) as err:
+            raise self._corrupt(e, shard, f'{what}unreadable: {err}') from None
+        if len(data) != size:
+            raise self._corrupt(e, shard, f'{what}short read: {len(data)} of {size} bytes at offset '
+                                          f'{offset + start} (data.mdb is shorter than the index says: truncated?)')
+        return data
+
+    def _checked(self, e: int, data: bytes, crc: int, what: str) -> bytes:
+        got = zlib.crc32(data)
+        if got != crc:
+            raise self._corrupt(e, int(self.entry_shard[e]), f'{what}checksum mismatch: crc32 {got:08x}, '
+                                                             f'recorded at build {crc:08x}')
+        return data
 
     def _lmdb_value(self, e: int, shard: int) -> bytes:
         key = entry_key(*self.entry_location(e))

@@ -22,7 +22,8 @@ def _describe(summary):
     line = (f"{summary['dataset']:7s} {summary['root']}: {totals['videos']} {unit}, "
             f"{totals['image_files']} image files")
     if 'annotations' in totals:
-        line += f", {totals['annotations']} boxes ({totals['valid_annotations']} valid)"
+        what = 'object masks' if summary['dataset'] in ('YTBVOS', 'DAVIS') else 'boxes'
+        line += f", {totals['annotations']} {what} ({totals['valid_annotations']} valid)"
     broken = summary.get('counts')
     if broken:
         line += ', broken: ' + ', '.join(f'{k}={v}' for k, v in broken.items())

@@ -56,15 +56,7 @@ class DatasetFiles:
             data = data[:2] + self._garbage.integers(0, 256, len(data) // 4, np.uint8).tobytes()
         elif fault == 'empty_jpeg':
             data = b''
-        if fault in IMAGE_FAULTS:
-            self.fault(fault, rel, **key)
-        if fault == 'missing_image':
-            return False
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.totals['image_files'] += 1
-        return fault not in IMAGE_FAULTS
+        return self._store(rel, data, fault, IMAGE_FAULTS, 'missing_image', 'image_files', key)
 
     def png(self, rel, ids, fault=None, **key):
         """Write an object-id map as a palette PNG, broken as asked by a PNG fault kind; True if it is
@@ -72,15 +64,20 @@ class DatasetFiles:
         data = encode_palette_png(ids)
         if fault == 'corrupt_png':
             data = data[:8] + self._garbage.integers(0, 256, len(data) // 4, np.uint8).tobytes()
-        if fault in ('corrupt_png', 'missing_png'):
+        return self._store(rel, data, fault, ('corrupt_png', 'missing_png'), 'missing_png', 'annotation_files', key)
+
+    def _store(self, rel, data, fault, kinds, missing, total, key):
+        """Record `fault` if it is one of `kinds`, write the file unless it is the `missing` kind and
+        count it in totals[total]; True if the written file is readable."""
+        if fault in kinds:
             self.fault(fault, rel, **key)
-        if fault == 'missing_png':
+        if fault == missing:
             return False
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self.totals['annotation_files'] = self.totals.get('annotation_files', 0) + 1
-        return fault != 'corrupt_png'
+        self.totals[total] = self.totals.get(total, 0) + 1
+        return fault not in kinds
 
     def text(self, rel, text):
         path = self.root / rel
