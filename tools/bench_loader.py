@@ -3,7 +3,7 @@
     python tools/bench_loader.py --shards cache/ --device cpu|cuda --batch-size B --batches N
                                  [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--cold]
                                  [--min-seconds S] [--json out.json]
-    python tools/bench_loader.py --cfg configs/siammask_r50_l3.yaml --mask-cost --skip-reference ...
+    python tools/bench_loader.py --mask-cost --cfg configs/siammask_r50_l3.yaml --shards DIR ...
 
 DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
 ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
@@ -15,10 +15,12 @@ rendering ahead as in training).  --cold evicts the shard files from the page ca
 (posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
 same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
 pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
-the GPU name; prints and writes JSON with the speed ratio (warm figures).  --mask-cost (a
-SiamMask config, MASK.MASK true): every round also runs the same config as SiamRPN (MASK.MASK
-false: no search masks, no mask labels) and reports what the masks cost, SiamMask over SiamRPN
-CPU ms per pair and pairs/s (medians of the per-round ratios).
+the GPU name; prints and writes JSON with the speed ratio (warm figures).
+
+--mask-cost (a SiamMask config, MASK.MASK true): what the search masks and their labels cost.
+The config and the same config as SiamRPN (MASK.MASK false) run on the same shards, their
+windows alternating --rounds times; reports SiamMask over SiamRPN CPU ms per pair and pairs/s,
+the medians of the per-round ratios (robust to other load on the machine).
 """
 import argparse
 import json
@@ -195,6 +197,39 @@ def _median_run(runs: list, key: str = "pairs_per_s") -> dict:
     return best
 
 
+def mask_cost_main(args, cfg, device, options, result) -> dict:
+    """--mask-cost: the SiamMask config against itself as SiamRPN (MASK.MASK false).  Both
+    loaders are built once and their windows alternate, the order swapped every round, so both
+    see the same load; the cost is the median of the per-round ratios."""
+    if not cfg.MASK.MASK:
+        raise SystemExit("--mask-cost needs a SiamMask config (MASK.MASK true)")
+    configs = {"siammask": cfg,
+               "siamrpn": load_config(args.cfg, overrides=[*args.opts, "MASK.MASK=False"])}
+    loaders = {name: build_loader(c, shards=args.shards, batch_size=args.batch_size,
+                                  device=str(device), **options) for name, c in configs.items()}
+    runs = {name: [] for name in loaders}
+    for r in range(args.rounds):
+        for name in sorted(loaders, reverse=bool(r % 2)):
+            runs[name].append(_measure(loaders[name], device, args.batches, args.warmup,
+                                       args.min_seconds))
+        print(f"round {r}: " + ", ".join(f"{name} {runs[name][-1]['pairs_per_s']:7.1f} pairs/s "
+                                         f"{runs[name][-1]['cpu_ms_per_pair']:.2f} CPU ms/pair"
+                                         for name in loaders), flush=True)
+    for loader in loaders.values():
+        loader.close()
+    ratios = {key: [m[key] / s[key] for m, s in zip(runs["siammask"], runs["siamrpn"])]
+              for key in ("cpu_ms_per_pair", "pairs_per_s")}
+    result.update({name: _median_run(r) for name, r in runs.items()})
+    result["mask_cost"] = {key: sorted(v)[len(v) // 2] for key, v in ratios.items()}
+    result["mask_cost_rounds"] = ratios
+    cost = result["mask_cost"]
+    print(f"SiamMask / SiamRPN, same config and shards (median of {args.rounds} rounds): CPU ms per "
+          f"pair {cost['cpu_ms_per_pair']:.3f}x, pairs/s {cost['pairs_per_s']:.3f}x")
+    atomic_write(args.json, json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default="cache/")
@@ -224,8 +259,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--mask-cost", action="store_true",
-                        help="a SiamMask --cfg: also run it as SiamRPN (MASK.MASK false) each round "
-                             "and report the cost of the masks")
+                        help="a SiamMask --cfg against itself as SiamRPN (MASK.MASK false), "
+                             "alternating windows: the cost of the masks")
     parser.add_argument("--json", default="runs/bench_loader.json")
     args = parser.parse_args(argv)
 
@@ -245,21 +280,15 @@ def main(argv=None):
                    read_ahead=args.read_ahead,
                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
                    crop_kernel=False if args.native_ops else None)
-    if args.mask_cost and not cfg.MASK.MASK:
-        raise SystemExit("--mask-cost needs a SiamMask config (MASK.MASK true)")
-    rpn_cfg = load_config(args.cfg, overrides=[*args.opts, "MASK.MASK=False"])
-    dali_runs, ref_runs, rpn_runs = [], [], []
+    if args.mask_cost:
+        return mask_cost_main(args, cfg, device, options, result)
+    dali_runs, ref_runs = [], []
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
                                     args.warmup, epoch=r, cold=args.cold,
                                     min_seconds=args.min_seconds, **options))
         run = dali_runs[-1]
         line = f"round {r}: DALI {run['pairs_per_s']:7.1f} pairs/s ({run['cpu_cores_busy']:.2f} cores)"
-        if args.mask_cost:
-            rpn_runs.append(bench_dali(rpn_cfg, args.shards, device, args.batch_size, args.batches,
-                                       args.warmup, epoch=r, min_seconds=args.min_seconds, **options))
-            line += (f", as SiamRPN {rpn_runs[-1]['pairs_per_s']:7.1f} pairs/s "
-                     f"({rpn_runs[-1]['cpu_cores_busy']:.2f} cores)")
         if args.cold:
             line += (f", cold {run['cold']['pairs_per_s']:7.1f} pairs/s "
                      f"({run['cold']['cpu_cores_busy']:.2f} cores)")
@@ -284,14 +313,6 @@ def main(argv=None):
         print(f"DALI loader cold: {result['dali_cold']['pairs_per_s']:8.1f} pairs/s, "
               f"{result['dali_cold']['cpu_cores_busy']:.2f} CPU cores busy; "
               f"cold / warm (median of rounds): {result['cold_over_warm']:.2f}")
-    if rpn_runs:
-        result["siamrpn"] = _median_run(rpn_runs)
-        cost = {key: sorted(m[key] / r[key] for m, r in zip(dali_runs, rpn_runs))[len(rpn_runs) // 2]
-                for key in ("cpu_ms_per_pair", "pairs_per_s")}
-        result["mask_cost"] = cost
-        print(f"SiamRPN (same config, MASK.MASK false): {result['siamrpn']['pairs_per_s']:8.1f} pairs/s, "
-              f"{result['siamrpn']['cpu_ms_per_pair']:.2f} CPU ms/pair; SiamMask / SiamRPN (median of "
-              f"rounds): CPU ms per pair {cost['cpu_ms_per_pair']:.3f}x, pairs/s {cost['pairs_per_s']:.3f}x")
     if ref_runs:
         result["reference"] = _median_run(ref_runs)
         result["speedup"] = result["dali"]["pairs_per_s"] / result["reference"]["pairs_per_s"]
