@@ -15,13 +15,31 @@ rendering ahead as in training).  --cold evicts the shard files from the page ca
 same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
 pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
 the GPU name; prints and writes JSON with the speed ratio (warm figures).
+
+    python tools/bench_loader.py --host-only --shards DIR [--batch-size B] [--min-seconds S]
+                                 [--cold] [--cfg CFG] [--opts ...]
+
+--host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no DALI
+run, no CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
+(`pipeline.read_ahead` with TRAIN.LOADER_READ_THREADS readers), the GPU graph's external_source
+values, the label inputs and the hand-over of each prepared batch to the consumer, one batch per
+run as on a GPU.  Measures process CPU seconds (getrusage: every thread) and wall seconds of a
+window, each thread's CPU seconds, and reports host CPU us per pair and the pairs/s one core and
+two cores can feed (two: also bounded by the busiest thread, which cannot use a second core);
+warm (the shard files read into the page cache first), and with --cold also with the shards
+evicted from the page cache before the window.  Not
+counted: DALI's own host work per run (feed_input, its executor, nvJPEG's JPEG parsing) and the
+launches of the label kernels, which need the GPU.
 """
 import argparse
 import json
 import multiprocessing
 import os
+import resource
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,13 +47,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from pipeline.crop_source import CropSource  # noqa: E402
+from pipeline.dali_graph import PairGraph  # noqa: E402
 from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
+from pipeline.prepare import BatchPreparer, LabelInputs  # noqa: E402
+from pipeline.read_ahead import ReadAhead  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
+from pipeline.sampling import PairSampler  # noqa: E402
+from pipeline.targets import AnchorTargets  # noqa: E402
 from pipeline.shards import evict_page_cache, open_shard_readers, shard_dir  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
+# The host side's target on the GPU path: 10,000 pairs/s fed by at most 2 cores (<= 200 us per pair).
+HOST_TARGET_PAIRS_S = 10_000
+HOST_TARGET_CORES = 2
 
 
 def _cpu_seconds() -> float:
@@ -118,7 +145,9 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=F
         # up to IN_FLIGHT runs are rendered ahead of the window and behind it
         print(f"warning: {batches} batches span fewer than 4 DALI runs of {loader.run_batches} "
               f"batches: the DALI figures are unreliable", file=sys.stderr)
-    result = {"num_threads": loader.num_threads, "read_threads": loader.read_threads,
+    result = {"num_threads": loader.num_threads, "threads_why": loader.threads_why,
+              "hw_decoder_load": loader.hw_decoder_load, "hw_decoder_why": loader.hw_decoder_why,
+              "read_threads": loader.read_threads,
               "read_ahead": loader.read_ahead, "roi_decode": loader.roi_decode,
               "crop_kernel": getattr(loader.graph, "kernel", None),
               "batches_per_dali_run": loader.run_batches}
@@ -135,6 +164,130 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=F
     for reader in loader.readers:  # unmap the shards, so the next eviction can drop them
         reader.close()
     return result
+
+
+# ---- --host-only: the GPU path's host side ---------------------------------------------------
+def _process_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (getrusage)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _thread_cpu_seconds(ident: int) -> float:
+    """CPU seconds of one live thread of this process (its CPU-time clock; `Thread.ident`)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, ValueError):  # the thread has ended
+        return 0.0
+
+
+class HostSide:
+    """What the GPU loader's host runs, with the GPU operators replaced by nothing: the sampler,
+    validated crop reads, the GPU graph's external_source values (`PairGraph.inputs` of the
+    native-operator graph, whole-crop decoding: the GPU graph's fields) and the label inputs
+    (pinned when CUDA is there), prepared by `pipeline.read_ahead` one batch per run."""
+
+    def __init__(self, cfg, shards, batch_size: int, read_threads=None, read_ahead=None, seed=0):
+        tr, ds = cfg.TRAIN, cfg.DATASET
+        self.batch_size = int(batch_size)
+        self.read_threads = int(tr.LOADER_READ_THREADS if read_threads is None else read_threads)
+        self.read_ahead = int(tr.LOADER_READ_AHEAD if read_ahead is None else read_ahead)
+        self.readers = open_shard_readers(cfg, shards)
+        sampler = PairSampler(cfg, self.readers, seed)
+        self.source = CropSource(self.readers, sampler.names, [sampler.crop_size] * len(self.readers))
+        # a CPU graph with the GPU graph's operators (its inputs are the GPU graph's); never run
+        inputs = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
+                           num_threads=1, image_size=sampler.crop_size, roi_decode=False,
+                           gray=bool(ds.GRAY), template_blur=bool(ds.TEMPLATE.BLUR),
+                           search_blur=bool(ds.SEARCH.BLUR), kernel=False).inputs
+        labels = LabelInputs(seed, 0, AnchorTargets(cfg).anchor_count, pinned=torch.cuda.is_available())
+        self.indices = sampler.rank_indices(0, 1)
+        self.preparer = BatchPreparer(sampler, self.source, self.indices, self.batch_size, inputs, labels)
+        self.pool = ThreadPoolExecutor(self.read_threads) if self.read_threads > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    def stage(self, epoch: int, first: int = 0) -> ReadAhead:
+        return ReadAhead(self.preparer, self.source, epoch, first, len(self), 1, self.read_ahead, self.pool,
+                         self.read_threads)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for reader in self.readers:
+            reader.close()
+
+
+def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_seconds: float) -> dict:
+    """One window of the consumer's loop on `host`: every prepared batch taken as the GPU
+    loader's consumer takes it (refresh, hand-over), nothing rendered."""
+    stage = host.stage(epoch)
+    consumer = threading.get_ident()
+
+    def threads():
+        ids = [stage._thread.ident, consumer] + [t.ident for t in getattr(host.pool, "_threads", ())]
+        return {i: _thread_cpu_seconds(i) for i in ids}
+
+    total, taken = len(host), 0
+    pairs = nbytes = 0
+    try:
+        for _ in range(min(warmup, total)):
+            host.preparer.refresh(epoch, stage.get())
+            taken += 1
+        t0, c0, th0 = time.perf_counter(), _process_cpu_seconds(), threads()
+        n = 0
+        while taken < total and (n < batches or time.perf_counter() - t0 < min_seconds):
+            run = host.preparer.refresh(epoch, stage.get())
+            for prepared in run.batches:
+                pairs += len(prepared.plans)
+                nbytes += sum(map(len, prepared.template_jpegs)) + sum(map(len, prepared.search_jpegs))
+            taken += len(run.batches)
+            n += len(run.batches)
+        wall, cpu, th1 = time.perf_counter() - t0, _process_cpu_seconds() - c0, threads()
+    finally:
+        stage.close()
+    per_thread = {i: th1.get(i, 0.0) - th0.get(i, 0.0) for i in th1}
+    thread_cpu = {"read_ahead": per_thread.pop(stage._thread.ident, 0.0),
+                  "consumer": per_thread.pop(consumer, 0.0), "readers": sum(per_thread.values())}
+    busiest = max(thread_cpu["read_ahead"], thread_cpu["consumer"],
+                  max(per_thread.values(), default=0.0))
+    us = 1e6 * cpu / pairs if pairs else float("nan")
+    return {"epoch": epoch, "first_batch": min(warmup, total), "batches": n, "pairs": pairs,
+            "jpeg_bytes": nbytes, "wall_s": wall, "cpu_s": cpu,
+            "pairs_per_s": pairs / wall if wall > 0 else float("nan"),
+            "cpu_cores_busy": cpu / wall if wall > 0 else float("nan"),
+            "host_us_per_pair": us, "thread_cpu_s": thread_cpu,
+            "busiest_thread_us_per_pair": 1e6 * busiest / pairs if pairs else float("nan"),
+            "one_core_pairs_per_s": 1e6 / us if pairs and us > 0 else float("nan"),
+            "two_cores_pairs_per_s": (min(2e6 / us, pairs / busiest if busiest > 0 else float("inf"))
+                                      if pairs and us > 0 else float("nan"))}
+
+
+def bench_host_only(cfg, shards, batch_size, batches, warmup, epoch=0, cold=False, min_seconds=5.0,
+                    read_threads=None, read_ahead=None) -> dict:
+    """--host-only: a warm window (and a cold one first with `cold`) of the GPU path's host work."""
+    host = HostSide(cfg, shards, batch_size, read_threads, read_ahead)
+    result = {"read_threads": host.read_threads, "read_ahead": host.read_ahead,
+              "label_inputs_pinned": torch.cuda.is_available(), "epoch_batches": len(host)}
+    folders = _shard_folders(cfg, shards)
+    try:
+        if cold:
+            result["evicted_bytes"] = sum(evict_page_cache(f) for f in folders)
+            result["cold"] = _measure_host(host, epoch, batches, warmup, min_seconds)
+        _read_files(folders)  # warm: every shard byte in the page cache
+        result.update(_measure_host(host, epoch + 1, batches, warmup, min_seconds))
+    finally:
+        host.close()
+    return result
+
+
+def _print_host(label: str, r: dict) -> None:
+    print(f"{label}: {r['host_us_per_pair']:7.1f} host CPU us/pair ({r['cpu_s']:.2f} CPU s, "
+          f"{r['wall_s']:.2f} wall s, {r['pairs']} pairs, {r['cpu_cores_busy']:.2f} cores busy); "
+          f"one core feeds {r['one_core_pairs_per_s']:8.0f} pairs/s, two cores "
+          f"{r['two_cores_pairs_per_s']:8.0f} pairs/s (busiest thread {r['busiest_thread_us_per_pair']:.1f} "
+          f"us/pair); measured {r['pairs_per_s']:8.0f} pairs/s", flush=True)
 
 
 class _Counted(Dataset):
@@ -187,8 +340,34 @@ def _median_run(runs: list, key: str = "pairs_per_s") -> dict:
     """The run with the median pairs/s, plus every round's pairs/s."""
     ranked = sorted(runs, key=lambda r: r[key])
     best = dict(ranked[len(ranked) // 2])
-    best["rounds_pairs_per_s"] = [round(r[key], 1) for r in runs]
+    best[f"rounds_{key}"] = [round(r[key], 1) for r in runs]
     return best
+
+
+def host_only_main(args, cfg, result) -> dict:
+    """--host-only rounds; the round with the median host us/pair is reported (warm, and cold)."""
+    runs = []
+    for r in range(args.rounds):
+        runs.append(bench_host_only(cfg, args.shards, args.batch_size, args.batches, args.warmup, epoch=2 * r,
+                                    cold=args.cold, min_seconds=args.min_seconds,
+                                    read_threads=args.read_threads, read_ahead=args.read_ahead))
+        _print_host(f"round {r} warm", runs[-1])
+        if args.cold:
+            _print_host(f"round {r} cold", runs[-1]["cold"])
+    result["mode"] = "host-only"
+    result["host_only"] = _median_run(runs, "host_us_per_pair")
+    if args.cold:
+        result["host_only_cold"] = _median_run([run["cold"] for run in runs], "host_us_per_pair")
+    result["target"] = {"pairs_per_s": HOST_TARGET_PAIRS_S, "cores": HOST_TARGET_CORES,
+                        "host_us_per_pair": 1e6 * HOST_TARGET_CORES / HOST_TARGET_PAIRS_S}
+    for key in ("host_only", "host_only_cold"):
+        if key in result:
+            r = result[key]
+            r["meets_target"] = bool(r["two_cores_pairs_per_s"] >= HOST_TARGET_PAIRS_S)
+            _print_host(f"{'cold' if key.endswith('cold') else 'warm'} (median)", r)
+    atomic_write(args.json, json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return result
 
 
 def main(argv=None):
@@ -219,6 +398,9 @@ def main(argv=None):
                              "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--host-only", action="store_true",
+                        help="the GPU path's host work alone (GPU operators replaced by nothing): host CPU "
+                             "us per pair and the pairs/s one and two cores can feed")
     parser.add_argument("--json", default="runs/bench_loader.json")
     args = parser.parse_args(argv)
 
@@ -234,6 +416,8 @@ def main(argv=None):
         "cpu_cores": cores, "cold": args.cold,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
+    if args.host_only:
+        return host_only_main(args, cfg, result)
     options = dict(num_threads=args.num_threads, read_threads=args.read_threads,
                    read_ahead=args.read_ahead,
                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
