@@ -63,6 +63,7 @@ DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l23
 # The host side's target on the GPU path: 10,000 pairs/s fed by at most 2 cores (<= 200 us per pair).
 HOST_TARGET_PAIRS_S = 10_000
 HOST_TARGET_CORES = 2
+PROGRESS_EVERY_S = 2.0  # --progress: a line on stderr this often in a measured window
 
 
 def _cpu_seconds() -> float:
@@ -105,16 +106,21 @@ def _endless(loader):
         yield from loader
 
 
-def _measure(loader, device, batches: int, warmup: int, min_seconds: float) -> dict:
+def _measure(loader, device, batches: int, warmup: int, min_seconds: float, progress: bool = False) -> dict:
     it = _endless(loader)
     for _ in range(warmup):
         next(it)
     window = _Window(device)
     window.start()
-    n = 0
+    n, shown = 0, 0.0
     while n < batches or window.elapsed() < min_seconds:
         next(it)
         n += 1
+        if progress and window.elapsed() - shown >= PROGRESS_EVERY_S:
+            shown = window.elapsed()  # host clock: a figure for a run stopped before the window ends
+            print("bench_loader progress " + json.dumps({"batches": n, "pairs": n * loader.batch_size,
+                                                         "seconds": shown, "pairs_per_s": n * loader.batch_size / shown}),
+                  file=sys.stderr, flush=True)
     wall, cpu = window.stop()
     it.close()
     pairs = n * loader.batch_size
@@ -139,7 +145,7 @@ def _read_files(folders) -> int:
 
 
 def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=False,
-               min_seconds=5.0, **options):
+               min_seconds=5.0, progress=False, **options):
     loader = build_loader(cfg, shards=shards, batch_size=batch_size, device=str(device), **options)
     if batches < 4 * loader.run_batches:
         # up to IN_FLIGHT runs are rendered ahead of the window and behind it
@@ -155,10 +161,10 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=F
     if cold:  # nothing of the shards is mapped yet: the readers open their files lazily
         result["evicted_bytes"] = sum(evict_page_cache(f) for f in folders)
         loader.set_epoch(epoch)
-        result["cold"] = _measure(loader, device, batches, warmup, min_seconds)
+        result["cold"] = _measure(loader, device, batches, warmup, min_seconds, progress)
         _read_files(folders)
     loader.set_epoch(epoch)
-    result.update(_measure(loader, device, batches, warmup, min_seconds))
+    result.update(_measure(loader, device, batches, warmup, min_seconds, progress))
     result["skipped"] = loader.skipped
     loader.close()
     for reader in loader.readers:  # unmap the shards, so the next eviction can drop them
@@ -398,6 +404,8 @@ def main(argv=None):
                              "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--progress", action="store_true",
+                        help=f"print the window's pairs/s so far (host clock) to stderr every {PROGRESS_EVERY_S:g} s")
     parser.add_argument("--host-only", action="store_true",
                         help="the GPU path's host work alone (GPU operators replaced by nothing): host CPU "
                              "us per pair and the pairs/s one and two cores can feed")
@@ -426,7 +434,7 @@ def main(argv=None):
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
                                     args.warmup, epoch=r, cold=args.cold,
-                                    min_seconds=args.min_seconds, **options))
+                                    min_seconds=args.min_seconds, progress=args.progress, **options))
         run = dali_runs[-1]
         line = f"round {r}: DALI {run['pairs_per_s']:7.1f} pairs/s ({run['cpu_cores_busy']:.2f} cores)"
         if args.cold:
