@@ -19,17 +19,18 @@ the GPU name; prints and writes JSON with the speed ratio (warm figures).
     python tools/bench_loader.py --host-only --shards DIR [--batch-size B] [--min-seconds S]
                                  [--cold] [--cfg CFG] [--opts ...]
 
---host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no DALI
-run, no CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
+--host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no
+CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
 (`pipeline.read_ahead` with TRAIN.LOADER_READ_THREADS readers), the GPU graph's external_source
-values, the label inputs and the hand-over of each prepared batch to the consumer, one batch per
-run as on a GPU.  Measures process CPU seconds (getrusage: every thread) and wall seconds of a
+values, the label inputs, the hand-over of each prepared batch to the consumer, one batch per
+run as on a GPU, and the feeding of DALI: every value fed to a DALI pipeline of the GPU graph's
+external sources, each followed by a shape query instead of the decoder and operators.  Measures process CPU seconds (getrusage: every thread) and wall seconds of a
 window, each thread's CPU seconds, and reports host CPU us per pair and the pairs/s one core and
 two cores can feed (two: also bounded by the busiest thread, which cannot use a second core);
 warm (the shard files read into the page cache first), and with --cold also with the shards
 evicted from the page cache before the window.  Not
-counted: DALI's own host work per run (feed_input, its executor, nvJPEG's JPEG parsing) and the
-launches of the label kernels, which need the GPU.
+counted: the host work of the GPU operators themselves (nvJPEG's JPEG parsing, kernel launches)
+and the launches of the label kernels, which need the GPU.
 """
 import argparse
 import json
@@ -45,18 +46,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from nvidia.dali import fn, pipeline_def  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from pipeline.crop_source import CropSource  # noqa: E402
-from pipeline.dali_graph import PairGraph  # noqa: E402
+from pipeline.dali_graph import IMAGES, PairGraph, input_name  # noqa: E402
+from pipeline.devices import dali_threads  # noqa: E402
 from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
 from pipeline.prepare import BatchPreparer, LabelInputs  # noqa: E402
 from pipeline.read_ahead import ReadAhead  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
 from pipeline.sampling import PairSampler  # noqa: E402
-from pipeline.targets import AnchorTargets  # noqa: E402
 from pipeline.shards import evict_page_cache, open_shard_readers, shard_dir  # noqa: E402
+from pipeline.targets import AnchorTargets  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
@@ -187,6 +190,27 @@ def _thread_cpu_seconds(ident: int) -> float:
         return 0.0
 
 
+class FeedOnly:
+    """The GPU graph's external sources, each followed by a shape query (a trivial CPU operator)
+    in place of the GPU operators: DALI's host work of feeding a run (feed_input of every value,
+    scheduling it, taking its outputs), with the GPU path's default thread count."""
+
+    def __init__(self, names: list, batch_size: int):
+        @pipeline_def
+        def feed_only():
+            return tuple(fn.external_source(name=n, no_copy=n.endswith("_jpeg")).shape() for n in names)
+
+        self.threads = dali_threads(0, on_gpu=True)[0]
+        self.pipe = feed_only(batch_size=batch_size, num_threads=self.threads, device_id=None, prefetch_queue_depth=1)
+        self.pipe.build()
+
+    def __call__(self, values: dict) -> None:
+        for name, value in values.items():
+            self.pipe.feed_input(name, value)
+        self.pipe.schedule_run()
+        self.pipe.outputs()
+
+
 class HostSide:
     """What the GPU loader's host runs, with the GPU operators replaced by nothing: the sampler,
     validated crop reads, the GPU graph's external_source values (`PairGraph.inputs` of the
@@ -202,10 +226,13 @@ class HostSide:
         sampler = PairSampler(cfg, self.readers, seed)
         self.source = CropSource(self.readers, sampler.names, [sampler.crop_size] * len(self.readers))
         # a CPU graph with the GPU graph's operators (its inputs are the GPU graph's); never run
-        inputs = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
+        graph = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
                            num_threads=1, image_size=sampler.crop_size, roi_decode=False,
                            gray=bool(ds.GRAY), template_blur=bool(ds.TEMPLATE.BLUR),
-                           search_blur=bool(ds.SEARCH.BLUR), kernel=False).inputs
+                           search_blur=bool(ds.SEARCH.BLUR), kernel=False)
+        inputs = graph.inputs
+        del graph
+        self.feed = FeedOnly([input_name(i, f) for i in IMAGES for f in inputs.fields[i]], self.batch_size)
         labels = LabelInputs(seed, 0, AnchorTargets(cfg).anchor_count, pinned=torch.cuda.is_available())
         self.indices = sampler.rank_indices(0, 1)
         self.preparer = BatchPreparer(sampler, self.source, self.indices, self.batch_size, inputs, labels)
@@ -239,12 +266,13 @@ def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_sec
     pairs = nbytes = 0
     try:
         for _ in range(min(warmup, total)):
-            host.preparer.refresh(epoch, stage.get())
+            host.feed(host.preparer.refresh(epoch, stage.get()).values)
             taken += 1
         t0, c0, th0 = time.perf_counter(), _process_cpu_seconds(), threads()
         n = 0
         while taken < total and (n < batches or time.perf_counter() - t0 < min_seconds):
             run = host.preparer.refresh(epoch, stage.get())
+            host.feed(run.values)
             for prepared in run.batches:
                 pairs += len(prepared.plans)
                 nbytes += sum(map(len, prepared.template_jpegs)) + sum(map(len, prepared.search_jpegs))
@@ -256,6 +284,7 @@ def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_sec
     per_thread = {i: th1.get(i, 0.0) - th0.get(i, 0.0) for i in th1}
     thread_cpu = {"read_ahead": per_thread.pop(stage._thread.ident, 0.0),
                   "consumer": per_thread.pop(consumer, 0.0), "readers": sum(per_thread.values())}
+    thread_cpu["dali_and_other"] = max(0.0, cpu - sum(thread_cpu.values()))  # DALI's own threads
     busiest = max(thread_cpu["read_ahead"], thread_cpu["consumer"],
                   max(per_thread.values(), default=0.0))
     us = 1e6 * cpu / pairs if pairs else float("nan")
