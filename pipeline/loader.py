@@ -60,7 +60,7 @@ class _DecodeProbe:
         @pipeline_def
         def probe():
             return decode_image({"jpeg": fn.external_source(name="jpeg")}, self.device, roi=False,
-                                hw_decoder_load=self.hw_decoder_load)
+                                hw_decoder_load=self.hw_decoder_load if on_gpu else None)
         self.pipe = probe(batch_size=1, num_threads=1, prefetch_queue_depth=1,
                           device_id=self.device_id)
         self.pipe.build()
@@ -165,7 +165,7 @@ class PairLoader:
             # while the first waits to be taken (measured on the CPU: both done after a pause);
             # a deeper queue would make the first schedule_run demand that many fed runs.
             kernel=crop_kernel, prefetch_queue_depth=1,
-            hw_decoder_load=self.hw_decoder_load)
+            hw_decoder_load=self.hw_decoder_load if on_gpu else None)
         # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
         # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.
         self.graph = self._new_graph()

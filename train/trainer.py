@@ -35,7 +35,7 @@ from .run_folder import discard, find_resume_checkpoint, put_back, refuse_or_set
 from .step import BufferGuard, GradBuffer, masked_sgd_step
 from .telemetry import IntervalMeter, MetricsWriter, bound_verdict, setup_logger
 
-__all__ = ["Trainer", "RunStopped", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT", "compile_mode"]
+__all__ = ["Trainer", "RunStopped", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
 
 MAX_VALID_LOSS = 1e4  # PySOT's is_valid_number: a loss above this is treated like NaN/Inf
 CHECKPOINT_FORMAT = "siamtrack-train-1"
