@@ -4,33 +4,34 @@
                                  [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--cold]
                                  [--min-seconds S] [--json out.json]
 
-DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
-ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
-and a host->device copy on cuda).  Both run the same config (default: PySOT's 8-GPU recipe,
-search blur 0.2) on the same shards.  Each measured window holds at least --batches batches
-and lasts at least --min-seconds.  On CUDA the window is timed with CUDA events recorded on
-the consumer's stream (the host never synchronises the device inside it, so DALI keeps
-rendering ahead as in training).  --cold evicts the shard files from the page cache
-(posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
-same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
-pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
-the GPU name; prints and writes JSON with the speed ratio (warm figures).
-
     python tools/bench_loader.py --host-only --shards DIR [--batch-size B] [--min-seconds S]
                                  [--cold] [--cfg CFG] [--opts ...]
 
 --host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no
 CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
 (`pipeline.read_ahead` with TRAIN.LOADER_READ_THREADS readers), the GPU graph's external_source
-values, the label inputs, the hand-over of each prepared batch to the consumer, one batch per
-run as on a GPU, and the feeding of DALI: every value fed to a DALI pipeline of the GPU graph's
-external sources, each followed by a shape query instead of the decoder and operators.  Measures process CPU seconds (getrusage: every thread) and wall seconds of a
-window, each thread's CPU seconds, and reports host CPU us per pair and the pairs/s one core and
-two cores can feed (two: also bounded by the busiest thread, which cannot use a second core);
-warm (the shard files read into the page cache first), and with --cold also with the shards
-evicted from the page cache before the window.  Not
-counted: the host work of the GPU operators themselves (nvJPEG's JPEG parsing, kernel launches)
-and the launches of the label kernels, which need the GPU.
+values, the label inputs, the hand-over of each prepared batch to the consumer (one batch per run
+as on a GPU) and the feeding of DALI: every value fed to a DALI pipeline of the GPU graph's
+external sources, each followed by a shape query instead of the decoder and operators.
+Measures process CPU seconds (getrusage: every thread) and wall seconds of a window and each
+thread's CPU seconds; reports host CPU us per pair and the pairs/s one core and two cores can
+feed (two: also bounded by the busiest thread, which cannot use a second core); warm (the shard
+files read into the page cache first) and, with --cold, with the shards evicted from the page
+cache before the window.  Not counted: the host work of the GPU operators themselves (nvJPEG's
+JPEG parsing, kernel launches) and the launches of the label kernels, which need the GPU.
+
+DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
+ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
+and a host->device copy on cuda).  Both run the same config (default: PySOT's 8-GPU recipe,
+search blur 0.2) on the same shards.  Each measured window holds at least --batches batches
+and lasts at least --min-seconds (--progress: its pairs/s so far go to stderr every 2 s, so a
+run stopped by a time budget still gives a figure).  On CUDA the window is timed with CUDA events recorded on
+the consumer's stream (the host never synchronises the device inside it, so DALI keeps
+rendering ahead as in training).  --cold evicts the shard files from the page cache
+(posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
+same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
+pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
+the GPU name; prints and writes JSON with the speed ratio (warm figures).
 """
 import argparse
 import json
@@ -433,12 +434,12 @@ def main(argv=None):
                              "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--json", default="runs/bench_loader.json")
     parser.add_argument("--progress", action="store_true",
                         help=f"print the window's pairs/s so far (host clock) to stderr every {PROGRESS_EVERY_S:g} s")
     parser.add_argument("--host-only", action="store_true",
                         help="the GPU path's host work alone (GPU operators replaced by nothing): host CPU "
                              "us per pair and the pairs/s one and two cores can feed")
-    parser.add_argument("--json", default="runs/bench_loader.json")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.cfg, overrides=args.opts)
