@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.crop_source import CropSource
-from pipeline.prepare import BatchPreparer
-from pipeline.sampling import PairSampler
-from pipeline.shards import open_shard_readers
+from pipeline.loader import build_loader
 from sampling_fixtures import build_test_shards, overrides
 from test_loader_tools import load_tool
 from train.config import load_config
@@ -32,19 +29,14 @@ def _cpu_seconds() -> float:
 
 def _jpeg_bytes(shards, epoch: int, first: int, count: int) -> int:
     """Bytes of the template and search crops of batches [first, first + count) of `epoch`,
-    prepared here with the pipeline's own preparation (one thread, no read-ahead)."""
-    cfg = load_config(CFG, OPTS)
-    readers = open_shard_readers(cfg, shards)
-    sampler = PairSampler(cfg, readers, 0)
-    source = CropSource(readers, sampler.names, [sampler.crop_size] * len(readers))
-    preparer = BatchPreparer(sampler, source, sampler.rank_indices(0, 1), BATCH, inputs=None,
-                             labels=lambda *args: None)
+    prepared here by a CPU loader's own preparation (one thread, no read-ahead)."""
+    loader = build_loader(load_config(CFG, OPTS), shards=shards, batch_size=BATCH, device="cpu",
+                          crop_kernel=False)
     total = 0
     for b in range(first, first + count):
-        prepared = preparer.prepare(epoch, b)
+        prepared = loader.preparer.prepare(epoch, b)
         total += sum(map(len, prepared.template_jpegs)) + sum(map(len, prepared.search_jpegs))
-    for reader in readers:
-        reader.close()
+    loader.close()
     return total
 
 

@@ -51,7 +51,7 @@ from nvidia.dali import fn, pipeline_def  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from pipeline.crop_source import CropSource  # noqa: E402
-from pipeline.dali_graph import IMAGES, PairGraph, input_name  # noqa: E402
+from pipeline.dali_graph import PairGraph  # noqa: E402
 from pipeline.devices import dali_threads  # noqa: E402
 from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
@@ -194,18 +194,27 @@ def _thread_cpu_seconds(ident: int) -> float:
 class FeedOnly:
     """The GPU graph's external sources, each followed by a shape query (a trivial CPU operator)
     in place of the GPU operators: DALI's host work of feeding a run (feed_input of every value,
-    scheduling it, taking its outputs), with the GPU path's default thread count."""
+    scheduling it, taking its outputs), with the GPU path's default thread count.  Built from the
+    first run's values (their names and batch sizes), so it follows the graph's inputs."""
 
-    def __init__(self, names: list, batch_size: int):
+    def __init__(self):
+        self.threads = dali_threads(0, on_gpu=True)[0]
+        self.pipe = None
+
+    def _build(self, values: dict) -> None:
+        names = list(values)
+
         @pipeline_def
         def feed_only():
             return tuple(fn.external_source(name=n, no_copy=n.endswith("_jpeg")).shape() for n in names)
 
-        self.threads = dali_threads(0, on_gpu=True)[0]
-        self.pipe = feed_only(batch_size=batch_size, num_threads=self.threads, device_id=None, prefetch_queue_depth=1)
+        self.pipe = feed_only(batch_size=max(len(v) for v in values.values()), num_threads=self.threads,
+                              device_id=None, prefetch_queue_depth=1)
         self.pipe.build()
 
     def __call__(self, values: dict) -> None:
+        if self.pipe is None:
+            self._build(values)
         for name, value in values.items():
             self.pipe.feed_input(name, value)
         self.pipe.schedule_run()
@@ -227,13 +236,11 @@ class HostSide:
         sampler = PairSampler(cfg, self.readers, seed)
         self.source = CropSource(self.readers, sampler.names, [sampler.crop_size] * len(self.readers))
         # a CPU graph with the GPU graph's operators (its inputs are the GPU graph's); never run
-        graph = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
+        inputs = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
                            num_threads=1, image_size=sampler.crop_size, roi_decode=False,
                            gray=bool(ds.GRAY), template_blur=bool(ds.TEMPLATE.BLUR),
-                           search_blur=bool(ds.SEARCH.BLUR), kernel=False)
-        inputs = graph.inputs
-        del graph
-        self.feed = FeedOnly([input_name(i, f) for i in IMAGES for f in inputs.fields[i]], self.batch_size)
+                           search_blur=bool(ds.SEARCH.BLUR), kernel=False).inputs
+        self.feed = FeedOnly()
         labels = LabelInputs(seed, 0, AnchorTargets(cfg).anchor_count, pinned=torch.cuda.is_available())
         self.indices = sampler.rank_indices(0, 1)
         self.preparer = BatchPreparer(sampler, self.source, self.indices, self.batch_size, inputs, labels)
