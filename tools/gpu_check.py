@@ -70,7 +70,7 @@ DRY_OPTS = ["DATASET.NAMES=[VID]", "BACKBONE.KWARGS={width_mult: 0.25}", "BACKBO
             "TRAIN.BATCH_SIZE=4", "TRAIN.LR_WARMUP.EPOCH=1"]
 PLANS = {
     "gpu": {"device": "cuda", "cfg": R50, "opts": R50_OPTS, "videos": 8, "frames": 40,
-            "loader": ["--batch-size", "128", "--batches", "1", "--min-seconds", "12", "--warmup", "4",
+            "loader": ["--batch-size", "128", "--batches", "8", "--min-seconds", "12", "--warmup", "4",
                        "--rounds", "1"],
             "host": ["--batch-size", "128", "--batches", "1", "--min-seconds", "4", "--warmup", "2", "--rounds", "1"],
             "profile_batches": 5,
