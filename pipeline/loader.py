@@ -60,7 +60,7 @@ class _DecodeProbe:
         @pipeline_def
         def probe():
             return decode_image({"jpeg": fn.external_source(name="jpeg")}, self.device, roi=False,
-                                hw_decoder_load=self.hw_decoder_load if on_gpu else None)
+                                hw_decoder_load=self.hw_decoder_load)
         self.pipe = probe(batch_size=1, num_threads=1, prefetch_queue_depth=1,
                           device_id=self.device_id)
         self.pipe.build()
