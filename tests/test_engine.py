@@ -12,8 +12,8 @@ from model import build_model
 from pipeline.synthetic import make_eval
 from track.engine import BlockedBackbone, EngineOptions, Job, inference_model, run_batched
 from track.protocol import OnePassProtocol, Protocol, Request, run_sequential
-from track.runner import frame_reader, run_tracker
-from track.sequences import Sequence, load_sequences
+from track.datasets import Sequence, frame_reader, load_sequences
+from track.ope import run_tracker
 from track.tracker import StaticTracker, build_tracker
 from train.config import load_config
 

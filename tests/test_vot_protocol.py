@@ -9,7 +9,7 @@ from track.tracker import StaticTracker
 from track.vot.protocol import SupervisedProtocol
 from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN
 from track.vot.results import read_runs, read_trajectory, trajectory_path, write_trajectory
-from track.vot.sequences import load_sequence, load_vot
+from track.vot.datasets import load_sequence, load_vot
 from vot_synthetic import write_dataset, write_sequence
 
 BLANK = np.zeros((60, 200, 3), np.uint8)

@@ -13,7 +13,7 @@ from track.protocol import run_sequential
 from track.vot.analysis import analyse
 from track.vot.protocol import SupervisedProtocol
 from track.vot.results import read_runs, trajectory_path, write_trajectory
-from track.vot.sequences import load_vot
+from track.vot.datasets import load_vot
 
 
 def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
