@@ -28,17 +28,19 @@ def tracked_region(result: dict) -> np.ndarray:
 
 
 class SupervisedProtocol(Protocol):
-    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
+    """Reset-based protocol over one `VOTSequence` (its ground truth, image size and name; its
+    frames are read by the driver).  A frame that cannot be read stops the run with an error
+    naming it (vot-toolkit has no rule for it)."""
 
-    def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
-                 name: str = ''):
+    def __init__(self, sequence, skip_initialize: int = 5, failure_overlap: float = 0.0):
         if skip_initialize < 1:
             raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
-        self.groundtruth = list(groundtruth)
-        self.size = tuple(size)
+        self.sequence = sequence
+        self.groundtruth = list(sequence.groundtruth)
+        self.size = tuple(sequence.size)
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
-        self.name = name
+        self.name = sequence.name
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
         self._frame = 0
@@ -79,6 +81,11 @@ class SupervisedProtocol(Protocol):
         else:
             self.regions[f] = region
             self._frame = f + 1
+
+    def unreadable(self, request: Request) -> None:
+        frames = self.sequence.frames
+        where = f' ({frames[request.frame]})' if request.frame < len(frames) else ''
+        raise ValueError(f'sequence {self.name!r}: cannot read frame {request.frame}{where}')
 
     def timed(self, request: Request, seconds: float) -> None:
         self.times[request.frame] = seconds
