@@ -41,7 +41,7 @@ def test_failure_then_reinitialisation_five_frames_later():
     assert codes(protocol.regions) == [1, '.', '.', '.', 2, 0, 0, 0, 0,
                                        1, '.', '.', '.', 2, 0, 0, 0, 0, 1, '.']
     np.testing.assert_array_equal(protocol.regions[12], gt[9])  # the box of the latest init
-    assert protocol.failures == 2 and protocol.done
+    assert codes(protocol.regions).count(FAILURE) == 2 and protocol.next_request() is None
     assert [t is None for t in protocol.times] == [c == 0 for c in codes(protocol.regions)]
 
 

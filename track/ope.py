@@ -17,12 +17,6 @@ from track.protocol import OnePassProtocol, run_sequential
 from track.results import read_results, write_got10k_submission, write_results
 
 
-def track_sequence(tracker, seq) -> dict:
-    """Run `tracker` (init/track API) over `seq` one frame at a time, as PySOT does; returns
-    boxes (N, 4), times (N,), skipped frames."""
-    return run_sequential(OnePassProtocol(seq), tracker, seq.read_frame).result()
-
-
 def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
                 progress: bool = True, engine: EngineOptions | None = EngineOptions()) -> dict:
     """Track every sequence with the batched engine (`engine`; None: one sequence at a time,
@@ -134,13 +128,13 @@ def format_table(scores: dict, per_sequence: bool = False) -> str:
             row += ''.join(f'{_fmt(g.get(k)):>8}' for k in ('ao', 'sr50', 'sr75'))
         lines.append(row + f'{_fps(s["fps"]):>9}')
     if per_sequence and scores:
-        seqs = list(next(iter(scores.values()))['sequences'])
+        seqs = list(dict.fromkeys(q for s in scores.values() for q in s['sequences']))  # any tracker's
         sw = max([len('sequence')] + [len(q) for q in seqs]) + 2
         lines += ['', 'per-sequence AUC / Prec@20'.ljust(sw)]
         lines.append(f'{"sequence":<{sw}}' + ''.join(f'{n[:18]:>20}' for n in scores))
         for q in seqs:
-            cells = ''.join(f'{_fmt(s["sequences"][q]["auc"]) + " / " + _fmt(s["sequences"][q]["precision"]):>20}'
-                            for s in scores.values())
+            cells = ''.join(f'{_fmt(m.get("auc")) + " / " + _fmt(m.get("precision")):>20}'
+                            for m in (s['sequences'].get(q, {}) for s in scores.values()))
             lines.append(f'{q:<{sw}}' + cells)
     return '\n'.join(lines)
 

@@ -17,11 +17,6 @@ from track.vot.results import read_runs, trajectory_path, write_trajectory
 from track.vot.datasets import load_vot
 
 
-def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
-    """One sequential supervised run of `tracker` (init/track API) over `seq`."""
-    return run_sequential(SupervisedProtocol(seq, skip_initialize), tracker, seq.read_frame)
-
-
 def drive_sequential(tracker, jobs, finished, clock=time.perf_counter) -> None:
     """Run each (protocol, read_frame) job to its end, one after the other (PySOT's way), calling
     `finished(protocol)` after each; frames timed with `clock`."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from track.protocol import Protocol, Request
-from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, is_special, region_overlap
+from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, region_overlap
 
 
 def tracked_region(result: dict) -> np.ndarray:
@@ -89,11 +89,3 @@ class SupervisedProtocol(Protocol):
 
     def timed(self, request: Request, seconds: float) -> None:
         self.times[request.frame] = seconds
-
-    @property
-    def done(self) -> bool:
-        return self._frame >= len(self.groundtruth)
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for r in self.regions if is_special(r) and r == FAILURE)
