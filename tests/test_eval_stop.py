@@ -79,9 +79,10 @@ def test_ctrl_c_in_eval_then_the_same_command_tracks_only_the_rest(otb, tmp_path
 
 
 def test_an_interrupted_evaluation_is_reused_only_by_the_same_tracker(otb, tmp_path):
-    from track.evaluate import UNFINISHED, finished_before, make_trackers, tracker_key
-    from track.runner import write_results
-    from track.sequences import load_sequences
+    from track.datasets import load_sequences
+    from track.ope import UNFINISHED, finished_before, tracker_key
+    from track.results import write_results
+    from track.snapshots import make_trackers
     from train.config import load_config
 
     seqs = load_sequences(otb, "otb")

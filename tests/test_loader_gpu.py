@@ -12,8 +12,10 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
+from mask_fixtures import build_mask_shards, check_mask_labels, mask_cfg
 from pipeline import build_loader
-from pipeline.dali_graph import FIELDS, PairGraph, _fields, _pair_graph
+from pipeline.batch import LABEL_MASK, LABEL_MASK_WEIGHT
+from pipeline.dali_graph import DECODE_FIELDS, FIELDS, MASK_FIELDS, IS_SEARCH, PairGraph, _pair_graph, graph_fields
 from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, render, textured_crop
 from test_loader import BATCH, batches, make_cfg, shards  # noqa: F401  (module fixture)
 
@@ -120,12 +122,15 @@ def test_image_comparison_catches_a_broken_image():
         assert_images_close(broken, x, PRODUCTION, "broken")
 
 
+@pytest.mark.parametrize("mask", [False, True], ids=["siamrpn", "siammask"])
 @pytest.mark.parametrize("roi", [True, False], ids=["roi", "full"])
-def test_the_gpu_graph_definition_is_valid(roi):
+def test_the_gpu_graph_definition_is_valid(roi, mask):
     """DALI checks every operator's arguments when the graph is defined, without a GPU: the
-    GPU-only branches (mixed decoder options, native operators) are at least well-formed."""
-    fields = {"z": _fields(roi, True, True, False), "x": _fields(roi, True, True, False)}
-    assert set(fields["x"]) <= set(FIELDS)
+    GPU-only branches (mixed decoder options, native operators, the mask's warp) are at least
+    well-formed."""
+    fields = graph_fields(roi, True, True, True, False, mask)
+    assert set(fields["inputs"]) <= {*DECODE_FIELDS, *FIELDS, *MASK_FIELDS, IS_SEARCH}
+    assert ("mask_matrix" in fields["inputs"]) == mask
     # constructing the pipeline defines the graph (operator schemas checked); nothing is built
     pipe = _pair_graph(fields, 127, 255, "gpu", roi, True, True, True, False,
                        {"hw_decoder_load": 0.65, "fancy_upsampling": False}, batch_size=4,
@@ -185,6 +190,33 @@ def test_two_loaders_with_one_seed_give_identical_batches(shards, device):  # no
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.fixture(scope="module")
+def mask_shards(tmp_path_factory):
+    return build_mask_shards(tmp_path_factory.mktemp("gpu_mask_shards"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_loader_matches_the_authors_and_the_cpu_native_loader(mask_shards, device):
+    """SiamMask batches on `device` (the GPU: DALI's native operators, the mask's warp_affine
+    on the GPU): every search mask as the authors' for its plan, the mask weights and labels
+    exactly those of the CPU native loader, the images within the decoders' differences."""
+    cfg = mask_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 16})
+    reference = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device="cpu", seed=12,
+                             crop_kernel=False, roi_decode=False)
+    reference.run_batches = 1
+    other = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device=device, seed=12)
+    bounds = SAME_DECODER if device == "cpu" else PRODUCTION
+    masks = 0
+    for b, (a, o) in enumerate(zip(reference, other)):
+        assert o[LABEL_MASK].device.type == device and o[LABEL_MASK_WEIGHT].device.type == device
+        masks += check_mask_labels(other, 0, b * BATCH, o)["mask"]
+        assert_labels_equal(a, o)
+        assert torch.equal(a[LABEL_MASK_WEIGHT], o[LABEL_MASK_WEIGHT].cpu())
+        for key in ("template", "search"):
+            assert_images_close(o[key], a[key], bounds, f"{device} mask loader {key}")
+    assert masks > 0 and other.skipped == 0
+
+
 @needs_cuda
 def test_pinned_cpu_batches(shards):  # noqa: F811
     cfg = make_cfg()
@@ -194,3 +226,61 @@ def test_pinned_cpu_batches(shards):  # noqa: F811
     for key, value in pinned.items():
         assert value.is_pinned(), key
         assert torch.equal(value, plain[key]), key
+
+
+def test_hardware_jpeg_share_per_card():
+    """Cards with hardware JPEG engines decode everything there; others keep DALI's default (the
+    option has no effect without the engine); the config's share wins; the reason is said."""
+    from pipeline.devices import DALI_HW_DECODER_LOAD, jpeg_hardware_share
+
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-40GB", "NVIDIA GH200 480GB",
+                 "NVIDIA B200", "NVIDIA A30"):
+        share, why = jpeg_hardware_share(name, -1.0)
+        assert share == 1.0 and "hardware JPEG" in why, name
+    for name in ("NVIDIA GeForce RTX 4090", "NVIDIA L40S", "Tesla V100-SXM2-16GB", "NVIDIA H20X"):
+        share, why = jpeg_hardware_share(name, -1.0)
+        assert share == DALI_HW_DECODER_LOAD and "no hardware JPEG decoder" in why, name
+    assert jpeg_hardware_share("NVIDIA H100 80GB HBM3", 0.3) == (0.3, "TRAIN.LOADER_HW_DECODER_LOAD=0.3 (config)")
+    with pytest.raises(ValueError, match="must lie in"):
+        jpeg_hardware_share("NVIDIA H100", 1.5)
+
+
+def test_dali_threads_capped_on_the_gpu_path(monkeypatch):
+    from pipeline import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)   # a 16-core GPU host
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.dali_threads(0, on_gpu=True)[0] == devices.GPU_DALI_THREADS == 4
+    assert devices.dali_threads(0, on_gpu=False)[0] == 17   # the CPU path keeps its measured best
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")               # 8 processes: 2 cores each
+    assert devices.dali_threads(0, on_gpu=True)[0] == 2
+    assert devices.dali_threads(6, on_gpu=True) == (6, "6 DALI threads (TRAIN.LOADER_DALI_THREADS or the caller)")
+
+
+def test_loader_says_how_it_chose_its_threads(shards):  # noqa: F811
+    cfg = make_cfg(**{"TRAIN.LOADER_DALI_THREADS": 3})
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", crop_kernel=False)
+    assert loader.num_threads == 3 and "TRAIN.LOADER_DALI_THREADS" in loader.threads_why
+    assert loader.hw_decoder_load is None and "libjpeg-turbo" in loader.hw_decoder_why
+    assert loader.ready_event is None  # the device-timeline ready point exists on the GPU only
+
+
+@needs_cuda
+def test_gpu_loader_defaults_and_ready_event(shards):  # noqa: F811
+    """On the GPU: the per-card JPEG share and the capped threads by default; after each batch a
+    timing event on the consumer's stream, recorded where the stream waits for DALI's outputs."""
+    from pipeline.devices import GPU_DALI_THREADS, jpeg_hardware_share
+
+    loader = build_loader(make_cfg(), shards=shards, batch_size=BATCH, device="cuda", seed=3)
+    name = torch.cuda.get_device_name(loader.device)
+    assert (loader.hw_decoder_load, loader.hw_decoder_why) == jpeg_hardware_share(name, -1.0)
+    assert loader.num_threads <= GPU_DALI_THREADS and "GPU path" in loader.threads_why
+    stream = torch.cuda.current_stream(loader.device)
+    for batch in batches(loader, 3):
+        before = torch.cuda.Event(enable_timing=True)
+        before.record(stream)
+        ready = loader.ready_event
+        assert ready is not None
+        before.synchronize()
+        assert ready.query() and ready.elapsed_time(before) >= 0  # recorded earlier on the same stream
+        assert batch["search"].is_cuda

@@ -1,76 +1,57 @@
-"""One-pass evaluation of snapshots and baselines side by side: track, write results, score,
-report (table + JSON) and optionally plot.  `tools/eval.py` and the demo call `evaluate`."""
+"""One-pass evaluation (OPE: OTB, GOT-10k, LaSOT) of trackers side by side: track every
+sequence (batched engine or PySOT's one at a time), write the result files, score them as
+written, report (table + JSON) and optionally plot.  `tools/eval.py` and the demo call `evaluate`."""
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import math
 from pathlib import Path
 
 import torch
-
-from model import build_model
-from model.checkpoint import load_model_checkpoint
-from track.tracker import StaticTracker, build_tracker
+from tqdm import tqdm
 
 from pipeline.fileio import atomic_write, write_json
-
-from track.engine import EngineOptions
-from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT
+from track.datasets import load_dataset
+from track.engine import EngineOptions, Job, run_batched
+from track.metrics import absent_policy, score_tracker
 from track.plots import plot_curves
-from track.report import best_of, format_table, score_tracker
-from track.runner import read_results, run_tracker, write_got10k_submission
-from track.sequences import load_sequences, resolve_index
+from track.protocol import OnePassProtocol, run_sequential
+from track.results import read_results, write_got10k_submission, write_results
 
-BASELINES = ('static', 'untrained')
 UNFINISHED = '.unfinished.json'  # in results/<tracker>/ while its evaluation runs: what an interrupted one reuses
-_EPOCH_RE = re.compile(r'checkpoint_e(\d+)\.pth$')
 
 
-def epoch_checkpoints(run_dir) -> list:
-    """`checkpoint_e<N>.pth` files of a run directory, sorted by epoch N."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f'run directory not found: {run_dir}')
-    found = sorted((int(m.group(1)), p) for p in run_dir.rglob('checkpoint_e*.pth')
-                   if (m := _EPOCH_RE.search(p.name)))
-    if not found:
-        raise FileNotFoundError(f'no checkpoint_e*.pth files under {run_dir}')
-    return [p for _, p in found]
+def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
+                progress: bool = True, engine: EngineOptions | None = EngineOptions()) -> dict:
+    """Track every sequence with the batched engine (`engine`; None: one sequence at a time,
+    frame by frame, as PySOT); write result files under `out_dir/name` as sequences finish.
 
+    Returns {seq_name: {'boxes', 'times', 'skipped'}}; the bar shows frames per second.
+    """
+    def done(job):
+        if out_dir is not None:
+            res = job.protocol.result()
+            write_results(out_dir, name, fmt, job.source, res['boxes'], res['times'])
 
-def snapshot_names(paths) -> list:
-    """Short unique display names: the file stem, prefixed by its folder when stems clash."""
-    paths = [Path(p) for p in paths]
-    stems = [p.stem for p in paths]
-    return [f'{p.parent.name}/{p.stem}' if stems.count(p.stem) > 1 else p.stem for p in paths]
-
-
-def load_snapshot(cfg, path, device='cpu') -> torch.nn.Module:
-    """A model built from `cfg` with a checkpoint strictly loaded (PySOT `{'state_dict': ...}`
-    or bare state dict, `module.` prefixes allowed), in eval mode on `device`."""
-    model = build_model(cfg)
-    load_model_checkpoint(model, path)
-    return model.to(device).eval()
-
-
-def make_trackers(cfg, snapshots=(), baselines=(), device='cpu', seed: int = 0) -> dict:
-    """{display name: tracker} for the given snapshots and baselines (static | untrained)."""
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f'unknown baseline(s) {unknown}; expected some of {BASELINES}')
-    if (snapshots or 'untrained' in baselines) and cfg is None:
-        raise ValueError('a config (--cfg) is needed to build the network')
-    trackers = {}
-    snapshots = list(dict.fromkeys(Path(p).resolve() for p in snapshots))  # same file once
-    for name, path in zip(snapshot_names(snapshots), snapshots):
-        trackers[name] = build_tracker(cfg, load_snapshot(cfg, path, device))
-    if 'untrained' in baselines:
-        torch.manual_seed(seed)  # same random init every run
-        trackers['untrained'] = build_tracker(cfg, build_model(cfg).to(device).eval())
-    if 'static' in baselines:
-        trackers['static'] = StaticTracker()
-    return trackers
+    if engine is None:
+        protocols = []
+        with tqdm(total=sum(len(s) for s in sequences), desc=f'track {name}', unit='frame',
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for seq in sequences:
+                read = seq.read_frame
+                job = Job(OnePassProtocol(seq), None, seq.name)
+                run_sequential(job.protocol, tracker, lambda i: (bar.update(1), read(i))[1])
+                done(job)
+                protocols.append(job.protocol)
+    else:
+        jobs = [Job(OnePassProtocol(seq), seq.read_frame, seq.name, frames=len(seq)) for seq in sequences]
+        protocols = run_batched(jobs, tracker, engine, progress, f'track {name}', done)
+    results = {seq.name: p.result() for seq, p in zip(sequences, protocols)}
+    skipped = sum(r['skipped'] for r in results.values())
+    if skipped:
+        tqdm.write(f'{name}: {skipped} unreadable frame(s) skipped (previous box repeated)')
+    return results
 
 
 def tracker_key(tracker, dataset_root, fmt: str) -> str:
@@ -109,12 +90,11 @@ def finished_before(results_dir, name: str, fmt: str, sequences, key: str) -> li
 def score_results(sequences, results_dir, name: str, fmt: str, absent: str | None = None,
                   times=None, reports_speed: bool = True) -> dict:
     """Scores of the result files of tracker `name` under `results_dir` (the layout of
-    `track.runner.write_results`), read back as written: the figures are those of the files
+    `track.results.write_results`), read back as written: the figures are those of the files
     a toolkit would read.  `times`: {seq: per-frame seconds} for the fps column."""
-    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
     results = {seq.name: {'boxes': read_results(results_dir, name, fmt, seq.name),
                           'times': (times or {}).get(seq.name, [])} for seq in sequences}
-    return score_tracker(sequences, results, absent, fmt, reports_speed)
+    return score_tracker(sequences, results, fmt, absent, reports_speed)
 
 
 def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/eval',
@@ -126,14 +106,13 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     `index`: a PySOT-toolkit index JSON defining the sequences (auto-detected for OTB).
     `absent`: 'miss' | 'exclude' (None: `DEFAULT_ABSENT[fmt]`, the dataset's official rule).
     `engine`: batched engine options (None: one sequence at a time, frame by frame, as PySOT).
-    GOT-10k results are also zipped per tracker as its evaluation server takes them."""
-    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
-    if absent not in ABSENT_POLICIES:
-        raise ValueError(f'absent={absent!r}; expected one of {ABSENT_POLICIES}')
-    index = resolve_index(dataset_root, fmt, index)
+    GOT-10k results are also zipped per tracker as its evaluation server takes them. A tracker
+    whose evaluation was interrupted (Ctrl-C) tracks only the sequences it had not written, when
+    it is the same tracker (`tracker_key`) on the same dataset."""
+    absent = absent_policy(fmt, absent)
+    sequences, index = load_dataset(dataset_root, fmt, index)
     if index is not None:
         log(f'sequences from index {index}')
-    sequences = load_sequences(dataset_root, fmt, index=index)
     out_dir = Path(out_dir)
     results_dir = out_dir / 'results'
     scores = {}
@@ -169,3 +148,46 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
         for path in plot_curves(scores, out_dir, title=Path(dataset_root).name):
             log(f'wrote {path}')
     return {'trackers': scores, 'best': best, 'table': table}
+
+
+def _fmt(v) -> str:
+    return '  n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3f}'
+
+
+def _fps(v) -> str:
+    return '–' if v is None else f'{v:.1f}'
+
+
+def format_table(scores: dict, per_sequence: bool = False) -> str:
+    """Table of trackers (rows, in the given order): success AUC, precision@20px, norm. precision@0.2,
+    GOT-10k's AO / SR0.50 / SR0.75 when present, fps ('–' for a tracker that does no work)."""
+    got = any('got10k' in s for s in scores.values())
+    width = max([len('tracker')] + [len(n) for n in scores]) + 2
+    head = f'{"tracker":<{width}}{"AUC":>8}{"Prec@20":>9}{"NPrec@.2":>10}'
+    if got:
+        head += f'{"AO":>8}{"SR.50":>8}{"SR.75":>8}'
+    head += f'{"fps":>9}'
+    lines = [head, '-' * len(head)]
+    for name, s in scores.items():
+        o = s['overall']
+        row = f'{name:<{width}}{_fmt(o["auc"]):>8}{_fmt(o["precision"]):>9}{_fmt(o["norm_precision"]):>10}'
+        if got:
+            g = s.get('got10k', {}).get('overall', {})
+            row += ''.join(f'{_fmt(g.get(k)):>8}' for k in ('ao', 'sr50', 'sr75'))
+        lines.append(row + f'{_fps(s["fps"]):>9}')
+    if per_sequence and scores:
+        seqs = list(dict.fromkeys(q for s in scores.values() for q in s['sequences']))  # any tracker's
+        sw = max([len('sequence')] + [len(q) for q in seqs]) + 2
+        lines += ['', 'per-sequence AUC / Prec@20'.ljust(sw)]
+        lines.append(f'{"sequence":<{sw}}' + ''.join(f'{n[:18]:>20}' for n in scores))
+        for q in seqs:
+            cells = ''.join(f'{_fmt(m.get("auc")) + " / " + _fmt(m.get("precision")):>20}'
+                            for m in (s['sequences'].get(q, {}) for s in scores.values()))
+            lines.append(f'{q:<{sw}}' + cells)
+    return '\n'.join(lines)
+
+
+def best_of(scores: dict, key: str = 'auc') -> str | None:
+    """Name of the tracker with the highest overall `key` (NaN ignored)."""
+    valid = {n: s['overall'][key] for n, s in scores.items() if not math.isnan(s['overall'][key])}
+    return max(valid, key=valid.get) if valid else None
