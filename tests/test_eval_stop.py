@@ -89,7 +89,7 @@ def test_an_interrupted_evaluation_is_reused_only_by_the_same_tracker(otb, tmp_p
     cfg = load_config(DEMO, QUARTER)
     key = tracker_key(make_trackers(cfg, baselines=["untrained"])["untrained"], otb, "otb")
     for seq in seqs[:2]:  # an evaluation interrupted after two sequences
-        write_results(tmp_path, "t", "otb", seq.name, seq.gt)
+        write_results(tmp_path, "t", "otb", seq.name, seq.groundtruth)
     (tmp_path / "t" / UNFINISHED).write_text(json.dumps({"key": key}))
     assert [s.name for s in finished_before(tmp_path, "t", "otb", seqs, key)] == [s.name for s in seqs[:2]]
     others = [make_trackers(cfg.replace(["TRACK.LR=0.5"]), baselines=["untrained"])["untrained"],  # another setting

@@ -2,7 +2,7 @@
 
     python tools/demo.py                      # about 5 minutes on 2 idle CPU cores
     python tools/demo.py --work runs/demo2 --opts TRAIN.EPOCH=2
-    python tools/demo.py --work runs/smoke --scale 0.1 --opts TRAIN.EPOCH=2 DATASET.VIDEOS_PER_EPOCH=32   # < 1 minute
+    python tools/demo.py --work runs/smoke --scale 0.1 --opts TRAIN.EPOCH=2 TRAIN.BATCH_SIZE=4 DATASET.VIDEOS_PER_EPOCH=8
 """
 from __future__ import annotations
 
