@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import cv2
@@ -29,7 +29,7 @@ from pipeline.shards import CorruptCropError
 
 log = logging.getLogger("pipeline.loader")
 
-LISTED = 10  # unusable crops named in the log one by one; the rest are counted (damaged_shards)
+LISTED = 10  # unusable crops of each kind named in the log one by one; the rest are counted (damaged_shards)
 MASK_TAG = 1    # third element of a mask's ref: (dataset, entry, MASK_TAG)
 # The graph input of a pair without a mask label (negatives, datasets without masks) and of an
 # empty mask: one background pixel at the crop's origin.
@@ -71,6 +71,7 @@ class CropSource:
         self.readers, self.names = list(readers), list(names)
         self.crop_sizes = [int(s) for s in crop_sizes]
         self.bad = set()              # refs known to be unusable
+        self._listed = Counter()      # unusable refs logged, per kind of fault
         self._lock = threading.Lock()
 
     def read(self, ref):
@@ -84,11 +85,11 @@ class CropSource:
         try:
             data = self.readers[ref[0]].jpeg_at(ref[1])
         except CorruptCropError as err:
-            self.mark_bad(ref, str(err))
+            self.mark_bad(ref, str(err), kind="stored bytes")
             return None
         problem = crop_problem(data, self.crop_sizes[ref[0]])
         if problem is not None:
-            self.mark_bad(ref, problem)
+            self.mark_bad(ref, problem, kind="not a crop")
             return None
         return data
 
@@ -98,11 +99,11 @@ class CropSource:
         try:
             png, box = self.readers[ref[0]].mask_at(ref[1])
         except CorruptCropError as err:
-            self.mark_bad(ref, str(err))
+            self.mark_bad(ref, str(err), kind="stored bytes")
             return None
         mask = decode_mask_region(png, box, self.crop_sizes[ref[0]])
         if isinstance(mask, str):
-            self.mark_bad(ref, mask)
+            self.mark_bad(ref, mask, kind="not a mask")
             return None
         return mask
 
@@ -113,19 +114,21 @@ class CropSource:
     def is_bad(self, ref) -> bool:
         return tuple(int(v) for v in ref) in self.bad
 
-    def mark_bad(self, ref, why: str) -> bool:
-        """Record crop (or mask) `ref` as unusable (logged the first time); True if it was not
-        known."""
+    def mark_bad(self, ref, why: str, kind: str = "") -> bool:
+        """Record crop (or mask) `ref` as unusable (logged the first time, up to LISTED of each
+        `kind` of fault); True if it was not known."""
         ref = tuple(int(v) for v in ref)
+        kind = kind or why
         with self._lock:
             if ref in self.bad:
                 return False
             self.bad.add(ref)
-            listed = len(self.bad) <= LISTED
-        if listed:
+            self._listed[kind] += 1
+            listed = self._listed[kind]
+        if listed <= LISTED:
             log.warning("unusable %s, skipped: dataset %s entry %d (%s)%s", "mask" if is_mask_ref(ref) else "crop",
                         self.names[ref[0]], ref[1], why,
-                        "; further ones are counted, not listed" if len(self.bad) == LISTED else "")
+                        f"; further ones ({kind}) are counted, not listed" if listed == LISTED else "")
         return True
 
     def damaged_shards(self) -> dict:
