@@ -55,3 +55,26 @@ def make_davis(root, sequences: dict, shape=(60, 80), seed: int = 0, void: bool 
         listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text(''.join(f'{n}\n' for n in sequences))
     return root
+
+
+def small_siammask(overrides=(), seed: int = 0):
+    """(cfg, model): SiamMask R50 (configs/siammask_r50_l3.yaml) scaled down for CPU tests: a
+    175-pixel search (15 x 15 score map) and one bottleneck block per ResNet stage (channels,
+    strides and dilations unchanged, so neck, heads and refine see the shapes they expect),
+    random weights and non-trivial BatchNorm statistics (a fresh model's hide rounding)."""
+    import torch
+    import torch.nn as nn
+
+    from model import build_model
+    from train.config import load_config
+
+    cfg = load_config('configs/siammask_r50_l3.yaml', overrides=['TRACK.INSTANCE_SIZE=175', *overrides])
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    for name in ('layer1', 'layer2', 'layer3'):
+        setattr(model.backbone, name, getattr(model.backbone, name)[:1])
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return cfg, model.eval()

@@ -30,15 +30,17 @@ def mask_box(mask: np.ndarray) -> tuple:
 
 
 def box_mask(box, shape) -> np.ndarray:
-    """(H, W) float32: 1 on the pixels whose centre lies in the box [x, y, w, h] (the tracker's
-    output box, in the authors' convention where pixel i spans [i, i + 1]), 0 elsewhere."""
+    """(H, W) float32: 1 on the pixels i whose centre i + 1/2 lies in [x, x + w) (and likewise
+    for rows), 0 elsewhere.  The half-open interval gives the w x h pixels of an integer box both
+    for a tracker's output [cx - w/2, cy - h/2, w, h] (x integral) and for the start box it was
+    given (x + 1/2), which is what the static baseline reports."""
     h, w = shape[:2]
     x, y, bw, bh = (float(v) for v in box)
     out = np.zeros((h, w), np.float32)
     if not all(math.isfinite(v) for v in (x, y, bw, bh)):
         return out
-    x0, x1 = max(0, math.ceil(x - 0.5)), min(w, math.floor(x + bw - 0.5) + 1)
-    y0, y1 = max(0, math.ceil(y - 0.5)), min(h, math.floor(y + bh - 0.5) + 1)
+    x0, x1 = max(0, math.ceil(x - 0.5)), min(w, math.ceil(x + bw - 0.5))
+    y0, y1 = max(0, math.ceil(y - 0.5)), min(h, math.ceil(y + bh - 0.5))
     if x1 > x0 and y1 > y0:
         out[y0:y1, x0:x1] = 1.0
     return out

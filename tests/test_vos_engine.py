@@ -1,0 +1,100 @@
+"""SiamMask through the batched engine: every object of every sequence in one search forward and
+one refine forward (a score-map position per target), against the sequential tracker (one object
+at a time, frame by frame) with a real random-weight SiamMask R50 scaled down (`small_siammask`:
+a 175-pixel search, one block per ResNet stage), with and without the refine head."""
+import numpy as np
+import pytest
+
+from track.engine import EngineOptions, Job, run_batched
+from track.protocol import run_sequential
+from track.tracker import build_tracker
+from track.vos.davis import first_frame_objects, load_davis
+from track.vos.protocol import VOSProtocol
+from vos_synthetic import make_davis, small_siammask
+
+BOX_TOL = 1e-3   # px
+MASK_TOL = 1e-4  # probability
+
+
+@pytest.fixture(scope='module')
+def davis(tmp_path_factory):
+    root = make_davis(tmp_path_factory.mktemp('davis'), {'two': (3, 2), 'one': (2, 1)}, shape=(72, 96), seed=3)
+    return load_davis(root, '2017/val')
+
+
+def siammask(refine: bool, seed: int = 0):
+    cfg, model = small_siammask([f'REFINE.REFINE={refine}'], seed)
+    return build_tracker(cfg, model)
+
+
+class Recorder:
+    """The per-frame boxes-as-masks and masks of one object, and the tracker's raw results."""
+
+    def __init__(self):
+        self.masks, self.boxes = {}, {}
+
+    def outputs(self):
+        return [('mask', lambda t, m: self.masks.__setitem__(t, m)),
+                ('box', lambda t, m: self.boxes.__setitem__(t, m))]
+
+
+def jobs_of(sequences):
+    out = []
+    for seq in sequences:
+        first = seq.labels(0)
+        for k in first_frame_objects(first):
+            rec = Recorder()
+            out.append((rec, Job(VOSProtocol(f'{seq.name}_{k}', len(seq), first == k, rec.outputs()),
+                                 seq.read_frame, source=seq.name, frames=len(seq))))
+    return out
+
+
+def run(tracker, sequences, options):
+    jobs = jobs_of(sequences)
+    if options is None:
+        for _, job in jobs:
+            run_sequential(job.protocol, tracker, job.read_frame)
+    else:
+        run_batched([job for _, job in jobs], tracker, options)
+    return [rec for rec, _ in jobs]
+
+
+@pytest.mark.parametrize('refine, options', [
+    (True, EngineOptions(batch_size=3, streams=1)),
+    (False, EngineOptions(batch_size=2, streams=2)),
+])
+def test_batched_siammask_matches_the_sequential_tracker(davis, refine, options):
+    tracker = siammask(refine)
+    want = run(tracker, davis, None)
+    got = run(tracker, davis, options)
+    assert len(want) == 3
+    for w, g in zip(want, got):
+        assert sorted(w.masks) == sorted(g.masks) == list(range(1, len(w.masks) + 1))
+        for t in w.masks:
+            np.testing.assert_allclose(g.masks[t], w.masks[t], rtol=0, atol=MASK_TOL)
+            np.testing.assert_array_equal(g.boxes[t], w.boxes[t])  # filled boxes: equal to the pixel
+    # the targets' masks differ: each was cut at its own score-map position and pasted at its own place
+    firsts = [w.masks[1] for w in want]
+    assert not np.allclose(firsts[0], firsts[1]) and max(m.max() for m in firsts) > 0.1
+
+
+def test_batched_siammask_boxes_and_polygons_match(davis):
+    """The tracker's own results (boxes, scores, polygons) for the objects of one step."""
+    tracker = siammask(True, seed=1)
+    seq = davis[0]
+    first = seq.labels(0)
+    objects = first_frame_objects(first)
+    boxes = [VOSProtocol('x', 2, first == k, []).box for k in objects]
+    imgs = [seq.read_frame(0), seq.read_frame(1)]
+    singles = []
+    for box in boxes:
+        tracker.init(imgs[0], box)
+        singles.append(tracker.track(imgs[1]))
+    states = [tracker.new_state() for _ in boxes]
+    tracker.init_batch(states, [imgs[0]] * len(boxes), boxes)
+    batched = tracker.track_batch(states, [imgs[1]] * len(boxes))
+    for s, b in zip(singles, batched):
+        np.testing.assert_allclose(b['bbox'], s['bbox'], rtol=0, atol=BOX_TOL)
+        assert b['best_score'] == pytest.approx(s['best_score'], abs=1e-4)
+        np.testing.assert_allclose(b['mask'], s['mask'], rtol=0, atol=MASK_TOL)
+        np.testing.assert_allclose(b['polygon'], s['polygon'], rtol=0, atol=0.5)
