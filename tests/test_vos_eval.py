@@ -21,13 +21,19 @@ from track.vos.protocol import VOSProtocol, box_mask, mask_box
 from track.vos.results import MaskMerger, read_result_frames
 from track.tracker import StaticTracker, build_tracker
 from train.config import load_config
-from vos_synthetic import make_davis, small_siammask
+from vos_fixtures import small_siammask, tiny_davis
 from vot_synthetic import write_dataset
 
 
 @pytest.fixture(scope='module')
 def davis_root(tmp_path_factory):
-    return make_davis(tmp_path_factory.mktemp('davis'), {'two': (5, 2), 'one': (4, 1)}, shape=(60, 80), seed=1)
+    return tiny_davis(tmp_path_factory.mktemp('davis'))  # val: bear-walk (1 object), camel-run (3)
+
+
+@pytest.fixture(scope='module')
+def davis3(tmp_path_factory):
+    """The same sequences cut to 3 frames (2 tracked), for the runs with networks."""
+    return tiny_davis(tmp_path_factory.mktemp('davis3'), frames=3)
 
 
 # --- indexed PNGs ----------------------------------------------------------------------------------
@@ -60,43 +66,53 @@ def test_colour_and_broken_pngs_are_named(tmp_path):
 
 def test_davis_reader_splits_void_and_objects(davis_root):
     seqs = load_davis(davis_root, '2017/val')
-    assert [s.name for s in seqs] == ['two', 'one'] and [len(s) for s in seqs] == [5, 4]
-    two = seqs[0]
-    assert two.frame_ids == two.mask_ids == ['00000', '00001', '00002', '00003', '00004'] and two.has_full_gt
-    raw = read_labels(two.annotations[0])
-    assert (raw == 255).any()  # the fixture has void pixels ...
-    labels = two.labels(0)
+    assert [s.name for s in seqs] == ['bear-walk', 'camel-run'] and [len(s) for s in seqs] == [5, 5]
+    camel = seqs[1]
+    assert camel.frame_ids == camel.mask_ids == ['00000', '00001', '00002', '00003', '00004'] and camel.has_full_gt
+    raw = read_labels(camel.annotations[0])
+    assert (raw == 255).any()  # the data set has void pixels ...
+    labels = camel.labels(0)
     assert not (labels == 255).any() and (labels[raw == 255] == 0).all()  # ... read as background
-    assert two.object_count() == 2 and first_frame_objects(labels) == [1, 2]
-    assert set(np.unique(two.labels(2))) <= {0, 1, 2}
-    # DAVIS 2016: one object, every labelled pixel (void included, as DAVIS 2016's 0/255 masks)
-    (two16,) = load_davis(davis_root, '2016/val', sequences=['two'])
-    assert two16.single_object and two16.object_count() == 1
-    np.testing.assert_array_equal(two16.labels(0), raw > 0)
+    assert camel.object_count() == 3 and first_frame_objects(labels) == [1, 2, 3]
+    assert set(np.unique(camel.labels(2))) <= {0, 1, 2, 3}
     assert first_frame_objects(np.array([[0, 3], [1, 0]], np.uint8)) == [1, 3]  # id 2: scored, never tracked
+    # DAVIS 2016: one object, every labelled pixel (void included, as DAVIS 2016's 0/255 masks)
+    assert [s.name for s in load_davis(davis_root, '2016/val')] == ['bear-walk']
+    (davis_root / 'ImageSets' / '2016' / 'val.txt').write_text('bear-walk\ncamel-run\n')
+    camel16 = load_davis(davis_root, '2016/val', sequences=['camel-run'])[0]
+    assert camel16.single_object and camel16.object_count() == 1
+    np.testing.assert_array_equal(camel16.labels(0), raw > 0)
 
 
 def test_davis_reader_errors_and_the_2016_release_listing(tmp_path, davis_root):
     with pytest.raises(ValueError, match="split '2017': expected YEAR/SUBSET"):
         parse_split('2017')
-    with pytest.raises(FileNotFoundError, match=r'ImageSets/2017/train.txt not found'):
-        load_davis(davis_root, '2017/train')
+    with pytest.raises(FileNotFoundError, match=r'ImageSets/2017/test-dev.txt not found'):
+        load_davis(davis_root, '2017/test-dev')
     with pytest.raises(ValueError, match=r"sequences \['nope'\] are not in split 2017/val"):
         load_davis(davis_root, '2017/val', sequences=['nope'])
-    root = make_davis(tmp_path / 'd16', {'bear': (3, 1)}, void=False)
-    (root / 'ImageSets' / '2016' / 'val.txt').unlink()
-    legacy = root / 'ImageSets' / '480p' / 'val.txt'
+    broken = tiny_davis(tmp_path / 'broken', broken=True)  # boat-drift: a corrupt and a missing PNG
+    with pytest.raises(ValueError, match=r'Annotations/480p/boat-drift: no mask for frame\(s\) 00003'):
+        load_davis(broken, '2017/train')
+    (broken / 'Annotations' / '480p' / 'boat-drift' / '00003.png').write_bytes(b'')  # present, unreadable
+    (boat,) = load_davis(broken, '2016/train')
+    with pytest.raises(ValueError, match=r'boat-drift/00001.png: not a readable PNG'):
+        boat.labels(1)
+    # DAVIS 2016's own release lists image and mask paths
+    (broken / 'ImageSets' / '2016' / 'val.txt').unlink()
+    legacy = broken / 'ImageSets' / '480p' / 'val.txt'
     legacy.parent.mkdir(parents=True)
-    legacy.write_text(''.join(f'/JPEGImages/480p/bear/{i:05d}.jpg /Annotations/480p/bear/{i:05d}.png\n'
-                              for i in range(3)))
-    assert [s.name for s in load_davis(root, '2016/val')] == ['bear']
-    for png in sorted((root / 'Annotations' / '480p' / 'bear').glob('*.png'))[1:]:
-        png.unlink()  # a test-dev sequence: only the first mask
-    (seq,) = load_davis(root, '2016/val')
+    legacy.write_text(''.join(f'/JPEGImages/480p/bear-walk/{i:05d}.jpg /Annotations/480p/bear-walk/{i:05d}.png\n'
+                              for i in range(5)))
+    assert [s.name for s in load_davis(broken, '2016/val')] == ['bear-walk']
+    masks = broken / 'Annotations' / '480p' / 'bear-walk'
+    for png in sorted(masks.glob('*.png'))[1:]:
+        png.unlink()  # as a test-dev sequence: only the first mask
+    (seq,) = load_davis(broken, '2016/val')
     assert not seq.has_full_gt
-    (root / 'Annotations' / '480p' / 'bear' / '00000.png').rename(root / 'Annotations' / '480p' / 'bear' / '00001.png')
+    (masks / '00000.png').rename(masks / '00001.png')
     with pytest.raises(ValueError, match=r"00001.png: the first mask is not the first frame's \(00000.jpg\)"):
-        load_davis(root, '2016/val')
+        load_davis(broken, '2016/val')
 
 
 # --- the protocol ----------------------------------------------------------------------------------
@@ -181,7 +197,7 @@ def copy_as_results(seqs, folder, change=None):
 def test_stored_results_of_any_method(tmp_path, davis_root):
     seqs = load_davis(davis_root, '2017/val')
     copy_as_results(seqs, tmp_path / 'res' / 'oracle')
-    # a method that loses object 2 of 'two' after frame 1 and never writes the last frame
+    # a method that loses object 2 of camel-run after frame 1 and never writes the last frame
     copy_as_results(seqs, tmp_path / 'res' / 'lossy',
                     lambda seq, i, lab: np.where((lab == 2) & (i > 1), 0, lab).astype(np.uint8))
     for seq in seqs:
@@ -190,42 +206,49 @@ def test_stored_results_of_any_method(tmp_path, davis_root):
                        progress=False, log=lambda s: None)
     oracle, lossy = out['trackers']['oracle'], out['trackers']['lossy']
     assert all(oracle['overall'][m] == (0.0 if 'Decay' in m else 1.0) for m in MEASURES)
-    assert list(oracle['objects']) == ['two_1', 'two_2', 'one_1']
-    two_2 = lossy['objects']['two_2']
-    assert two_2['J'] == [1.0, 0.0, 0.0] and two_2['F'] == [1.0, 0.0, 0.0]  # frames 1..3 (not 0, not 4)
-    assert two_2['J-Mean'] == pytest.approx(1 / 3) and two_2['J-Recall'] == pytest.approx(1 / 3)
-    assert two_2['J-Decay'] == pytest.approx(0.5)  # 3 frames: edges 0, 1, 1, 2, 2; mean(1, 0) - mean(0)
-    assert lossy['overall']['J-Mean'] == pytest.approx((1 + 1 / 3 + 1) / 3)  # the mean over objects
-    assert lossy['sequences']['two']['J-Mean'] == pytest.approx((1 + 1 / 3) / 2)
+    assert list(oracle['objects']) == ['bear-walk_1', 'camel-run_1', 'camel-run_2', 'camel-run_3']
+    lost = lossy['objects']['camel-run_2']
+    assert lost['J'] == [1.0, 0.0, 0.0] and lost['F'] == [1.0, 0.0, 0.0]  # frames 1..3 (not 0, not 4)
+    assert lost['J-Mean'] == pytest.approx(1 / 3) and lost['J-Recall'] == pytest.approx(1 / 3)
+    assert lost['J-Decay'] == pytest.approx(0.5)  # 3 frames: edges 0, 1, 1, 2, 2; mean(1, 0) - mean(0)
+    assert lossy['overall']['J-Mean'] == pytest.approx((3 + 1 / 3) / 4)  # the mean over objects
+    assert lossy['sequences']['camel-run']['J-Mean'] == pytest.approx((2 + 1 / 3) / 3)
     assert lossy['overall']['J&F-Mean'] == pytest.approx((lossy['overall']['J-Mean'] + lossy['overall']['F-Mean']) / 2)
     # the official tool's two tables
     glob = (tmp_path / 'out' / 'lossy' / 'global_results-val.csv').read_text().splitlines()
     assert glob[0] == 'J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay'
-    assert glob[1].split(',')[1] == f'{(1 + 1 / 3 + 1) / 3:.3f}' == '0.778'
+    assert glob[1].split(',')[:2] == ['0.833', '0.833']  # (3 + 1/3) / 4 for J and F alike
     per = (tmp_path / 'out' / 'lossy' / 'per-sequence_results-val.csv').read_text().splitlines()
-    assert per == ['Sequence,J-Mean,F-Mean', 'two_1,1.000,1.000', 'two_2,0.333,0.333', 'one_1,1.000,1.000']
+    assert per == ['Sequence,J-Mean,F-Mean', 'bear-walk_1,1.000,1.000', 'camel-run_1,1.000,1.000',
+                   'camel-run_2,0.333,0.333', 'camel-run_3,1.000,1.000']
     report = json.loads((tmp_path / 'out' / 'report.json').read_text())
     assert report['split'] == '2017/val' and report['bound_th'] == 0.008
     # an id the first frame does not have
-    copy_as_results(seqs, tmp_path / 'res' / 'extra', lambda seq, i, lab: np.where(lab == 1, 3, lab).astype(np.uint8))
-    with pytest.raises(ValueError, match=r'extra/two: object id 3 in the result, but the first frame has 2'):
+    copy_as_results(seqs, tmp_path / 'res' / 'extra', lambda seq, i, lab: np.where(lab == 1, 4, lab).astype(np.uint8))
+    with pytest.raises(ValueError, match=r'extra/bear-walk: object id 4 in the result, but the first frame has 1'):
         score_stored(tmp_path / 'res', ['extra'], seqs, davis_root, '2017/val', tmp_path / 'out', progress=False)
 
 
-def test_static_baseline_through_the_experiment_and_the_unscored_test_split(tmp_path, davis_root):
-    seqs = load_davis(davis_root, '2017/val')
-    out = evaluate_vos({'static': StaticTracker()}, seqs, davis_root, '2017/val', tmp_path, engine=None,
+def test_static_baseline_through_the_experiment_with_an_unreadable_frame(tmp_path):
+    root = tiny_davis(tmp_path / 'davis', broken=True)  # bear-walk's frame 1 is a truncated JPEG
+    (root / 'JPEGImages' / '480p' / 'bear-walk' / '00002.jpg').write_bytes(b'')  # and frame 2 unreadable
+    seqs = load_davis(root, '2017/val')
+    out = evaluate_vos({'static': StaticTracker()}, seqs, root, '2017/val', tmp_path / 'out', engine=None,
                        progress=False, log=lambda s: None)
     static = out['trackers']['static']
     assert 0 < static['overall']['J-Mean'] < 1 and static['fps'] is None
-    # the static box of object 1 of 'two' as a mask, exactly, on frame 3
-    first = seqs[0].labels(0)
-    x, y, w, h = cv2.boundingRect((first == 1).astype(np.uint8))
+    # every frame's result is the first boxes as masks, the lower id winning where they overlap
+    camel = seqs[1]
+    first = camel.labels(0)
     want = np.zeros_like(first)
-    want[y:y + h, x:x + w] = 1
-    x, y, w, h = cv2.boundingRect((first == 2).astype(np.uint8))
-    want[y:y + h, x:x + w][want[y:y + h, x:x + w] == 0] = 2  # object 1 wins the overlap (lower id)
-    np.testing.assert_array_equal(read_labels(tmp_path / 'static' / 'two' / '00003.png'), want)
+    for k in (3, 2, 1):
+        x, y, w, h = cv2.boundingRect((first == k).astype(np.uint8))
+        want[y:y + h, x:x + w] = k
+    for frame_id in camel.frame_ids[1:]:
+        np.testing.assert_array_equal(read_labels(tmp_path / 'out' / 'static' / 'camel-run' / f'{frame_id}.png'), want)
+    bear = read_labels(tmp_path / 'out' / 'static' / 'bear-walk' / '00002.png')  # the previous mask again
+    np.testing.assert_array_equal(bear, read_labels(tmp_path / 'out' / 'static' / 'bear-walk' / '00001.png'))
+    assert bear.any()
 
 
 # --- the tool end to end ---------------------------------------------------------------------------
@@ -247,36 +270,36 @@ def our_checkpoint(path, overrides=()):
     return path
 
 
-def test_eval_vos_tool_with_a_trained_checkpoint(tmp_path, davis_root, capsys):
+def test_eval_vos_tool_with_a_trained_checkpoint(tmp_path, davis3, capsys):
     ckpt = our_checkpoint(tmp_path / 'checkpoint_e1.pth')
     out = tmp_path / 'vos'
     main = eval_vos_main()
-    main(['--snapshot', str(ckpt), '--baselines', 'static', '--box-masks', '--dataset', str(davis_root),
-          '--out', str(out), '--quiet', '--sequences', 'two'])
+    main(['--snapshot', str(ckpt), '--baselines', 'static', '--box-masks', '--dataset', str(davis3),
+          '--out', str(out), '--quiet', '--sequences', 'camel-run'])
     stdout = capsys.readouterr().out
     assert f'using the config saved in {ckpt}' in stdout and 'J&F-Mean' in stdout
     report = json.loads((out / 'report.json').read_text())
     assert list(report['trackers']) == ['checkpoint_e1', 'checkpoint_e1-box', 'static']
     for name in report['trackers']:
-        pngs = sorted(p.name for p in (out / name / 'two').glob('*.png'))
-        assert pngs == [f'{i:05d}.png' for i in range(5)]
+        pngs = sorted(p.name for p in (out / name / 'camel-run').glob('*.png'))
+        assert pngs == ['00000.png', '00001.png', '00002.png']
         assert (out / name / 'global_results-val.csv').is_file()
-        with Image.open(out / name / 'two' / '00002.png') as img:
-            assert img.mode == 'P' and img.size == (80, 60)
+        with Image.open(out / name / 'camel-run' / '00002.png') as img:
+            assert img.mode == 'P' and img.size == (96, 64)
     assert report['trackers']['checkpoint_e1']['threshold'] == load_config('configs/siammask_r50_l3.yaml').TRACK.MASK_THERSHOLD
     # the stored masks scored again (any method's results) give the same figures
-    main(['--dataset', str(davis_root), '--results', str(out), '--trackers', 'checkpoint_e1', 'static',
-          '--out', str(tmp_path / 'rescored'), '--quiet', '--sequences', 'two'])
+    main(['--dataset', str(davis3), '--results', str(out), '--trackers', 'checkpoint_e1', 'static',
+          '--out', str(tmp_path / 'rescored'), '--quiet', '--sequences', 'camel-run'])
     again = json.loads((tmp_path / 'rescored' / 'report.json').read_text())['trackers']
     for name in ('checkpoint_e1', 'static'):
         assert again[name]['overall'] == report['trackers'][name]['overall']
     # a second run keeps the stored sequences
-    main(['--snapshot', str(ckpt), '--dataset', str(davis_root), '--out', str(out), '--quiet', '--sequences', 'two'])
+    main(['--snapshot', str(ckpt), '--dataset', str(davis3), '--out', str(out), '--quiet', '--sequences', 'camel-run'])
     assert '1 sequence(s) kept from an earlier run' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='--results needs --trackers'):
-        main(['--dataset', str(davis_root), '--results', str(out)])
+        main(['--dataset', str(davis3), '--results', str(out)])
     with pytest.raises(SystemExit, match="error: no results for 'nope'"):
-        main(['--dataset', str(davis_root), '--results', str(out), '--trackers', 'nope', '--quiet'])
+        main(['--dataset', str(davis3), '--results', str(out), '--trackers', 'nope', '--quiet'])
 
 
 def test_eval_vot_tracks_polygons_with_a_trained_siammask_checkpoint(tmp_path):
@@ -297,13 +320,13 @@ def test_eval_vot_tracks_polygons_with_a_trained_siammask_checkpoint(tmp_path):
     assert 'checkpoint_e1' in report['trackers']
 
 
-def test_small_siammask_through_the_experiment_batched_and_sequential_write_the_same_masks(tmp_path, davis_root):
+def test_small_siammask_through_the_experiment_batched_and_sequential_write_the_same_masks(tmp_path, davis3):
     cfg, model = small_siammask()
     tracker = build_tracker(cfg, model)
-    seqs = load_davis(davis_root, '2017/val')
-    evaluate_vos({'m': tracker}, seqs, davis_root, '2017/val', tmp_path / 'a', engine=None, progress=False,
+    seqs = load_davis(davis3, '2017/val')
+    evaluate_vos({'m': tracker}, seqs, davis3, '2017/val', tmp_path / 'a', engine=None, progress=False,
                  log=lambda s: None)
-    evaluate_vos({'m': tracker}, seqs, davis_root, '2017/val', tmp_path / 'b', progress=False, log=lambda s: None,
+    evaluate_vos({'m': tracker}, seqs, davis3, '2017/val', tmp_path / 'b', progress=False, log=lambda s: None,
                  engine=EngineOptions(batch_size=3, streams=1))
     differing, labelled, pixels = 0, 0, 0
     for seq in seqs:

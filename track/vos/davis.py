@@ -56,7 +56,8 @@ class VOSSequence:
 
     @property
     def has_full_gt(self) -> bool:
-        """A mask for every frame (the train/val splits), so the sequence can be scored."""
+        """A mask for every frame (the train/val splits), so the sequence can be scored; the
+        test splits have the first only."""
         return len(self.annotations) == len(self.frames)
 
     def read_frame(self, i: int) -> np.ndarray | None:
@@ -115,8 +116,8 @@ def _split_names(root: Path, year: str, subset: str, resolution: str) -> list:
 def load_davis(root, split: str = '2017/val', resolution: str = '480p', sequences=None) -> list:
     """The sequences of `split` ('2017/val', '2016/val', '2017/train', '2017/test-dev', ...) in
     the list's order, or only those named in `sequences`.  A missing folder, a sequence without
-    frames or without a first mask, or a first mask that is not the first frame's, is an error
-    naming the path."""
+    frames or without a first mask, a first mask that is not the first frame's, or (with more
+    masks than the first) a frame without its mask, is an error naming the path."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'DAVIS root not found: {root}')
@@ -138,7 +139,13 @@ def load_davis(root, split: str = '2017/val', resolution: str = '480p', sequence
             raise FileNotFoundError(f'no masks for sequence {name!r}: {masks / name}/*.png')
         if annotations[0].stem != frames[0].stem:
             raise ValueError(f'{annotations[0]}: the first mask is not the first frame\'s ({frames[0].name})')
-        if len(annotations) > len(frames):
-            raise ValueError(f'{masks / name}: {len(annotations)} masks for {len(frames)} frames')
+        if len(annotations) > 1:  # a train/val sequence: a mask for every frame, none else
+            stems, masked = [p.stem for p in frames], {p.stem for p in annotations}
+            missing = [s for s in stems if s not in masked]
+            extra = sorted(masked - set(stems))
+            if missing or extra:
+                what = (f'no mask for frame(s) {", ".join(missing[:3])}' + (' ...' if len(missing) > 3 else '')
+                        if missing else f'masks without a frame: {", ".join(extra[:3])}')
+                raise ValueError(f'{masks / name}: {what}')
         out.append(VOSSequence(name, frames, annotations, single_object=year == '2016'))
     return out

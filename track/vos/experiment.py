@@ -73,7 +73,9 @@ def track_vos(tracker, sequences, name: str, out_dir, box_masks: bool = False,
             jobs.append(Job(protocol, seq.read_frame, source=seq.name, frames=len(seq)))
         info[seq.name] = {'objects': len(objects), 'mergers': mergers}
     desc = f'track {name}'
-    if engine is None:
+    if not jobs:
+        pass  # everything stored: no network copies made
+    elif engine is None:
         with tqdm(total=sum(j.frames for j in jobs), desc=desc, unit='frame', disable=not progress,
                   dynamic_ncols=True) as bar:
             for job in jobs:
