@@ -11,9 +11,10 @@ import torch
 from model import build_model
 from pipeline.synthetic import make_eval
 from track.engine import BlockedBackbone, EngineOptions, Job, inference_model, run_batched
+from track.metrics import fps
 from track.protocol import OnePassProtocol, Protocol, Request, run_sequential
-from track.runner import frame_reader, run_tracker
-from track.sequences import Sequence, load_sequences
+from track.datasets import Sequence, frame_reader, load_sequences
+from track.ope import run_tracker
 from track.tracker import StaticTracker, build_tracker
 from train.config import load_config
 
@@ -151,6 +152,26 @@ def test_unreadable_frames_repeat_the_previous_box_and_a_bad_first_frame_names_t
     for trk in (tracker, StaticTracker()):
         with pytest.raises(ValueError, match="cannot read the first frame of 'firstbad'"):
             run_tracker(trk, [first], 'x', progress=False)
+
+
+def test_each_frame_is_charged_its_share_of_the_step(sequences):
+    """A step that serves k frames charges each 1/k of its time (clock: a fake one, one second
+    per reading); the times add up to the steps, and the fps is the frames over the steps."""
+    _, tracker = random_tracker('configs/demo_cpu.yaml')
+    readings = []
+
+    def clock():
+        readings.append(None)
+        return float(len(readings))
+
+    jobs = [Job(OnePassProtocol(s), frame_reader(s), s.name) for s in sequences]  # 6, 4 and 5 frames
+    results = [p.result() for p in run_batched(jobs, tracker, EngineOptions(batch_size=3, streams=1), clock=clock)]
+    # steps 1-4 serve all three sequences, step 5 two, step 6 one
+    assert len(readings) == 2 * 6
+    want = {6: [1 / 3] * 4 + [1 / 2, 1.0], 4: [1 / 3] * 4, 5: [1 / 3] * 4 + [1 / 2]}
+    for r in results:
+        np.testing.assert_allclose(r['times'], want[len(r['times'])])
+    assert fps({s.name: r for s, r in zip(sequences, results)}) == pytest.approx(15 / 6)
 
 
 def test_equal_first_boxes_of_one_frame_share_a_template(sequences):

@@ -11,9 +11,9 @@ import torch
 
 from model import build_model
 from train.config import load_config
-from track.evaluate import epoch_checkpoints
-from track.runner import read_results, result_file, write_results
-from track.sequences import (OTB_FRAME_RANGES, load_otb, load_sequences, otb_benchmark_range,
+from track.results import read_results, result_file, write_results
+from track.snapshots import epoch_checkpoints
+from track.datasets import (OTB_FRAME_RANGES, load_otb, load_sequences, otb_benchmark_range,
                                         read_boxes)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip('got10k')
 from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # noqa: E402
 
-from track.evaluate import evaluate, make_trackers, score_results  # noqa: E402
-from track.runner import write_results  # noqa: E402
-from track.sequences import load_sequences  # noqa: E402
+from track.datasets import load_sequences  # noqa: E402
+from track.ope import evaluate, score_results  # noqa: E402
+from track.results import write_results  # noqa: E402
+from track.snapshots import make_trackers  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 TOL = 1e-6

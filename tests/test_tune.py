@@ -12,8 +12,7 @@ from pipeline.synthetic import make_eval
 from tools.eval import main as eval_main
 from tools.tune import main as tune_main
 from track.protocol import OnePassProtocol, run_sequential
-from track.runner import frame_reader
-from track.sequences import load_sequences
+from track.datasets import frame_reader, load_sequences
 from track.tracker import build_tracker
 from track.tune import Search, parse_space, sample_settings, setting_config, setting_id
 from train.config import load_config

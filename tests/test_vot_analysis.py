@@ -15,7 +15,7 @@ from track.vot.evaluate import evaluate_vot, score_stored
 from track.vot.protocol import SupervisedProtocol
 from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN
 from track.vot.results import trajectory_path, write_trajectory
-from track.vot.sequences import VOTSequence, load_vot
+from track.vot.datasets import VOTSequence, load_vot
 from vot_synthetic import polygon_of, toolkit_scores, write_dataset, write_workspace
 
 # vot-toolkit's class registry warns about its own deprecated calls

@@ -1,15 +1,24 @@
-"""The supervised (reset-based) protocol, VOT sequence folders and vot-toolkit's result layout."""
+"""The supervised (reset-based) protocol, its frame times under both drivers, VOT sequence folders
+and vot-toolkit's result layout."""
+import functools
+import json
+
 import numpy as np
 import pytest
+import torch
 from vot.region import Polygon, Rectangle, Special
 from vot.region.io import write_trajectory as toolkit_write_trajectory
 
+from model import build_model
+from track.engine import EngineOptions
 from track.protocol import Request, run_sequential
-from track.tracker import StaticTracker
+from track.tracker import StaticTracker, build_tracker
+from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot
 from track.vot.protocol import SupervisedProtocol
 from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN
 from track.vot.results import read_runs, read_trajectory, trajectory_path, write_trajectory
-from track.vot.sequences import load_sequence, load_vot
+from track.vot.datasets import load_sequence, load_vot
+from train.config import load_config
 from vot_synthetic import write_dataset, write_sequence
 
 BLANK = np.zeros((60, 200, 3), np.uint8)
@@ -101,3 +110,53 @@ def test_results_layout_and_the_toolkits_binary_files(tmp_path):
     (path.parent / 'bad.bin').write_bytes(b'\x02\x00')
     with pytest.raises(ValueError, match='bad.bin: not a vot-toolkit binary trajectory'):
         read_trajectory(path.parent / 'bad.bin')
+
+
+class TickClock:
+    """A fake clock: every call returns one second more than the last one."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return float(self.calls)
+
+
+def read_times(path) -> list:
+    """The seconds of a `_time.value` file, None on its empty (skipped) lines."""
+    return [float(t) if t else None for t in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize('driver', ['batched', 'sequential'])
+def test_frame_times_are_each_frames_share_of_the_drivers_step(tmp_path, driver):
+    """Under the batched engine a step serves several sequences at once: each frame is charged
+    the step's time divided by the frames in it (the whole step once made the fps low by about
+    the batch size); one at a time, each frame its own step.  The clock is a fake one that
+    advances one second per reading, so every step lasts exactly one second."""
+    root = write_dataset(tmp_path / 'seqs', {'a': dict(n=12, velocity=(3, 0), seed=1),
+                                             'b': dict(n=9, angle=20, velocity=(2, 1), seed=2),
+                                             'c': dict(n=10, velocity=(1, 0), jump_at=5, jump_to=(110, 80), seed=3)})
+    cfg = load_config('configs/demo_cpu.yaml')
+    torch.manual_seed(0)
+    tracker = build_tracker(cfg, build_model(cfg))
+    clock = TickClock()
+    drive = (batched_driver(EngineOptions(batch_size=4, streams=1), clock) if driver == 'batched'
+             else functools.partial(drive_sequential, clock=clock))
+    out = tmp_path / 'out'
+    scores = evaluate_vot({'demo': tracker}, root, out, low=2, high=8, progress=False,
+                          log=lambda *a: None, drive=drive)['trackers']['demo']
+    steps = clock.calls / 2  # a reading before and after each step
+    times = {name: read_times(out / 'results' / 'demo' / 'baseline' / name / f'{name}_001_time.value')
+             for name in 'abc'}
+    recorded = [t for ts in times.values() for t in ts if t is not None]
+    assert scores['lost'] >= 1 and None in times['c']  # failures, and frames skipped after them
+    assert sum(recorded) == pytest.approx(steps)  # every step's second, shared out exactly once
+    if driver == 'batched':
+        assert [times[n][0] for n in 'abc'] == pytest.approx([1 / 3] * 3)  # one step initialises all three
+        assert set(np.round(recorded, 9)) <= {1.0, round(1 / 2, 9), round(1 / 3, 9)}
+        assert steps < len(recorded)
+    else:
+        assert recorded == [1.0] * len(recorded) and steps == len(recorded)
+    assert scores['fps'] == pytest.approx(len(recorded) / steps)
+    assert json.loads((out / 'report.json').read_text())['trackers']['demo']['fps'] == pytest.approx(scores['fps'])

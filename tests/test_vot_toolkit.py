@@ -17,7 +17,7 @@ from track.vot.analysis import analyse
 from track.engine import EngineOptions
 from track.vot.evaluate import batched_driver, evaluate_vot, run_supervised
 from track.vot.results import read_runs
-from track.vot.sequences import load_vot
+from track.vot.datasets import load_vot
 from vot_synthetic import toolkit_scores, write_dataset, write_workspace
 
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning:class_registry.*')

@@ -42,10 +42,10 @@ from pipeline.fileio import write_json  # noqa: E402
 from pipeline.synthetic import make_eval  # noqa: E402
 from train.config import load_config  # noqa: E402
 from track.engine import EngineOptions, Job, default_batch_size, run_batched  # noqa: E402
-from track.evaluate import load_snapshot  # noqa: E402
+from track.datasets import frame_reader, load_sequences  # noqa: E402
+from track.ope import run_tracker  # noqa: E402
 from track.protocol import OnePassProtocol  # noqa: E402
-from track.runner import frame_reader, run_tracker  # noqa: E402
-from track.sequences import load_sequences  # noqa: E402
+from track.snapshots import load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.tune import setting_config  # noqa: E402
 

@@ -19,9 +19,10 @@ import torch  # noqa: E402
 from train.checkpoint import load_checkpoint  # noqa: E402
 from train.config import config_from_dict, load_config  # noqa: E402
 from track.engine import EngineOptions  # noqa: E402
-from track.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
+from track.datasets import FORMATS  # noqa: E402
 from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT  # noqa: E402
-from track.sequences import FORMATS  # noqa: E402
+from track.ope import evaluate  # noqa: E402
+from track.snapshots import BASELINES, epoch_checkpoints, make_trackers  # noqa: E402
 
 
 def add_tracker_options(p, checkpoints_help: str) -> None:

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from train.config import load_config  # noqa: E402
 from tools.eval import saved_config  # noqa: E402
-from track.evaluate import load_snapshot  # noqa: E402
+from track.snapshots import load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.vot.trax_server import serve  # noqa: E402
 

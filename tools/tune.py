@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from tools.eval import saved_config  # noqa: E402
 from train.config import load_config  # noqa: E402
 from track.engine import EngineOptions  # noqa: E402
-from track.evaluate import epoch_checkpoints, load_snapshot  # noqa: E402
-from track.sequences import FORMATS, load_sequences  # noqa: E402
+from track.datasets import FORMATS, load_sequences  # noqa: E402
+from track.snapshots import epoch_checkpoints, load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.tune import (METRICS, Search, checkpoint_key, overlapping_folders, parse_space,  # noqa: E402
                         sample_settings, setting_config, track_settings, write_report)

@@ -203,9 +203,9 @@ class _Lane:
                 if nxt not in upcoming:
                     upcoming[nxt] = cache.get(nxt) or pool.submit(a.job.read_frame, frame + 1)
             cache = upcoming
-            start = time.perf_counter()
+            start = self.shared.clock()
             self._step(active, [frames[k] for k in keys])
-            seconds = (time.perf_counter() - start) / len(active)
+            seconds = (self.shared.clock() - start) / len(active)  # each frame's share of the step
             for a in active:
                 a.job.protocol.timed(a.request, seconds)
             self.shared.advance(len(active))
@@ -244,9 +244,9 @@ class _Lane:
 class _Shared:
     """What the lanes share: the job queue, the reader pool, progress, completion and errors."""
 
-    def __init__(self, jobs, pool, bar, on_done, lanes: int = 1):
+    def __init__(self, jobs, pool, bar, on_done, lanes: int = 1, clock=time.perf_counter):
         self.queue = deque(jobs)
-        self.pool, self.bar, self.on_done = pool, bar, on_done
+        self.pool, self.bar, self.on_done, self.clock = pool, bar, on_done, clock
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors = []
@@ -300,11 +300,13 @@ def _lanes(tracker, options: EngineOptions) -> list:
 
 
 def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: bool = False,
-                desc: str = 'track', on_done: Callable[[Job], None] | None = None) -> list:
+                desc: str = 'track', on_done: Callable[[Job], None] | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> list:
     """Run every job's protocol to its end with `tracker` (a batchable tracker is served in
     batches, any other one job at a time).  `on_done(job)` is called as each job finishes (under
-    a lock, from the engine's threads).  Returns the protocols, in job order.  The tracker's
-    weights are never changed (folding works on a copy)."""
+    a lock, from the engine's threads).  Each step is timed with `clock` (frame reading
+    excluded) and every frame it served is `timed` with an equal share.  Returns the
+    protocols, in job order.  The tracker's weights are never changed (folding works on a copy)."""
     jobs = list(jobs)
     options = options or EngineOptions()
     lanes = _lanes(tracker, options)
@@ -313,7 +315,7 @@ def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: b
     threads = torch.get_num_threads()
     with ThreadPoolExecutor(workers, thread_name_prefix='track-read') as pool, \
             tqdm(total=total, desc=desc, unit='frame', disable=not progress, dynamic_ncols=True) as bar:
-        shared = _Shared(jobs, pool, bar, on_done, len(lanes))
+        shared = _Shared(jobs, pool, bar, on_done, len(lanes), clock)
         runners = []
         for lane_tracker, batch_size in lanes:
             if len(lanes) == 1:

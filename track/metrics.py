@@ -219,3 +219,37 @@ def got10k_summary(overlaps_by_sequence: dict) -> dict:
     pooled = np.concatenate([np.asarray(v, np.float64) for v in overlaps_by_sequence.values()] or [np.zeros(0)])
     return {'overall': _ao_sr(pooled),
             'sequences': {name: _ao_sr(v) for name, v in overlaps_by_sequence.items()}}
+
+
+def fps(results: dict) -> float | None:
+    """Frames per second over all tracked frames (frame 0 = init included); None without times."""
+    t = sum(float(np.sum(r['times'])) for r in results.values())
+    n = sum(len(r['times']) for r in results.values())
+    if n == 0:
+        return None
+    return n / t if t > 0 else float('inf')
+
+
+def score_tracker(sequences, results: dict, absent: str = 'exclude', fmt: str = 'otb',
+                  reports_speed: bool = True) -> dict:
+    """Per-sequence and overall metrics of one tracker's results ({seq: {'boxes', 'times'}}).
+
+    GOT-10k adds the official AO / SR0.50 / SR0.75 (`got10k`).  Sequences without full ground
+    truth (GOT-10k test split) are left out of the scores.  `fps` is None for a tracker whose
+    speed means nothing (the static baseline).
+    """
+    from track.datasets import image_size
+    per_seq, overlaps = {}, {}
+    for seq in sequences:
+        if not seq.has_full_gt:
+            continue
+        boxes = results[seq.name]['boxes']
+        per_seq[seq.name] = evaluate_sequence(seq.gt, boxes, seq.visible, absent)
+        if fmt == 'got10k':
+            overlaps[seq.name] = got10k_overlaps(seq.gt, boxes, seq.resolution or image_size(seq.frames[0]),
+                                                 seq.cover)
+    out = {'overall': evaluate_overall(per_seq), 'sequences': per_seq,
+           'fps': fps(results) if reports_speed else None}
+    if fmt == 'got10k':
+        out['got10k'] = got10k_summary(overlaps)
+    return out

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.fileio import atomic_write, write_json
+from track.datasets import frame_reader, image_size
 from track.engine import EngineOptions, Job, run_batched
 from track.metrics import DEFAULT_ABSENT, evaluate_overall, evaluate_sequence, got10k_overlaps, got10k_summary
 from track.protocol import OnePassProtocol
-from track.report import image_size
-from track.runner import frame_reader
 
 METRICS = ('auc', 'precision', 'norm_precision', 'ao', 'sr50', 'sr75')
 UNTUNABLE = ('TYPE', 'MASK_THERSHOLD', 'MASK_OUTPUT_SIZE')

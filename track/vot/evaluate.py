@@ -3,6 +3,7 @@ score them (`tools/eval_vot.py` calls `evaluate_vot` and `score_stored`)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,7 +14,7 @@ from track.protocol import run_sequential
 from track.vot.analysis import analyse
 from track.vot.protocol import SupervisedProtocol
 from track.vot.results import read_runs, trajectory_path, write_trajectory
-from track.vot.sequences import load_vot
+from track.vot.datasets import load_vot
 
 
 def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
@@ -22,19 +23,20 @@ def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol
     return run_sequential(protocol, tracker, seq.read_frame)
 
 
-def drive_sequential(tracker, jobs, finished) -> None:
+def drive_sequential(tracker, jobs, finished, clock=time.perf_counter) -> None:
     """Run each (protocol, read_frame) job to its end, one after the other (PySOT's way), calling
-    `finished(protocol)` after each."""
+    `finished(protocol)` after each; frames timed with `clock`."""
     for protocol, read_frame in jobs:
-        finished(run_sequential(protocol, tracker, read_frame))
+        finished(run_sequential(protocol, tracker, read_frame, clock))
 
 
-def batched_driver(options: EngineOptions | None = None):
+def batched_driver(options: EngineOptions | None = None, clock=time.perf_counter):
     """A `drive` that runs all jobs through the batched engine (`track.engine.run_batched`): one
-    network forward per step over every sequence's search crop, re-initialisations included."""
+    network forward per step over every sequence's search crop, re-initialisations included;
+    each frame is charged its share of the step (`clock`)."""
     def drive(tracker, jobs, finished) -> None:
         run_batched([Job(protocol, read_frame, source=protocol.name) for protocol, read_frame in jobs],
-                    tracker, options, on_done=lambda job: finished(job.protocol))
+                    tracker, options, on_done=lambda job: finished(job.protocol), clock=clock)
     return drive
 
 

@@ -5,14 +5,13 @@ initialise on frame 0; track each following frame; a frame whose region overlaps
 by 0 (`region_overlap`, bounded by the image) is a failure, the tracker is re-initialised on the
 ground truth `skip_initialize` (5) frames later and the frames between are skipped.  The record
 is vot-toolkit's trajectory: 1 on initialisation frames, 2 on failures, 0 on skipped frames, the
-tracker's region elsewhere, plus the seconds each frame took (`times`, None where skipped).
+tracker's region elsewhere, plus the seconds each frame took (`times`, None where skipped), as
+the driver measures them (`timed`: under the batched engine, the frame's share of its step).
 
 The region scored is the tracker's `polygon` (SiamMask) when it returns one, else its `bbox`.
 Initialisation boxes come from the ground truth by PySOT's rule (`regions.init_box`).
 """
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
@@ -32,7 +31,7 @@ class SupervisedProtocol(Protocol):
     """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
 
     def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
-                 name: str = '', clock=time.perf_counter):
+                 name: str = ''):
         if skip_initialize < 1:
             raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
         self.groundtruth = list(groundtruth)
@@ -40,13 +39,11 @@ class SupervisedProtocol(Protocol):
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
         self.name = name
-        self._clock = clock
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
         self._frame = 0
         self._initialised = False
         self._pending = None
-        self._started = 0.0
 
     def next_request(self) -> Request | None:
         if self._frame >= len(self.groundtruth):
@@ -61,7 +58,6 @@ class SupervisedProtocol(Protocol):
                 except ValueError as e:
                     raise ValueError(f'sequence {self.name!r}, frame {f}: {e}') from None
                 self._pending = Request('init', f, box)
-            self._started = self._clock()
         return self._pending
 
     def report(self, request: Request, result: dict | None) -> None:
@@ -69,7 +65,6 @@ class SupervisedProtocol(Protocol):
             raise ValueError(f'sequence {self.name!r}: report for {request}, '
                              f'but the pending request is {self._pending}')
         f = request.frame
-        self.times[f] = self._clock() - self._started
         self._pending = None
         if request.kind == 'init':
             self.regions[f] = INITIALIZATION
@@ -84,6 +79,9 @@ class SupervisedProtocol(Protocol):
         else:
             self.regions[f] = region
             self._frame = f + 1
+
+    def timed(self, request: Request, seconds: float) -> None:
+        self.times[request.frame] = seconds
 
     @property
     def done(self) -> bool:

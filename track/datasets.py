@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 FORMATS = ('otb', 'got10k', 'lasot')
@@ -65,6 +66,19 @@ class Sequence:
 
     def __len__(self):
         return len(self.frames)
+
+
+def frame_reader(seq):
+    """`read_frame(i)` for `seq`: BGR uint8 image i, None if it cannot be decoded."""
+    return lambda i: cv2.imread(str(seq.frames[i]), cv2.IMREAD_COLOR)
+
+
+def image_size(path) -> tuple:
+    """(width, height) of an image file."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'cannot read {path} to find the image size')
+    return img.shape[1], img.shape[0]
 
 
 def read_boxes(path) -> np.ndarray:
