@@ -8,7 +8,7 @@ import pytest
 from track.engine import EngineOptions, Job, run_batched
 from track.protocol import run_sequential
 from track.tracker import build_tracker
-from track.vos.davis import first_frame_objects, load_davis
+from track.vos.datasets import first_frame_objects, load_davis
 from track.vos.protocol import VOSProtocol
 from vos_fixtures import small_siammask, tiny_davis
 

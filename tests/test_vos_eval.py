@@ -14,7 +14,7 @@ from PIL import Image
 from model import build_model
 from track.engine import EngineOptions
 from track.protocol import Request
-from track.vos.davis import first_frame_objects, load_davis, parse_split
+from track.vos.datasets import first_frame_objects, load_davis, parse_split
 from track.vos.experiment import MEASURES, evaluate_vos, score_stored
 from track.vos.png import DAVIS_PALETTE, read_labels, write_labels
 from track.vos.protocol import VOSProtocol, box_mask, mask_box

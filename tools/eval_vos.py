@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.eval import add_run_options, add_tracker_options, trackers_to_evaluate  # noqa: E402
 from track.engine import EngineOptions  # noqa: E402
-from track.vos.davis import load_davis  # noqa: E402
+from track.vos.datasets import load_davis  # noqa: E402
 from track.vos.experiment import evaluate_vos, score_stored  # noqa: E402
 
 

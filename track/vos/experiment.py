@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.fileio import atomic_write, write_json
 from track.engine import EngineOptions, Job, run_batched
 from track.protocol import run_sequential
-from track.vos.davis import first_frame_objects, parse_split
+from track.vos.datasets import first_frame_objects, parse_split
 from track.vos.metrics import BOUND_TH, sequence_measures, statistics
 from track.vos.protocol import VOSProtocol
 from track.vos.results import MaskMerger, is_complete, read_result_frames, sequence_dir
