@@ -55,10 +55,10 @@ def test_palette_pngs_read_back_as_written_and_as_pil_reads_them(tmp_path):
 
 def test_colour_and_broken_pngs_are_named(tmp_path):
     cv2.imwrite(str(tmp_path / 'rgb.png'), np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(ValueError, match=r'rgb.png: a RGB image; expected an indexed PNG'):
+    with pytest.raises(ValueError, match=r'rgb.png: a RGB image, not a palette PNG of object ids'):
         read_labels(tmp_path / 'rgb.png')
     (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
-    with pytest.raises(ValueError, match=r'bad.png: not a readable PNG'):
+    with pytest.raises(ValueError, match=r'bad.png: cannot decode'):
         read_labels(tmp_path / 'bad.png')
 
 
@@ -96,7 +96,7 @@ def test_davis_reader_errors_and_the_2016_release_listing(tmp_path, davis_root):
         load_davis(broken, '2017/train')
     (broken / 'Annotations' / '480p' / 'boat-drift' / '00003.png').write_bytes(b'')  # present, unreadable
     (boat,) = load_davis(broken, '2016/train')
-    with pytest.raises(ValueError, match=r'boat-drift/00001.png: not a readable PNG'):
+    with pytest.raises(ValueError, match=r'boat-drift/00001.png: cannot decode'):
         boat.labels(1)
     # DAVIS 2016's own release lists image and mask paths
     (broken / 'ImageSets' / '2016' / 'val.txt').unlink()
