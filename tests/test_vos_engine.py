@@ -4,6 +4,7 @@ at a time, frame by frame) with a real random-weight SiamMask R50 scaled down (`
 a 175-pixel search, one block per ResNet stage), with and without the refine head."""
 import numpy as np
 import pytest
+import torch
 
 from track.engine import EngineOptions, Job, run_batched
 from track.protocol import run_sequential
@@ -35,6 +36,12 @@ class Recorder:
     def outputs(self):
         return [('mask', lambda t, m: self.masks.__setitem__(t, m)),
                 ('box', lambda t, m: self.boxes.__setitem__(t, m))]
+
+
+def assert_same_box_mask(got, want):
+    """Filled boxes: equal, but for one row or column where an edge a rounding away from a pixel
+    centre lands on the other side of it."""
+    assert np.count_nonzero(got != want) <= max(want.shape), np.count_nonzero(got != want)
 
 
 def jobs_of(sequences):
@@ -71,7 +78,7 @@ def test_batched_siammask_matches_the_sequential_tracker(davis, refine, options)
         assert sorted(w.masks) == sorted(g.masks) == list(range(1, len(w.masks) + 1))
         for t in w.masks:
             np.testing.assert_allclose(g.masks[t], w.masks[t], rtol=0, atol=MASK_TOL)
-            np.testing.assert_array_equal(g.boxes[t], w.boxes[t])  # filled boxes: equal to the pixel
+            assert_same_box_mask(g.boxes[t], w.boxes[t])
     # the targets' masks differ: each was cut at its own score-map position and pasted at its own place
     firsts = [w.masks[1] for w in want]
     assert not any(np.allclose(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
@@ -98,3 +105,22 @@ def test_batched_siammask_boxes_and_polygons_match(davis):
         assert b['best_score'] == pytest.approx(s['best_score'], abs=1e-4)
         np.testing.assert_allclose(b['mask'], s['mask'], rtol=0, atol=MASK_TOL)
         np.testing.assert_allclose(b['polygon'], s['polygon'], rtol=0, atol=0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_batched_siammask_on_cuda_matches_the_sequential_tracker(davis):
+    """The CUDA path: one lane, batch 64; TF32 off so that only the batching rounds differently."""
+    cfg, model = small_siammask(['REFINE.REFINE=True'])
+    tracker = build_tracker(cfg, model.cuda(), 'cuda')
+    allow = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            want = run(tracker, davis, None)
+            got = run(tracker, davis, EngineOptions())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    for w, g in zip(want, got):
+        for t in w.masks:
+            np.testing.assert_allclose(g.masks[t], w.masks[t], rtol=0, atol=MASK_TOL)
+            assert_same_box_mask(g.boxes[t], w.boxes[t])

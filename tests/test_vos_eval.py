@@ -233,10 +233,12 @@ def test_static_baseline_through_the_experiment_with_an_unreadable_frame(tmp_pat
     root = tiny_davis(tmp_path / 'davis', broken=True)  # bear-walk's frame 1 is a truncated JPEG
     (root / 'JPEGImages' / '480p' / 'bear-walk' / '00002.jpg').write_bytes(b'')  # and frame 2 unreadable
     seqs = load_davis(root, '2017/val')
+    logged = []
     out = evaluate_vos({'static': StaticTracker()}, seqs, root, '2017/val', tmp_path / 'out', engine=None,
-                       progress=False, log=lambda s: None)
+                       progress=False, log=logged.append)
     static = out['trackers']['static']
-    assert 0 < static['overall']['J-Mean'] < 1 and static['fps'] is None
+    assert 0 < static['overall']['J-Mean'] < 1 and static['fps'] is None and static['skipped'] == 1
+    assert 'static: 1 unreadable object-frame(s): the previous mask repeated' in logged
     # every frame's result is the first boxes as masks, the lower id winning where they overlap
     camel = seqs[1]
     first = camel.labels(0)

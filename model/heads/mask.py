@@ -67,7 +67,8 @@ class Refine(nn.Module):
         p0 = windows(f[0], 16, 4, 61)
         p1 = windows(f[1], 8, 2, 31)
         p2 = windows(f[2], 4, 1, 15)
-        p3 = corr_feature[torch.arange(batch), :, rows, cols].reshape(-1, 256, 1, 1)
+        index = torch.arange(batch, device=corr_feature.device)
+        p3 = corr_feature[index, :, rows, cols].reshape(-1, 256, 1, 1)
 
         out = self.deconv(p3)
         # PySOT's F.upsample defaults to nearest-neighbour resizing.

@@ -52,8 +52,8 @@ def track_vos(tracker, sequences, name: str, out_dir, box_masks: bool = False,
               progress: bool = True) -> dict:
     """Track every object of `sequences` with `tracker` and write `<out_dir>/<name>/<seq>/`;
     with `box_masks` a mask tracker's run also writes its boxes as masks to `<name>-box` (a
-    tracker without masks is scored on its boxes anyway).  Sequences
-    whose results are all stored are kept unless `restart`.  `engine`: the batched engine's
+    tracker without masks is scored on its boxes anyway).  Sequences whose results are all
+    stored are kept unless `restart`.  `engine`: the batched engine's
     options (every object of every sequence a job); None: one object at a time, frame by frame.
     Returns {seq: {'objects', 'skipped', 'seconds', 'frames'} or {'stored': True}}."""
     threshold = mask_threshold(tracker)
@@ -218,9 +218,13 @@ def evaluate_vos(trackers: dict, sequences, dataset_root, split: str, out_dir='r
         stored = sum('stored' in r for r in runs[name].values())
         if stored:
             log(f'{name}: {stored} sequence(s) kept from an earlier run (--restart to rerun them)')
+        skipped = sum(r.get('skipped', 0) for r in runs[name].values())
+        if skipped:
+            log(f'{name}: {skipped} unreadable object-frame(s): the previous mask repeated')
         for result_name in [name] + ([name + BOX_SUFFIX] if box_masks and gives_masks(tracker) else []):
             scores[result_name] = score_results(sequences, out_dir, result_name, progress)
             scores[result_name]['threshold'] = mask_threshold(tracker)
+            scores[result_name]['skipped'] = skipped
             seconds = sum(r.get('seconds', 0.0) for r in runs[name].values())
             frames = sum(r.get('frames', 0) for r in runs[name].values())
             scores[result_name]['fps'] = frames / seconds if seconds > 0 and getattr(

@@ -60,7 +60,7 @@ class MaskMerger:
         self.folder = Path(folder)
         self.partial = self.folder.with_name(self.folder.name + '.partial')
         self.frame_ids = list(frame_ids)
-        self.object_ids = np.asarray(list(object_ids), np.uint8)
+        self.object_ids = np.asarray(list(object_ids), np.uint8)  # ids 1..254: indices fit a uint8
         self.threshold = float(threshold)
         self.shape = np.shape(first_labels)
         self._lock = threading.Lock()
@@ -84,7 +84,7 @@ class MaskMerger:
         with self._lock:
             entry = self._pending.get(frame)
             if entry is None:
-                entry = self._pending[frame] = [np.array(prob, np.float32), np.full(self.shape, index, np.int32), 0]
+                entry = self._pending[frame] = [np.array(prob, np.float32), np.full(self.shape, index, np.uint8), 0]
             else:
                 best, owner = entry[0], entry[1]
                 take = (prob > best) | ((prob == best) & (index < owner))
