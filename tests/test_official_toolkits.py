@@ -84,7 +84,7 @@ def test_got10k_ao_and_sr_equal_the_official_toolkit_on_the_same_files(got10k_va
     results = tmp_path / 'results'
     for seq in seqs:
         n = len(seq)
-        pred = seq.gt + rng.normal(0, 2, (n, 4))       # near the target, often outside the image
+        pred = seq.groundtruth + rng.normal(0, 2, (n, 4))       # near the target, often outside the image
         pred[1, 2:] = 0                                 # a zero-size prediction
         pred[3] = [W + 5, H + 5, 10, 10]                # entirely outside: clipped to nothing
         pred[-1] = [-40, -30, 200, 150]                 # covers the whole image
@@ -122,7 +122,7 @@ class OurOTB:
         return len(self.seqs)
 
     def __getitem__(self, i):
-        return [str(f) for f in self.seqs[i].frames], np.array(self.seqs[i].gt)
+        return [str(f) for f in self.seqs[i].frames], np.array(self.seqs[i].groundtruth)
 
 
 def test_otb_success_and_precision_equal_the_official_toolkit_on_the_same_files(tmp_path):
@@ -137,8 +137,8 @@ def test_otb_success_and_precision_equal_the_official_toolkit_on_the_same_files(
     seqs = load_sequences(root, 'otb')
     results = tmp_path / 'results'
     for seq in seqs:
-        pred = seq.gt + rng.normal(0, 8, seq.gt.shape)
-        pred[0] = seq.gt[0]
+        pred = seq.groundtruth + rng.normal(0, 8, seq.groundtruth.shape)
+        pred[0] = seq.groundtruth[0]
         write_results(results / 'OTB2015', 'noisy', 'otb', seq.name, pred)
     ours = score_results(seqs, results / 'OTB2015', 'noisy', 'otb')
     experiment = ExperimentOTB.__new__(ExperimentOTB)

@@ -17,7 +17,7 @@ from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot
 from track.vot.protocol import SupervisedProtocol
 from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN
 from track.vot.results import read_runs, read_trajectory, trajectory_path, write_trajectory
-from track.vot.datasets import load_sequence, load_vot
+from track.vot.datasets import VOTSequence, load_sequence, load_vot
 from train.config import load_config
 from vot_synthetic import write_dataset, write_sequence
 
@@ -35,13 +35,13 @@ def moving_truth(n, step=3.0, x0=20.0):
 
 def test_failure_then_reinitialisation_five_frames_later():
     gt = moving_truth(20)
-    protocol = run_sequential(SupervisedProtocol(gt, (200, 60)), StaticTracker(), lambda i: BLANK)
+    protocol = run_sequential(SupervisedProtocol(VOTSequence('s', [], gt, (200, 60))), StaticTracker(), lambda i: BLANK)
     # frame 4: the static box (x 20..29) and the target (x 32..41) are apart -> failure; frames
     # 5-8 skipped; re-initialised on frame 9's ground truth; fails again 4 frames later
     assert codes(protocol.regions) == [1, '.', '.', '.', 2, 0, 0, 0, 0,
                                        1, '.', '.', '.', 2, 0, 0, 0, 0, 1, '.']
     np.testing.assert_array_equal(protocol.regions[12], gt[9])  # the box of the latest init
-    assert protocol.failures == 2 and protocol.done
+    assert codes(protocol.regions).count(FAILURE) == 2 and protocol.next_request() is None
     assert [t is None for t in protocol.times] == [c == 0 for c in codes(protocol.regions)]
 
 
@@ -51,13 +51,13 @@ def test_failure_then_reinitialisation_five_frames_later():
     (7, [1, '.', '.', '.', 2, 0, 0]),                           # failure in the last 5 frames
 ])
 def test_failures_near_the_end(n, expected_tail):
-    protocol = run_sequential(SupervisedProtocol(moving_truth(n), (200, 60)), StaticTracker(), lambda i: BLANK)
+    protocol = run_sequential(SupervisedProtocol(VOTSequence('s', [], moving_truth(n), (200, 60))), StaticTracker(), lambda i: BLANK)
     assert codes(protocol.regions) == expected_tail
 
 
 def test_requests_init_boxes_and_report_order():
     poly = np.array([10, 10, 30, 10, 30, 20, 10, 20.0])
-    protocol = SupervisedProtocol([poly] * 3, (100, 100), name='s')
+    protocol = SupervisedProtocol(VOTSequence('s', [], [poly] * 3, (100, 100)))
     first = protocol.next_request()
     assert first == Request('init', 0, (10.0, 10.0, 21.0, 11.0))  # PySOT's box of the polygon
     assert protocol.next_request() is first  # the same pending request until it is reported
@@ -70,7 +70,7 @@ def test_requests_init_boxes_and_report_order():
     protocol.report(req, {'bbox': [80, 80, 5, 5], 'polygon': list(poly)})
     np.testing.assert_array_equal(protocol.regions[1], poly)
     with pytest.raises(ValueError, match="sequence 'x', frame 0: cannot initialise"):
-        SupervisedProtocol([UNKNOWN], (10, 10), name='x').next_request()
+        SupervisedProtocol(VOTSequence('x', [], [UNKNOWN], (10, 10))).next_request()
 
 
 def test_vot_folders(tmp_path):
@@ -79,6 +79,11 @@ def test_vot_folders(tmp_path):
     assert [s.name for s in seqs] == ['b', 'a'] and len(seqs[0]) == 4 and seqs[0].size == (160, 120)
     assert len(seqs[0].groundtruth[0]) == 8 and len(seqs[1].groundtruth[0]) == 4
     assert seqs[1].read_frame(2).shape == (120, 160, 3)
+    # an unreadable frame reads as None (as a one-pass Sequence's); the protocol names it
+    seqs[1].frames[1].write_bytes(b'not a jpeg')
+    assert seqs[1].read_frame(1) is None
+    with pytest.raises(ValueError, match=r"sequence 'a': cannot read frame 1 \(.*00000002.jpg\)"):
+        run_sequential(SupervisedProtocol(seqs[1]), StaticTracker(), seqs[1].read_frame)
     # legacy layout (no `sequence` file, images in the folder): size from the first image
     legacy = tmp_path / 'legacy'
     write_sequence(legacy, 3, sequence_file=False)

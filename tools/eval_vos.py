@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval import add_run_options, add_tracker_options, trackers_to_evaluate  # noqa: E402
-from track.engine import EngineOptions  # noqa: E402
+from tools.eval import add_run_options, add_tracker_options, engine_options, trackers_to_evaluate  # noqa: E402
 from track.vos.datasets import load_davis  # noqa: E402
 from track.vos.experiment import evaluate_vos, score_stored  # noqa: E402
 
@@ -40,7 +39,7 @@ def parse_args(argv=None):
                    help='also score each tracker\'s boxes filled as masks (<tracker>-box), from the same run')
     p.add_argument('--out', default='results/vos', help='output folder')
     p.add_argument('--restart', action='store_true', help='rerun sequences whose results are stored')
-    add_run_options(p)
+    add_run_options(p, batch_help='objects')
     return p.parse_args(argv)
 
 
@@ -53,9 +52,8 @@ def run(args):
                             progress=not args.quiet)
     trackers = trackers_to_evaluate(args, 'nothing to evaluate: give --snapshot, --checkpoints, --baselines '
                                           'or --results')
-    engine = None if args.sequential else EngineOptions(batch_size=args.batch_size)
     return evaluate_vos(trackers, sequences, args.dataset, args.split, args.out, box_masks=args.box_masks,
-                        engine=engine, restart=args.restart, progress=not args.quiet)
+                        engine=engine_options(args), restart=args.restart, progress=not args.quiet)
 
 
 def main(argv=None):

@@ -9,18 +9,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.fileio import atomic_write, write_json
-from track.datasets import frame_reader, load_sequences, resolve_index
+from track.datasets import load_dataset
 from track.engine import EngineOptions, Job, run_batched
-from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT, score_tracker
+from track.metrics import absent_policy, score_tracker
 from track.plots import plot_curves
 from track.protocol import OnePassProtocol, run_sequential
 from track.results import read_results, write_got10k_submission, write_results
-
-
-def track_sequence(tracker, seq) -> dict:
-    """Run `tracker` (init/track API) over `seq` one frame at a time, as PySOT does; returns
-    boxes (N, 4), times (N,), skipped frames."""
-    return run_sequential(OnePassProtocol(seq), tracker, frame_reader(seq)).result()
 
 
 def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
@@ -40,13 +34,13 @@ def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
         with tqdm(total=sum(len(s) for s in sequences), desc=f'track {name}', unit='frame',
                   disable=not progress, dynamic_ncols=True) as bar:
             for seq in sequences:
-                read = frame_reader(seq)
+                read = seq.read_frame
                 job = Job(OnePassProtocol(seq), None, seq.name)
                 run_sequential(job.protocol, tracker, lambda i: (bar.update(1), read(i))[1])
                 done(job)
                 protocols.append(job.protocol)
     else:
-        jobs = [Job(OnePassProtocol(seq), frame_reader(seq), seq.name, frames=len(seq)) for seq in sequences]
+        jobs = [Job(OnePassProtocol(seq), seq.read_frame, seq.name, frames=len(seq)) for seq in sequences]
         protocols = run_batched(jobs, tracker, engine, progress, f'track {name}', done)
     results = {seq.name: p.result() for seq, p in zip(sequences, protocols)}
     skipped = sum(r['skipped'] for r in results.values())
@@ -60,10 +54,9 @@ def score_results(sequences, results_dir, name: str, fmt: str, absent: str | Non
     """Scores of the result files of tracker `name` under `results_dir` (the layout of
     `track.results.write_results`), read back as written: the figures are those of the files
     a toolkit would read.  `times`: {seq: per-frame seconds} for the fps column."""
-    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
     results = {seq.name: {'boxes': read_results(results_dir, name, fmt, seq.name),
                           'times': (times or {}).get(seq.name, [])} for seq in sequences}
-    return score_tracker(sequences, results, absent, fmt, reports_speed)
+    return score_tracker(sequences, results, fmt, absent, reports_speed)
 
 
 def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/eval',
@@ -76,13 +69,10 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     `absent`: 'miss' | 'exclude' (None: `DEFAULT_ABSENT[fmt]`, the dataset's official rule).
     `engine`: batched engine options (None: one sequence at a time, frame by frame, as PySOT).
     GOT-10k results are also zipped per tracker as its evaluation server takes them."""
-    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
-    if absent not in ABSENT_POLICIES:
-        raise ValueError(f'absent={absent!r}; expected one of {ABSENT_POLICIES}')
-    index = resolve_index(dataset_root, fmt, index)
+    absent = absent_policy(fmt, absent)
+    sequences, index = load_dataset(dataset_root, fmt, index)
     if index is not None:
         log(f'sequences from index {index}')
-    sequences = load_sequences(dataset_root, fmt, index=index)
     out_dir = Path(out_dir)
     results_dir = out_dir / 'results'
     scores = {}
@@ -138,13 +128,13 @@ def format_table(scores: dict, per_sequence: bool = False) -> str:
             row += ''.join(f'{_fmt(g.get(k)):>8}' for k in ('ao', 'sr50', 'sr75'))
         lines.append(row + f'{_fps(s["fps"]):>9}')
     if per_sequence and scores:
-        seqs = list(next(iter(scores.values()))['sequences'])
+        seqs = list(dict.fromkeys(q for s in scores.values() for q in s['sequences']))  # any tracker's
         sw = max([len('sequence')] + [len(q) for q in seqs]) + 2
         lines += ['', 'per-sequence AUC / Prec@20'.ljust(sw)]
         lines.append(f'{"sequence":<{sw}}' + ''.join(f'{n[:18]:>20}' for n in scores))
         for q in seqs:
-            cells = ''.join(f'{_fmt(s["sequences"][q]["auc"]) + " / " + _fmt(s["sequences"][q]["precision"]):>20}'
-                            for s in scores.values())
+            cells = ''.join(f'{_fmt(m.get("auc")) + " / " + _fmt(m.get("precision")):>20}'
+                            for m in (s['sequences'].get(q, {}) for s in scores.values()))
             lines.append(f'{q:<{sw}}' + cells)
     return '\n'.join(lines)
 

@@ -83,18 +83,8 @@ def to_batch(patches, device=None, channels_last: bool = False) -> torch.Tensor:
     return (batch.to(device) if device is not None else batch).float()
 
 
-def get_subwindow(img: np.ndarray, pos, model_sz: int, original_sz: int, avg_chans,
-                  device=None) -> torch.Tensor:
-    """`crop_patch` as a (1, 3, model_sz, model_sz) float32 BGR tensor, not normalised."""
-    return to_batch([crop_patch(img, pos, model_sz, original_sz, avg_chans)], device)
-
-
-def score_size(instance_size: int, cfg) -> int:
-    """Side of the score map for a search crop of `instance_size` (PySOT's formula)."""
-    return _score_side(instance_size, cfg.TRACK.EXEMPLAR_SIZE, cfg.ANCHOR.STRIDE, cfg.TRACK.BASE_SIZE)
-
-
 def _score_side(instance_size, exemplar_size, stride, base_size) -> int:
+    """Side of the score map for a search crop of `instance_size` (PySOT's formula)."""
     return (instance_size - exemplar_size) // stride + 1 + base_size
 
 
@@ -121,6 +111,9 @@ def decode_boxes(loc: torch.Tensor, anchors: np.ndarray) -> np.ndarray:
 
 
 def _xywh(cx, cy, w, h) -> list:
+    # Deliberately PySOT's: the output box starts at cx - w/2, while init puts the centre at
+    # x + (w-1)/2 (see init_batch).  A box is handed back half a pixel left/up of where it went
+    # in; kept so that the same weights give PySOT's boxes and figures.
     return [float(cx - w / 2), float(cy - h / 2), float(w), float(h)]
 
 
@@ -209,10 +202,8 @@ class SiamRPNTracker:
             self._geometries[key] = (side, self.generate_anchor(side), cosine_window(side, self.anchor_num))
         return self._geometries[key]
 
-    @property
-    def score_size(self) -> int:
-        return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[0]
-
+    # -- PySOT-compatibility shims: the attributes PySOT's tracker exposes, for scripts written
+    # against it (tracker.anchors, .window, .center_pos, .size); the state lives in `self.state`.
     @property
     def anchors(self) -> np.ndarray:
         return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[1]
@@ -221,7 +212,6 @@ class SiamRPNTracker:
     def window(self) -> np.ndarray:
         return self._geometry(self.cfg.TRACK.INSTANCE_SIZE, self.cfg.TRACK)[2]
 
-    # -- the single-target API (PySOT's) ---------------------------------------------------------
     @property
     def center_pos(self) -> np.ndarray:
         return self.state.center_pos
@@ -230,6 +220,7 @@ class SiamRPNTracker:
     def size(self) -> np.ndarray:
         return self.state.size
 
+    # -- the single-target API (PySOT's) ---------------------------------------------------------
     def new_state(self, track=None) -> TargetState:
         """A fresh target using TRACK section `track` (default: the config's)."""
         return TargetState(self.cfg.TRACK if track is None else track)
@@ -262,6 +253,7 @@ class SiamRPNTracker:
         means, unique, owner = {}, {}, []
         for state, img, box in zip(states, imgs, boxes):
             x, y, w, h = (float(v) for v in box)
+            # PySOT's pixel-centre convention, deliberately unlike the output's cx - w/2 (`_xywh`)
             state.center_pos = np.array([x + (w - 1) / 2, y + (h - 1) / 2])
             state.size = np.array([w, h])
             state.lost = False
@@ -374,6 +366,7 @@ class SiamRPNLTTracker(SiamRPNTracker):
 
     @property
     def longterm_state(self) -> bool:
+        """PySOT-compatibility shim: PySOT's name for the lost flag (`TargetState.lost`)."""
         return self.state.lost
 
     def _search_mode(self, state):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from track.protocol import Protocol, Request
-from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, is_special, region_overlap
+from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, region_overlap
 
 
 def tracked_region(result: dict) -> np.ndarray:
@@ -28,17 +28,19 @@ def tracked_region(result: dict) -> np.ndarray:
 
 
 class SupervisedProtocol(Protocol):
-    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
+    """Reset-based protocol over one `VOTSequence` (its ground truth, image size and name; its
+    frames are read by the driver).  A frame that cannot be read stops the run with an error
+    naming it (vot-toolkit has no rule for it)."""
 
-    def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
-                 name: str = ''):
+    def __init__(self, sequence, skip_initialize: int = 5, failure_overlap: float = 0.0):
         if skip_initialize < 1:
             raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
-        self.groundtruth = list(groundtruth)
-        self.size = tuple(size)
+        self.sequence = sequence
+        self.groundtruth = list(sequence.groundtruth)
+        self.size = tuple(sequence.size)
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
-        self.name = name
+        self.name = sequence.name
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
         self._frame = 0
@@ -80,13 +82,10 @@ class SupervisedProtocol(Protocol):
             self.regions[f] = region
             self._frame = f + 1
 
+    def unreadable(self, request: Request) -> None:
+        frames = self.sequence.frames
+        where = f' ({frames[request.frame]})' if request.frame < len(frames) else ''
+        raise ValueError(f'sequence {self.name!r}: cannot read frame {request.frame}{where}')
+
     def timed(self, request: Request, seconds: float) -> None:
         self.times[request.frame] = seconds
-
-    @property
-    def done(self) -> bool:
-        return self._frame >= len(self.groundtruth)
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for r in self.regions if is_special(r) and r == FAILURE)
