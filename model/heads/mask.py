@@ -5,6 +5,8 @@ which also returns the correlation feature. ``Refine`` turns the correlation vec
 score-map position plus the backbone's shallow search features into 127×127 mask logits.
 Mask training is not implemented (PySOT does not implement it either).
 """
+import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -45,15 +47,28 @@ class Refine(nn.Module):
         self.post2 = nn.Conv2d(4, 1, 3, padding=1)
 
     def forward(self, f, corr_feature, pos):
-        """``pos`` = (row, col) on the score map; returns (B, 127*127) mask logits.
+        """``pos``: one (row, col) on the score map for the whole batch, or a (row, col) per
+        sample; returns (B, 127*127) mask logits.
 
-        Each level is padded and a window aligned with ``pos`` is cut at its stride relative to
-        the score map (×4 for f0, ×2 for f1, ×1 for f2)."""
-        r, c = int(pos[0]), int(pos[1])
-        p0 = F.pad(f[0], [16, 16, 16, 16])[:, :, 4 * r:4 * r + 61, 4 * c:4 * c + 61]
-        p1 = F.pad(f[1], [8, 8, 8, 8])[:, :, 2 * r:2 * r + 31, 2 * c:2 * c + 31]
-        p2 = F.pad(f[2], [4, 4, 4, 4])[:, :, r:r + 15, c:c + 15]
-        p3 = corr_feature[:, :, r, c].reshape(-1, 256, 1, 1)
+        Each level is padded and a window aligned with the position is cut at its stride
+        relative to the score map (×4 for f0, ×2 for f1, ×1 for f2)."""
+        batch = corr_feature.shape[0]
+        cells = [tuple(pos)] * batch if np.ndim(pos) == 1 else [tuple(p) for p in pos]
+        if len(cells) != batch:
+            raise ValueError(f'{len(cells)} positions for a batch of {batch}')
+        rows = [int(r) for r, _ in cells]
+        cols = [int(c) for _, c in cells]
+
+        def windows(level, pad, scale, size):
+            padded = F.pad(level, [pad] * 4)
+            return torch.stack([padded[i, :, scale * r:scale * r + size, scale * c:scale * c + size]
+                                for i, (r, c) in enumerate(zip(rows, cols))])
+
+        p0 = windows(f[0], 16, 4, 61)
+        p1 = windows(f[1], 8, 2, 31)
+        p2 = windows(f[2], 4, 1, 15)
+        index = torch.arange(batch, device=corr_feature.device)
+        p3 = corr_feature[index, :, rows, cols].reshape(-1, 256, 1, 1)
 
         out = self.deconv(p3)
         # PySOT's F.upsample defaults to nearest-neighbour resizing.
