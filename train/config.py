@@ -122,6 +122,7 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
     },
+    "REFINE": {"KWARGS": {}},  # Refine's channels (model/heads/mask.py); PySOT has none: ResNet-50's
 }
 
 # Per-dataset section schema: a DATASET child with these keys is a dataset, whatever its name.
