@@ -165,3 +165,25 @@ def test_training_forward_traces_as_one_graph(stage):
         got, ref = compiled(batch), model(batch)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('stage', ['base', 'refine'])
+def test_training_step_reads_nothing_back_on_cuda(stage):
+    """Forward and backward of both stages under bf16 autocast and channels_last, with CUDA's sync
+    debug mode set to raise on any host-device synchronisation."""
+    cfg = small(stage)
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda().train().to(memory_format=torch.channels_last)
+    batch = {k: v.cuda() for k, v in mask_batch(cfg, 4, seed=5).items()}
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        model(batch)['total_loss'].backward()  # warm-up: lazy initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = model(batch)
+        out['total_loss'].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(out['mask_loss']) and out['mask_iou_mean'].dtype == torch.float32
