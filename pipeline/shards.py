@@ -3,7 +3,8 @@
 A dataset folder (e.g. ``cache/VID``) holds:
 
 * ``shard-NNNNN/data.mdb`` - LMDB environments of bounded size.  Key ``e/<video>/<track>/<frame>``
-  holds the JPEG bytes of one 511x511 crop; ``v/<seq>`` (12 digits: the video's position in build
+  holds the JPEG bytes of one 511x511 crop, followed (datasets with masks) by the PNG of its mask;
+  ``v/<seq>`` (12 digits: the video's position in build
   order) the video's commit marker; ``m/bytes`` and ``m/digest`` the shard's payload bytes and its
   running digest (see `pipeline.ingest.writer`).
 * ``index.arrays`` - the index arrays, raw little-endian, each at a 64-byte aligned offset.  They are
@@ -18,6 +19,24 @@ taken from the bytes the crop worker produced.  `ShardReader.jpeg_at` is one ``o
 releases the GIL) plus a CRC check; a damaged or truncated file gives `CorruptCropError`, never a
 SIGBUS.  Values small enough to live inside a B-tree page (offset 0 in the index) are read through
 LMDB, after the same file-size check.
+
+Masks (COCO and YouTube-VOS builds; `MASK_ARRAYS`, absent from older folders and from datasets
+without masks).  The reader contract, which the data pipeline codes against:
+
+* ``ShardReader.has_masks``: True when the index records masks;
+* ``ShardReader.entry_has_mask``: bool array (E,), True where the entry has a stored mask (all
+  False when `has_masks` is False);
+* ``ShardReader.mask_at(e) -> (png, (x, y, w, h))``: the PNG (``cv2.imencode('.png')`` of a
+  single-channel uint8 array of values {0, 255}) of the mask's tight bounding region inside the
+  511 crop, and that region in crop pixels: crop pixel (x + i, y + j) is PNG pixel (i, j); every
+  crop pixel outside the region is 0.  A mask that is empty after thresholding is
+  ``(b"", (0, 0, 0, 0))``.  CRC32-checked like `jpeg_at` (`CorruptCropError` naming shard and key);
+  `ShardError` for an entry without a mask.
+* ``ShardReader.jpeg_and_mask_at(e) -> (jpeg, (png, (x, y, w, h)) or None)``: both in one read.
+
+The PNG is stored in the same LMDB value as the crop, right after the JPEG bytes, so it lies at
+``entry_offset + entry_length`` in data.mdb (one more ``pread``, or the same one as the JPEG).  Only
+the mask's bounding region is stored, so decoding costs in proportion to the object, not the crop.
 """
 from __future__ import annotations
 
@@ -36,6 +55,7 @@ import zlib
 from array import array
 from pathlib import Path
 
+import cv2
 import lmdb
 import msgpack
 import numpy as np
@@ -50,7 +70,7 @@ ARRAY_ALIGN = 64
 
 # Config dataset names (PySOT's cfg.DATASET.NAMES) -> shard folder names.
 CONFIG_TO_FOLDER = {'VID': 'VID', 'YOUTUBEBB': 'YTB', 'YTB': 'YTB', 'COCO': 'COCO', 'DET': 'DET',
-                    'GOT10K': 'GOT10K', 'LASOT': 'LASOT'}
+                    'GOT10K': 'GOT10K', 'LASOT': 'LASOT', 'YTBVOS': 'YTBVOS'}
 # Arrays of index.arrays with their dtypes (V videos, T tracks, E entries, N name bytes).
 INDEX_ARRAYS = {
     'video_track_start': '<i8',   # V+1: tracks of video v are [start[v], start[v+1])
@@ -65,6 +85,14 @@ INDEX_ARRAYS = {
     'video_name_start': '<i8',    # V+1: name of video v is name_bytes[start[v]:start[v+1]] (UTF-8)
     'video_name_bytes': '|u1',    # N
     'video_name_order': '<i4',    # V: video indices sorted by the bytes of their names (lookup by name)
+}
+# Optional arrays of datasets with masks: all present or none (then the folder has no masks).  The
+# mask's PNG follows the JPEG in the entry's LMDB value.
+MASK_ARRAYS = {
+    'entry_has_mask': '|u1',      # E: 1 where the entry has a stored mask
+    'entry_mask_length': '<u4',   # E: PNG bytes (0: the mask is empty after thresholding, or no mask)
+    'entry_mask_crc': '<u4',      # E: CRC32 of the PNG bytes, taken when the mask was made
+    'entry_mask_box': '<u2',      # E x 4: x, y, w, h of the PNG's region in the crop
 }
 
 # Kernel readahead on the shard files.  'random': a read fetches its crop's pages and nothing more.
@@ -113,6 +141,36 @@ def marker_key(seq: int) -> bytes:
 
 def shard_name(i: int) -> str:
     return f'{SHARD_PREFIX}{i:05d}'
+
+
+# ---- the mask codec (see the module docstring) ------------------------------------------------------
+def encode_mask(mask: np.ndarray) -> tuple[bytes, tuple[int, int, int, int]]:
+    """(PNG, (x, y, w, h)) of a crop's binary mask (2-D, nonzero = object): the tight bounding region
+    of the nonzero pixels as a {0, 255} uint8 PNG; ``(b'', (0, 0, 0, 0))`` for an empty mask."""
+    on = np.asarray(mask) != 0
+    rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
+    if rows.size == 0:
+        return b'', (0, 0, 0, 0)
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    good, buf = cv2.imencode('.png', on[y0:y1, x0:x1].astype(np.uint8) * np.uint8(255))
+    if not good:
+        raise RuntimeError('PNG encoding of a mask failed')
+    return buf.tobytes(), (x0, y0, x1 - x0, y1 - y0)
+
+
+def decode_mask(png: bytes, region, size: int) -> np.ndarray:
+    """The full size x size uint8 {0, 255} mask of a crop from `mask_at`'s (PNG, region).  ValueError
+    if the PNG does not decode to the region's size inside the crop."""
+    out = np.zeros((size, size), np.uint8)
+    x, y, w, h = (int(v) for v in region)
+    if not png:
+        return out
+    m = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if m is None or m.shape != (h, w) or x + w > size or y + h > size:
+        got = 'nothing' if m is None else 'x'.join(str(v) for v in m.shape[::-1])
+        raise ValueError(f'mask PNG decodes to {got}, expected {w}x{h} at ({x}, {y}) in a {size}x{size} crop')
+    out[y:y + h, x:x + w] = m
+    return out
 
 
 # ---- compact string lists -----------------------------------------------------------------------
@@ -305,6 +363,9 @@ def read_index_meta(folder) -> dict:
         raise ShardError(f'{path}: unknown shard format version {version!r}; this code reads version {FORMAT_VERSION}')
     missing = [k for k in ('dataset', 'crop', 'counts', 'shards', 'arrays', 'arrays_bytes') if k not in meta]
     missing += [f'arrays.{k}' for k in INDEX_ARRAYS if k not in meta.get('arrays', {})]
+    masks = [k for k in MASK_ARRAYS if k in meta.get('arrays', {})]
+    if masks:
+        missing += [f'arrays.{k}' for k in MASK_ARRAYS if k not in masks]
     if missing:
         raise ShardError(f'{path} is incomplete: missing {", ".join(missing)}')
     return meta
@@ -341,6 +402,8 @@ class ShardIndex:
         self._check_shapes(meta)
         self.meta = {k: meta[k] for k in ('format_version', 'dataset', 'crop', 'counts', 'shards')}
         self.meta['checksums'] = meta.get('checksums', {})
+        if 'masks' in meta:
+            self.meta['masks'] = meta['masks']
         self.names = StringTable(self.arrays['video_name_bytes'], self.arrays['video_name_start'],
                                  self.arrays['video_name_order'])
         self.shard_paths = []
@@ -364,6 +427,9 @@ class ShardIndex:
               len(a['track_ids']) == t and a['entry_box'].shape == (e, 4) and len(a['video_name_start']) == v + 1
               and len(a['video_name_order']) == v and
               all(len(a[k]) == e for k in ('entry_shard', 'entry_offset', 'entry_length', 'entry_crc')))
+        if 'entry_has_mask' in a:
+            ok = ok and a['entry_mask_box'].shape == (e, 4) and all(
+                len(a[k]) == e for k in ('entry_has_mask', 'entry_mask_length', 'entry_mask_crc'))
         if not ok:
             raise ShardError(f'{self.folder / INDEX_NAME}: the index arrays do not agree with its counts {c}; '
                              f'rebuild: {rebuild_command(self.folder)} --overwrite')
@@ -508,6 +574,14 @@ class ShardReader:
                      'entry_shard', 'entry_offset', 'entry_length', 'entry_crc'):
             setattr(self, name, index.arrays[name])
         self.video_names = index.names
+        self.has_masks = 'entry_has_mask' in index.arrays
+        if self.has_masks:
+            self.entry_has_mask = index.arrays['entry_has_mask'].view(np.bool_)
+            self.entry_mask_length = index.arrays['entry_mask_length']
+            self.entry_mask_crc = index.arrays['entry_mask_crc']
+            self.entry_mask_box = index.arrays['entry_mask_box']
+        else:  # read-only views without memory: no entry has a mask
+            self.entry_has_mask = np.broadcast_to(np.False_, self.entry_frame.shape)
 
     def __reduce__(self):
         return ShardReader, (os.path.abspath(self.folder),)
@@ -530,23 +604,70 @@ class ShardReader:
         CorruptCropError (naming shard and key) for a short, damaged or unreadable value.  Whether
         the bytes are a usable crop (complete JPEG, crop size) is `pipeline.crop_check`'s question.
         Thread-safe; the read releases the GIL."""
+        e = self._check_entry(e)
+        return self._read_part(e, 0, int(self.entry_length[e]), int(self.entry_crc[e]), '')
+
+    def mask_at(self, e: int) -> tuple[bytes, tuple[int, int, int, int]]:
+        """(PNG bytes, (x, y, w, h)) of entry e's mask: the single-channel {0, 255} PNG of the mask's
+        tight region in the crop and that region in crop pixels (outside it the mask is 0); an empty
+        mask is ``(b'', (0, 0, 0, 0))``.  Checked against the CRC32 recorded at build time like
+        `jpeg_at` (CorruptCropError naming shard and key); ShardError if the entry has no mask.
+        Thread-safe; the read releases the GIL."""
+        e = self._check_entry(e)
+        if not self.entry_has_mask[e]:
+            key = entry_key(*self.entry_location(e)).decode()
+            why = 'this entry' if self.has_masks else 'this folder (built without masks)'
+            raise ShardError(f'{self.folder}: crop {key} (entry {e}) has no mask: {why} records none')
+        size = int(self.entry_mask_length[e])
+        box = tuple(int(v) for v in self.entry_mask_box[e])
+        if size == 0:
+            return b'', box
+        return self._read_part(e, int(self.entry_length[e]), size, int(self.entry_mask_crc[e]), 'mask '), box
+
+    def jpeg_and_mask_at(self, e: int) -> tuple:
+        """`jpeg_at` and `mask_at` of entry e in one read (the PNG follows the JPEG in data.mdb):
+        ``(jpeg, (png, (x, y, w, h)))``, or ``(jpeg, None)`` for an entry without a mask.  Both parts
+        CRC-checked (CorruptCropError naming shard and key).  Thread-safe; the read releases the GIL."""
+        e = self._check_entry(e)
+        if not self.entry_has_mask[e]:
+            return self.jpeg_at(e), None
+        n, m = int(self.entry_length[e]), int(self.entry_mask_length[e])
+        data = self._read_range(e, 0, n + m, '')
+        box = tuple(int(v) for v in self.entry_mask_box[e])
+        return (self._checked(e, data[:n], int(self.entry_crc[e]), ''),
+                (self._checked(e, data[n:], int(self.entry_mask_crc[e]), 'mask '), box))
+
+    def _check_entry(self, e) -> int:
         e = int(e)
         if not 0 <= e < len(self.entry_frame):
             raise IndexError(f'entry {e} out of range [0, {len(self.entry_frame)})')
-        shard, offset, size = int(self.entry_shard[e]), int(self.entry_offset[e]), int(self.entry_length[e])
-        if offset:
-            try:
-                data = os.pread(self._index.fd(shard), size, offset)
-            except (OSError, ShardError) as err:
-                raise self._corrupt(e, shard, f'unreadable: {err}') from None
-            if len(data) != size:
-                raise self._corrupt(e, shard, f'short read: {len(data)} of {size} bytes at offset {offset} '
-                                              f'(data.mdb is shorter than the index says: truncated?)')
-        else:
-            data = self._lmdb_value(e, shard)
-        crc = zlib.crc32(data)
-        if crc != int(self.entry_crc[e]):
-            raise self._corrupt(e, shard, f'checksum mismatch: crc32 {crc:08x}, recorded at build {int(self.entry_crc[e]):08x}')
+        return e
+
+    def _read_part(self, e: int, start: int, size: int, crc: int, what: str) -> bytes:
+        """Bytes [start, start + size) of entry e's LMDB value (the JPEG at 0, a mask's PNG after it),
+        checked against `crc`."""
+        return self._checked(e, self._read_range(e, start, size, what), crc, what)
+
+    def _read_range(self, e: int, start: int, size: int, what: str) -> bytes:
+        """Bytes [start, start + size) of entry e's LMDB value: one pread at the recorded offset, or
+        through LMDB for a value inside a B-tree page."""
+        shard, offset = int(self.entry_shard[e]), int(self.entry_offset[e])
+        if not offset:
+            return self._lmdb_value(e, shard)[start:start + size]
+        try:
+            data = os.pread(self._index.fd(shard), size, offset + start)
+        except (OSError, ShardError) as err:
+            raise self._corrupt(e, shard, f'{what}unreadable: {err}') from None
+        if len(data) != size:
+            raise self._corrupt(e, shard, f'{what}short read: {len(data)} of {size} bytes at offset '
+                                          f'{offset + start} (data.mdb is shorter than the index says: truncated?)')
+        return data
+
+    def _checked(self, e: int, data: bytes, crc: int, what: str) -> bytes:
+        got = zlib.crc32(data)
+        if got != crc:
+            raise self._corrupt(e, int(self.entry_shard[e]), f'{what}checksum mismatch: crc32 {got:08x}, '
+                                                             f'recorded at build {crc:08x}')
         return data
 
     def _lmdb_value(self, e: int, shard: int) -> bytes:
@@ -569,7 +690,10 @@ class ShardReader:
         e = e[(e >= 0) & (e < len(self))]
         if e.size == 0:
             return
-        for s, off, n in zip(self.entry_shard[e].tolist(), self.entry_offset[e].tolist(), self.entry_length[e].tolist()):
+        lengths = self.entry_length[e].astype(np.int64)
+        if self.has_masks:  # the mask's PNG follows the JPEG
+            lengths += self.entry_mask_length[e]
+        for s, off, n in zip(self.entry_shard[e].tolist(), self.entry_offset[e].tolist(), lengths.tolist()):
             if off:
                 try:
                     os.posix_fadvise(self._index.fd(s), off, n, os.POSIX_FADV_WILLNEED)
@@ -620,6 +744,10 @@ class ShardReader:
     def jpeg(self, video: str, track: int, frame: int) -> bytes:
         """JPEG bytes of one 511x511 crop."""
         return self.jpeg_at(self._entry(video, track, frame))
+
+    def mask(self, video: str, track: int, frame: int) -> tuple:
+        """`mask_at` of one crop, by name."""
+        return self.mask_at(self._entry(video, track, frame))
 
     def close(self):
         """Release this process's LMDB handles of the shards (the index mapping and the shard

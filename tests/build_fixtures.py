@@ -1,4 +1,9 @@
-"""Tiny hand-made raw VID (official layout) with known defects, for the shard builder tests."""
+"""Tiny hand-made raw VID (official layout) with known defects, for the shard builder tests; a build
+killed mid-way."""
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -46,3 +51,21 @@ def make_raw_vid(root: Path, layout=None, seed=0):
         (root / 'Annotations/VID/train/b/vid2/000003.xml').write_text('<annotation><object><trackid>0</trackid')
         (root / 'Data/VID/train/b/vid2/000006.JPEG').unlink()
     return root
+
+
+def kill_build_after(args, commits: int):
+    """Run `tools/build_lmdb.py ARGS --verbose` and SIGKILL it and its crop workers once `commits`
+    videos are committed (a real crash mid-build); returns the exit status."""
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / 'tools/build_lmdb.py'), *map(str, args), '--verbose']
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    committed = 0
+    for line in proc.stdout:
+        committed += line.startswith('committed')
+        if committed == commits:
+            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-build
+            break
+    proc.wait()
+    proc.stdout.close()
+    return proc.returncode

@@ -79,11 +79,15 @@ def vouch_for_crop(reader, entry: int):
         f.write(int(crc).to_bytes(4, 'little'))
 
 
-def flip_crop_byte(reader, entry: int) -> Path:
-    """Flip one byte in the middle of a stored crop, in place in data.mdb (a silent disk error)."""
+def flip_crop_byte(reader, entry: int, mask: bool = False) -> Path:
+    """Flip one byte in the middle of a stored crop (or of its mask's PNG, which follows the JPEG), in
+    place in data.mdb (a silent disk error)."""
     shard = int(reader.entry_shard[entry])
     off, n = int(reader.entry_offset[entry]), int(reader.entry_length[entry])
     assert off > 0, 'entry is stored inside a B-tree page'
+    if mask:
+        off, n = off + n, int(reader.entry_mask_length[entry])
+        assert n > 0, 'the mask is empty'
     path = data_file(reader.folder, shard)
     with open(path, 'r+b') as f:
         f.seek(off + n // 2)

@@ -19,7 +19,7 @@ from pipeline.crop import crop_search
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader, entry_key, shard_dir
 from tools.build_lmdb import main as cli
 
-from build_fixtures import _box, make_raw_vid
+from build_fixtures import _box, kill_build_after, make_raw_vid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,18 +122,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     raw = make_raw_vid(tmp_path / 'raw', layout, seed=3)
     args = ['--dataset', 'VID', '--root', str(raw), '--workers', '2', '--shard-size', '150K', '--no-progress']
     assert cli(args + ['--out', str(tmp_path / 'ref')]) == 0
-    cmd = [sys.executable, str(REPO / 'tools/build_lmdb.py'), *args, '--out', str(tmp_path / 'k'), '--verbose']
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    committed = 0
-    for line in proc.stdout:
-        committed += line.startswith('committed')
-        if committed == 3:
-            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-build
-            break
-    proc.wait()
-    proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_build_after(args + ['--out', tmp_path / 'k'], 3) == -signal.SIGKILL
     assert not (tmp_path / 'k/VID' / INDEX_NAME).exists()
     with pytest.raises(ShardError, match='incomplete'):
         ShardReader(tmp_path / 'k/VID')

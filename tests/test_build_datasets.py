@@ -1,6 +1,6 @@
-"""All six datasets build from the synthetic raw layouts (pipeline.synthetic), with every deliberate
-fault of broken.json skipped, counted and listed, and the kept crops matching the manifest totals;
---exclude on synthetic LaSOT."""
+"""All seven training datasets build from the synthetic raw layouts (pipeline.synthetic), with every
+deliberate fault of broken.json skipped, counted and listed, and the kept crops matching the manifest
+totals; --exclude on synthetic LaSOT."""
 import csv
 import json
 from pathlib import Path
@@ -15,11 +15,12 @@ from pipeline.shards import ShardReader
 from pipeline.synthetic import make_dataset
 from tools.build_lmdb import main as cli
 
-DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
+DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT', 'YTBVOS')
 REASON = {'truncated_jpeg': 'corrupt_image', 'corrupt_jpeg': 'corrupt_image', 'empty_jpeg': 'corrupt_image',
           'missing_image': 'missing_image', 'malformed_xml': 'malformed_annotation_file',
           'malformed_csv_row': 'malformed_annotation', 'box_outside_frame': 'outside_frame',
-          'degenerate_box': 'degenerate_box'}
+          'degenerate_box': 'degenerate_box', 'corrupt_png': 'corrupt_mask', 'missing_png': 'missing_mask',
+          'empty_mask': 'empty_mask'}
 
 
 @pytest.fixture(scope='module')
@@ -37,14 +38,17 @@ def builds(tmp_path_factory):
 def test_dataset_builds_and_reads(builds, dataset):
     _, manifest, report, r = builds[dataset]
     assert r.meta['dataset'] == dataset and len(r) == report['counts']['entries'] > 0
-    # every valid annotation is kept, or dropped as crowd (our choice) or, for VID only (PySOT's VID
-    # gen_json), as part of a single-frame run; YTB (PySOT) and GOT10K / LaSOT (siamban) keep singletons
-    crowd = report['dropped'].get('crowd', 0)
-    assert crowd == manifest['totals'].get('crowd_annotations', 0)
+    # every valid annotation is kept (COCO's crowd ones too, as PySOT and the SiamMask authors keep
+    # them), or, for VID only (PySOT's VID gen_json), dropped as part of a single-frame run; YTB (PySOT)
+    # and GOT10K / LaSOT (siamban) keep singletons; YTBVOS drops masks of 1000 pixels or fewer
+    assert 'crowd' not in report['dropped'] and manifest['totals'].get('crowd_annotations', 1) > 0
     singles = report['dropped'].get('single_frame_run', 0)
     if dataset != 'VID':
         assert singles == 0
-    assert len(r) + singles + crowd == manifest['totals']['valid_annotations']
+    assert report['dropped'].get('small_mask', 0) == manifest['totals'].get('small_masks', 0)
+    assert len(r) + singles == manifest['totals']['valid_annotations']
+    # COCO and YouTube-VOS crops carry their masks, the other datasets none (their index as before)
+    assert r.has_masks == (dataset in ('COCO', 'YTBVOS')) and r.entry_has_mask.all() == r.has_masks
     for e in (0, len(r) // 2, len(r) - 1):
         crop = cv2.imdecode(np.frombuffer(r.jpeg_at(e), np.uint8), cv2.IMREAD_COLOR)
         assert crop.shape == (511, 511, 3)
@@ -55,8 +59,8 @@ def test_dataset_builds_and_reads(builds, dataset):
             fr = r.entry_frame[r.track_entry_start[t]:r.track_entry_start[t + 1]]
             if dataset in ('COCO', 'DET'):
                 assert len(fr) == 1
-            else:  # a track is one consecutive run, of >= 2 frames for VID
-                assert len(fr) >= (2 if dataset == 'VID' else 1) and np.all(np.diff(fr) == 1)
+            else:  # a track is one consecutive run (YouTube-VOS: annotated every 5th frame), >= 2 frames for VID
+                assert len(fr) >= (2 if dataset == 'VID' else 1) and np.all(np.diff(fr) == (5 if dataset == 'YTBVOS' else 1))
 
 
 @pytest.mark.parametrize('dataset', DATASETS)

@@ -281,7 +281,7 @@ def _inflated(box):
 # ----------------------------------------------------------------------------
 # tests
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize('name', synthetic.DATASETS)
+@pytest.mark.parametrize('name', list(SIZES))  # YTBVOS and DAVIS: tests/test_synthetic_vos.py
 def test_layout_boxes_and_faults(made, name):
     root, manifest = made[name]
     disk = json.loads((root / 'broken.json').read_text())
@@ -530,3 +530,9 @@ def test_cli_shards(tmp_path):
                           '--out', str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and 'SHARDS' in res.stdout and '40 entries' in res.stdout, res.stderr
     assert (tmp_path / 'VID' / 'index.msgpack').exists()
+    res = subprocess.run([sys.executable, 'tools/make_synthetic.py', '--shards', '12', '--distinct', '3', '--masks',
+                          '--shard-dataset', 'COCO', '--out', str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0 and 'with masks' in res.stdout, res.stderr
+    from pipeline.shards import ShardReader
+    r = ShardReader(tmp_path / 'COCO')
+    assert r.has_masks and r.entry_has_mask.all() and 150 < len(r.mask_at(5)[0]) < 600

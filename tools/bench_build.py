@@ -1,6 +1,7 @@
 """Benchmark: our shard builder vs a straightforward PySOT-style crop-and-write baseline, per core.
 
     python tools/bench_build.py [--videos 6 --frames 20 --size 640x360] [--root RAW_VID] [--json runs/bench_build.json]
+    python tools/bench_build.py --masks [--images 120 --size 640x480] [--json runs/bench_build_masks.json]
 
 Both run in this process on one core (cv2.setNumThreads(1)) over the same synthetic raw VID:
 * baseline = PySOT's par_crop per frame: parse the XML, cv2.imread, np.mean padding colour, for
@@ -8,6 +9,10 @@ Both run in this process on one core (cv2.setNumThreads(1)) over the same synthe
 * baseline_x_only = the same writing only the 511 "x" crop (what training reads);
 * ours = pipeline.ingest.build_dataset(workers=1) into LMDB shards.
 Reports crops/s (511 crops) and the ratio ours / baseline.
+
+--masks: the cost of masks, on synthetic COCO (and YouTube-VOS for the mask sizes): the same parsed
+COCO built with its masks (pycocotools decoding, the mask crop, PNG) and without (boxes only), one
+core each, alternating; reports crops/s of both, their ratio and the stored mask bytes per entry.
 """
 import argparse
 import json
@@ -59,6 +64,54 @@ def baseline(root: Path, out: Path, write_z: bool) -> int:
     return n
 
 
+def bench_masks(a) -> dict:
+    """Crops/s of a COCO build with and without its masks, and mask bytes per entry (COCO, YTBVOS)."""
+    import copy
+
+    from pipeline.ingest import build_parsed, parse_raw
+    from pipeline.ingest.crop_worker import CropParams
+    from pipeline.shards import ShardReader
+    from pipeline.synthetic import make_dataset
+
+    size = tuple(int(v) for v in a.size.lower().split('x'))
+    res = {'with_masks': [], 'without_masks': []}
+    sizes = {}
+    with tempfile.TemporaryDirectory(prefix='bench_build_masks_') as tmp:
+        tmp = Path(tmp)
+        make_dataset('COCO', tmp / 'coco', videos=a.images, seed=0, size=size, broken=False)
+        make_dataset('YTBVOS', tmp / 'ytbvos', videos=max(2, a.images // 20), frames=10, seed=0, broken=False,
+                     size=(size[0], size[0] * 9 // 16))
+        parsed = parse_raw('COCO', tmp / 'coco')
+        boxes_only = copy.copy(parsed)
+        boxes_only.table = copy.copy(parsed.table)
+        boxes_only.table.mask_kind = None
+        for r in range(a.repeats):
+            for name, p in (('with_masks', parsed), ('without_masks', boxes_only)):
+                out = tmp / f'{name}{r}'
+                res[name].append(timed(lambda: build_parsed(p, {'mode': 'raw', 'root': str(tmp / 'coco')}, out,
+                                                            CropParams(), progress=False)['crops_written_this_run']))
+        build_parsed(parse_raw('YTBVOS', tmp / 'ytbvos'), {'mode': 'raw', 'root': str(tmp / 'ytbvos')}, tmp / 'y',
+                     CropParams(), progress=False)
+        for name, folder in (('COCO', tmp / 'with_masks0/COCO'), ('YTBVOS', tmp / 'y/YTBVOS')):
+            reader = ShardReader(folder)
+            n = np.asarray(reader.entry_mask_length, np.float64)
+            sizes[name] = {'entries': len(reader), 'mask_bytes_mean': round(float(n.mean()), 1),
+                           'mask_bytes_p95': round(float(np.percentile(n, 95)), 1),
+                           'jpeg_bytes_mean': round(float(np.mean(reader.entry_length)), 1)}
+            reader.close()
+    rate = {k: max(n / t for n, t in v) for k, v in res.items()}
+    out = {'crops': res['with_masks'][0][0], 'crops_per_s_per_core': {k: round(v, 1) for k, v in rate.items()},
+           'ratio_with_vs_without_masks': round(rate['with_masks'] / rate['without_masks'], 3),
+           'stored': sizes, 'source': f'synthetic COCO images={a.images} size={a.size}'}
+    for k, v in out['crops_per_s_per_core'].items():
+        print(f'{k:>14}: {v:8.1f} crops/s/core (COCO)')
+    print(f'with / without masks: {out["ratio_with_vs_without_masks"]:.3f}x')
+    for name, v in sizes.items():
+        print(f'{name}: {v["mask_bytes_mean"]:.0f} B of mask PNG per entry (p95 {v["mask_bytes_p95"]:.0f}), '
+              f'JPEG {v["jpeg_bytes_mean"]:.0f} B')
+    return out
+
+
 def timed(fn):
     t = time.perf_counter()
     n = fn()
@@ -72,9 +125,20 @@ def main(argv=None):
     p.add_argument('--frames', type=int, default=20)
     p.add_argument('--size', default='640x360', help='synthetic frame size WxH (real VID: mostly 1280x720, 500x375)')
     p.add_argument('--repeats', type=int, default=2, help='alternating repeats; best time of each is used')
-    p.add_argument('--json', default='runs/bench_build.json')
+    p.add_argument('--json', default=None, help='default runs/bench_build.json (--masks: runs/bench_build_masks.json)')
+    p.add_argument('--masks', action='store_true', help='measure the cost of masks (COCO with / without masks)')
+    p.add_argument('--images', type=int, default=120, help='--masks: synthetic COCO images')
     a = p.parse_args(argv)
     cv2.setNumThreads(1)
+    if a.masks:
+        if a.size == '640x360':
+            a.size = '640x480'  # COCO's usual frame
+        out = bench_masks(a)
+        path = Path(a.json or 'runs/bench_build_masks.json')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1))
+        return out
+    a.json = a.json or 'runs/bench_build.json'
     with tempfile.TemporaryDirectory(prefix='bench_build_') as tmp:
         tmp = Path(tmp)
         root = Path(a.root) if a.root else tmp / 'raw'

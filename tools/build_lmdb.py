@@ -1,9 +1,12 @@
 """Crop a raw tracking dataset (official layout) into LMDB shards of 511x511 SiamFC crops.
 
     python tools/build_lmdb.py --dataset VID        # raw data in data/VID/, shards into cache/VID/
+    python tools/build_lmdb.py --dataset COCO       # COCO and YTBVOS (YouTube-VOS) crops carry their masks
+    python tools/build_lmdb.py --dataset YTBVOS --root /data/youtube-vos
     python tools/build_lmdb.py --dataset VID --root /data/ILSVRC2015 [--out cache/] [--workers N] [--verify]
     python tools/build_lmdb.py --dataset LASOT --root /data/LaSOT --exclude /data/LaSOT/testing_set.txt
     python tools/build_lmdb.py --dataset VID --from-crop511 crop511/ --anno train.json
+    python tools/build_lmdb.py --dataset COCO --from-crop511 crop511/ --anno train2017.json   # + the .m.png masks
     python tools/build_lmdb.py --dataset VID --verify-only [--out cache/]
 """
 import argparse
@@ -81,7 +84,9 @@ def _main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='crop processes (default: all cores)')
     p.add_argument('--shard-size', type=parse_size, default='4G', help='payload bytes per shard (default 4G)')
     p.add_argument('--jpeg-quality', type=int, default=95, help='JPEG quality of the crops (default 95 = cv2.imwrite)')
-    p.add_argument('--from-crop511', metavar='DIR', help='import a PySOT crop511 folder instead of cropping raw data')
+    p.add_argument('--from-crop511', metavar='DIR',
+                   help='import a PySOT crop511 folder instead of cropping raw data (COCO, YTBVOS: with the '
+                        "SiamMask authors' <frame>.<track>.m.png masks where present)")
     p.add_argument('--anno', help='PySOT train.json for --from-crop511')
     p.add_argument('--exclude', metavar='FILE',
                    help='text file of video names, one a line, to leave out (matched against the video key and '

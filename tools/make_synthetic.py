@@ -5,6 +5,7 @@
     python tools/make_synthetic.py --eval --out DIR             # held-out OTB-layout sequences
     python tools/make_synthetic.py --shards 100000 --out DIR    # DIR/VID/: built shards, ~33 KB crops (~3.3 GB)
     python tools/make_synthetic.py --shards 10000000 --alias --out DIR   # a 10M-entry index over few values
+    python tools/make_synthetic.py --shards 20000 --masks --shard-dataset COCO --out DIR   # crops with masks
 """
 import argparse
 import sys
@@ -21,7 +22,8 @@ def _describe(summary):
     line = (f"{summary['dataset']:7s} {summary['root']}: {totals['videos']} {unit}, "
             f"{totals['image_files']} image files")
     if 'annotations' in totals:
-        line += f", {totals['annotations']} boxes ({totals['valid_annotations']} valid)"
+        what = 'object masks' if summary['dataset'] in ('YTBVOS', 'DAVIS') else 'boxes'
+        line += f", {totals['annotations']} {what} ({totals['valid_annotations']} valid)"
     broken = summary.get('counts')
     if broken:
         line += ', broken: ' + ', '.join(f'{k}={v}' for k, v in broken.items())
@@ -48,15 +50,19 @@ def main(argv=None):
                         help='--shards: store only the distinct values; index entries point at them (a 10M-entry '
                              'index in seconds; not for --verify)')
     parser.add_argument('--shard-dataset', default='VID', help='--shards: dataset folder name (default VID)')
+    parser.add_argument('--masks', action='store_true',
+                        help='--shards: every entry also has a mask (~200-400 B PNG of an object-sized blob), as '
+                             'COCO and YouTube-VOS folders have; not with --alias')
     args = parser.parse_args(argv)
     if args.shards is not None:
         try:
             out = synthetic.make_shards(args.out, args.shards, dataset=args.shard_dataset, distinct=args.distinct,
-                                        alias=args.alias, seed=args.seed, overwrite=args.force, progress=True)
+                                        alias=args.alias, seed=args.seed, overwrite=args.force, progress=True,
+                                        masks=args.masks)
         except (ValueError, FileExistsError) as err:
             parser.error(str(err))
         print(f"SHARDS  {out['folder']}: {out['entries']} entries, {out['bytes'] / 2**30:.2f} GiB of crops"
-              f"{' (aliased)' if args.alias else ''} [{out['seconds']:.1f} s]")
+              f"{' (aliased)' if args.alias else ''}{' with masks' if args.masks else ''} [{out['seconds']:.1f} s]")
         return 0
     try:
         size = synthetic.parse_size(args.size) if args.size else None

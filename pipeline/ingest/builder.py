@@ -163,6 +163,19 @@ def build_dataset(dataset: str, root=None, out_root='cache', workers: int = 1, s
                         exclude=excluded_names, started=t0)
 
 
+def mask_description(table) -> dict | None:
+    """What a build's masks are (build_params.json and index.msgpack 'masks'); None without masks."""
+    kind = table.mask_kind
+    if kind is None:
+        return None
+    if kind == 'crop511':
+        return {'source': "the SiamMask authors' crop511 <frame>.<track>.m.png, read as > 0 (absent: no mask)"}
+    source = {'coco': 'segmentation decoded by pycocotools (frPyObjects, merge, decode: COCO.annToMask)',
+              'palette': 'palette PNG annotation, pixels == object id; box = the mask\'s bounding box'}[kind]
+    return {'source': source, 'crop': 'the image crop\'s warp of the float mask (bilinear, border 0)',
+            'threshold': table.mask_threshold, 'stored': 'PNG {0,255} of the tight region in the crop'}
+
+
 def build_parsed(parsed: ParseResult, source: dict, out_root, params: CropParams, workers: int = 1,
                  shard_size: int = 4 << 30, overwrite: bool = False, verbose: bool = False, progress: bool = True,
                  exclude=(), started: float | None = None) -> dict:
@@ -174,6 +187,9 @@ def build_parsed(parsed: ParseResult, source: dict, out_root, params: CropParams
                     'shard_size': int(shard_size)}
     if exclude:  # absent when empty, so builds from before --exclude existed still resume
         build_params['exclude'] = list(exclude)
+    masks = mask_description(table)
+    if masks is not None:  # absent without masks: such builds keep their parameters (and resume)
+        build_params['masks'] = masks
     with FolderLock(out_dir):
         _prepare_out_dir(out_dir, build_params, overwrite)
         writer = ShardSetWriter(out_dir, shard_size)
@@ -208,7 +224,7 @@ def build_parsed(parsed: ParseResult, source: dict, out_root, params: CropParams
             bar.close()
             writer.close()
         meta = {'dataset': dataset, 'crop': params.to_dict()}
-        index, marker_drops, marker_files = assemble_index(out_dir, writer.shard_paths(), meta, table.names)
+        index, marker_drops, marker_files = assemble_index(out_dir, writer.shard_paths(), meta, table.names, masks)
         drops = Counter(parsed.drops.counts) + marker_drops
         elapsed = time.time() - t0
         report = {'dataset': dataset, **source, 'out_dir': str(out_dir), 'counts': index['counts'],
@@ -225,7 +241,8 @@ def build_parsed(parsed: ParseResult, source: dict, out_root, params: CropParams
 def format_summary(report: dict, max_files: int = 10) -> str:
     """Human-readable build summary."""
     c = report['counts']
-    lines = [f"{report['dataset']}: kept {c['entries']} crops in {c['videos']} videos / {c['tracks']} tracks, "
+    masks = f", {c['masks']} with a mask" if 'masks' in c else ''
+    lines = [f"{report['dataset']}: kept {c['entries']} crops{masks} in {c['videos']} videos / {c['tracks']} tracks, "
              f"{c['shards']} shard(s), {c['bytes'] / 2**20:.1f} MiB -> {report['out_dir']}",
              f"  this run: {report['crops_written_this_run']} crops in {report['elapsed_s']:.1f} s "
              f"({report['crops_per_s']} crops/s, {report['workers']} workers; {report['videos_resumed']} videos resumed)"]

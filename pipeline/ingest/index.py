@@ -19,18 +19,22 @@ import msgpack
 import numpy as np
 
 from .. import fileio
-from ..shards import ARRAY_ALIGN, ARRAYS_NAME, FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, StringTable, repair_hint
+from ..shards import (ARRAY_ALIGN, ARRAYS_NAME, FORMAT_VERSION, INDEX_ARRAYS, INDEX_NAME, MASK_ARRAYS, StringTable,
+                      repair_hint)
 from .spec import BuildError
 from .writer import chain_digest, disk_full_error, is_disk_full, read_commits
 
 PARTS_NAME = 'index.parts.tmp'
 CHECKSUMS = {'crc32': 'per crop, of the JPEG bytes the crop worker produced, taken before writing',
              'shard_digest': "sha256 chain over the shard's commit markers, recorded in each commit"}
+MASK_CHECKSUM = 'per mask, of the PNG bytes the crop worker produced, taken before writing'
+ALL_ARRAYS = {**INDEX_ARRAYS, **MASK_ARRAYS}
 _COPY_CHUNK = 16 << 20
 
 
 class ArraySpool:
-    """One append-only temporary file per index array (constant memory, whatever the dataset size)."""
+    """One append-only temporary file per index array (constant memory, whatever the dataset size).
+    The mask arrays are opened by `start_masks`, at the first video with masks."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -39,8 +43,24 @@ class ArraySpool:
         for name in INDEX_ARRAYS:
             self._files[name] = open(folder / name, 'wb', buffering=1 << 20)
 
+    @property
+    def has_masks(self) -> bool:
+        return 'entry_has_mask' in self._files
+
+    def start_masks(self, entries: int):
+        """Open the mask arrays, with `entries` entries without a mask before this point."""
+        for name in MASK_ARRAYS:
+            self._files[name] = open(self.folder / name, 'wb', buffering=1 << 20)
+            self.counts[name] = 0
+        self.append_no_masks(entries)
+
+    def append_no_masks(self, n: int):
+        for name in ('entry_has_mask', 'entry_mask_length', 'entry_mask_crc'):
+            self.append(name, np.zeros(n, ALL_ARRAYS[name]))
+        self.append('entry_mask_box', np.zeros(4 * n, ALL_ARRAYS['entry_mask_box']))
+
     def append(self, name: str, data):
-        a = np.asarray(data, dtype=np.dtype(INDEX_ARRAYS[name]))
+        a = np.asarray(data, dtype=np.dtype(ALL_ARRAYS[name]))
         self._files[name].write(memoryview(np.ascontiguousarray(a)).cast('B'))
         self.counts[name] += a.size
 
@@ -50,16 +70,17 @@ class ArraySpool:
 
     def array(self, name: str) -> np.ndarray:
         """A spooled array read back (for the small ones: the names)."""
-        return np.fromfile(self.folder / name, dtype=np.dtype(INDEX_ARRAYS[name]))
+        return np.fromfile(self.folder / name, dtype=np.dtype(ALL_ARRAYS[name]))
 
 
 def _shape(name: str, count: int) -> list:
-    return [count // 4, 4] if name == 'entry_box' else [count]
+    return [count // 4, 4] if name in ('entry_box', 'entry_mask_box') else [count]
 
 
 def write_index(folder: Path, meta: dict, sources: dict) -> dict:
-    """Write ``index.arrays`` from `sources` ({name: ndarray, or Path of a raw file of that dtype})
-    and then ``index.msgpack`` (meta + the table of arrays), both atomically; returns the full meta."""
+    """Write ``index.arrays`` from `sources` ({name: ndarray, or Path of a raw file of that dtype}:
+    every INDEX_ARRAYS name, plus the MASK_ARRAYS for a folder with masks, which come after them) and
+    then ``index.msgpack`` (meta + the table of arrays), both atomically; returns the full meta."""
     folder = Path(folder)
     (folder / INDEX_NAME).unlink(missing_ok=True)  # never an old index.msgpack next to new arrays
     path = folder / ARRAYS_NAME
@@ -67,7 +88,9 @@ def write_index(folder: Path, meta: dict, sources: dict) -> dict:
     table, offset, digest = {}, 0, hashlib.sha256()
     try:
         with open(tmp, 'wb') as f:
-            for name, dtype in INDEX_ARRAYS.items():
+            for name, dtype in ALL_ARRAYS.items():
+                if name not in sources and name in MASK_ARRAYS:
+                    continue
                 pad = -offset % ARRAY_ALIGN
                 f.write(b'\0' * pad)
                 digest.update(b'\0' * pad)
@@ -123,6 +146,15 @@ def _spool_video(spool: ArraySpool, m: dict, shard: int, totals: dict):
     spool.append('entry_offset', np.frombuffer(m['offsets'], np.uint64))
     spool.append('entry_length', np.frombuffer(m['lengths'], np.uint32))
     spool.append('entry_crc', np.frombuffer(m['crcs'], np.uint32))
+    if 'mask_flags' in m:
+        if not spool.has_masks:
+            spool.start_masks(totals['entries'])
+        spool.append('entry_has_mask', np.frombuffer(m['mask_flags'], np.uint8))
+        spool.append('entry_mask_length', np.frombuffer(m['mask_lengths'], np.uint32))
+        spool.append('entry_mask_crc', np.frombuffer(m['mask_crcs'], np.uint32))
+        spool.append('entry_mask_box', np.frombuffer(m['mask_boxes'], np.uint16))
+    elif spool.has_masks:
+        spool.append_no_masks(n)
     name = m['video'].encode()
     totals['entries'] += n
     totals['tracks'] += len(track_ids)
@@ -132,13 +164,15 @@ def _spool_video(spool: ArraySpool, m: dict, shard: int, totals: dict):
     spool.append('video_track_start', [totals['tracks']])
 
 
-def assemble_index(out_dir: Path, shard_paths: list, meta: dict, expected_names=None) -> tuple:
+def assemble_index(out_dir: Path, shard_paths: list, meta: dict, expected_names=None, masks=None) -> tuple:
     """Build the index of `out_dir` from its shards' markers.  `expected_names[seq]` (optional) is the
-    video each marker must hold.  Returns (index meta, Counter of drops, list of bad-input files)."""
+    video each marker must hold.  `masks`: what the masks are (a dict for index.msgpack's 'masks'),
+    recorded when some marker holds masks; the mask arrays exist then only.  Returns (index meta,
+    Counter of drops, list of bad-input files)."""
     parts = out_dir / PARTS_NAME
     shutil.rmtree(parts, ignore_errors=True)
     try:
-        return _assemble(out_dir, parts, shard_paths, meta, expected_names)
+        return _assemble(out_dir, parts, shard_paths, meta, expected_names, masks)
     except OSError as e:
         if is_disk_full(e):
             raise disk_full_error(parts, e) from None
@@ -147,7 +181,7 @@ def assemble_index(out_dir: Path, shard_paths: list, meta: dict, expected_names=
         shutil.rmtree(parts, ignore_errors=True)
 
 
-def _assemble(out_dir: Path, parts: Path, shard_paths: list, meta: dict, expected_names) -> tuple:
+def _assemble(out_dir: Path, parts: Path, shard_paths: list, meta: dict, expected_names, masks) -> tuple:
     drops, files, shards = Counter(), [], []
     totals = {'entries': 0, 'tracks': 0, 'name_bytes': 0, 'videos': 0}
     seq = 0
@@ -186,5 +220,11 @@ def _assemble(out_dir: Path, parts: Path, shard_paths: list, meta: dict, expecte
     del names
     counts = {'videos': totals['videos'], 'tracks': totals['tracks'], 'entries': totals['entries'],
               'shards': len(shards), 'bytes': sum(s['bytes'] for s in shards)}
-    full = write_index(out_dir, {**meta, 'counts': counts, 'shards': shards, 'checksums': CHECKSUMS}, sources)
+    meta = {**meta, 'counts': counts, 'shards': shards, 'checksums': CHECKSUMS}
+    if spool.has_masks:
+        sources.update({name: parts / name for name in MASK_ARRAYS})
+        counts['masks'] = int(np.count_nonzero(spool.array('entry_has_mask')))
+        meta['masks'] = dict(masks or {})
+        meta['checksums'] = {**CHECKSUMS, 'mask_crc32': MASK_CHECKSUM}
+    full = write_index(out_dir, meta, sources)
     return full, drops, files

@@ -18,16 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import (ABSENT, CROWD, DATASETS, DEGENERATE, DROPS_SINGLE_RUNS, INVISIBLE, MALFORMED, MALFORMED_FILE,
-                   DropLog, Exclusion, ParseResult, VideoTableBuilder, make_track, valid_frame, valid_wh)
+from .spec import (ABSENT, DATASETS, DEGENERATE, DROPS_SINGLE_RUNS, FRAME_STEPS, INVISIBLE, MALFORMED, MALFORMED_FILE,
+                   MASK_THRESHOLDS, DropLog, Exclusion, ParseResult, VideoTableBuilder, make_track, valid_frame,
+                   valid_wh)
 
 LAYOUTS = {
     'VID': """ILSVRC2015 VID:  ROOT/Data/VID/train/<subset>/<video>/<frame>.JPEG
       ROOT/Annotations/VID/train/<subset>/<video>/<frame>.xml  (<object> with <trackid> and
       <bndbox> xmin/ymin/xmax/ymax in pixels).  Video key '<subset>/<video>', frame = int(<frame>).""",
     'COCO': """COCO 2017:  ROOT/train2017/<file_name>.jpg + ROOT/annotations/instances_train2017.json.
-      Each (non-crowd) annotation is a one-frame track (track id = its position among the image's
-      annotations, as PySOT).  Video key 'train2017/<image basename>', frame 0.""",
+      Each annotation (crowd ones too, as PySOT and the SiamMask authors) is a one-frame track (track
+      id = its position among the image's annotations) with its mask (polygons, RLE or crowd RLE,
+      decoded by pycocotools).  Video key 'train2017/<image basename>', frame 0.""",
     'DET': """ILSVRC2015 DET:  ROOT/Data/DET/train/<subdirs...>/<name>.JPEG
       + ROOT/Annotations/DET/train/<subdirs...>/<name>.xml.  Each <object> is a one-frame track
       (track id = object position).  Video key '<subdirs...>/<name>', frame 0.""",
@@ -42,6 +44,10 @@ LAYOUTS = {
     'LASOT': """LaSOT:  ROOT/<class>/<class>-<n>/img/00000001.jpg ... + groundtruth.txt (x,y,w,h per line)
       + full_occlusion.txt and out_of_view.txt (one line of comma-separated 0/1; 1 frames dropped).
       Video key '<class>/<class>-<n>', track 0, frame = line number - 1.""",
+    'YTBVOS': """YouTube-VOS:  ROOT/train/JPEGImages/<video>/<frame>.jpg + ROOT/train/Annotations/<video>/<frame>.png
+      (palette PNG, pixel value = object id) + ROOT/train/meta.json ({"videos": {<video>: {"objects":
+      {"<id>": {"category", "frames": [<frame>...]}}}}}).  Video key '<video>', track = object id,
+      frame = int(<frame>); box = the bounding box of the object's mask.""",
 }
 
 
@@ -142,8 +148,8 @@ def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     files = {}
     for im in img_list:
         try:
-            files[im['id']] = im['file_name']
-        except (KeyError, TypeError):
+            files[im['id']] = (im['file_name'], im.get('height'), im.get('width'))
+        except (KeyError, TypeError, AttributeError):
             drops.drop(MALFORMED, 1, anno, f'bad image record {str(im)[:80]}')
     per_image = defaultdict(list)
     for i, a in enumerate(ann_list):
@@ -152,19 +158,16 @@ def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
         except (KeyError, TypeError):
             drops.drop(MALFORMED, 1, anno, f'annotation #{i} without image_id')
     videos = VideoTableBuilder()
-    for image_id in sorted(per_image, key=lambda k: files.get(k, '')):
+    for image_id in sorted(per_image, key=lambda k: files.get(k, ('',))[0]):
         if image_id not in files:
             drops.drop(MALFORMED, len(per_image[image_id]), anno, f'annotations of unknown image_id {image_id}')
             continue
-        fname = files[image_id]
+        fname, height, width = files[image_id]
         name = f'train2017/{Path(fname).stem}'
         if exclude(name):
             continue
         tracks = []
         for idx, a in enumerate(per_image[image_id]):
-            if a.get('iscrowd', 0):
-                drops.drop(CROWD, 1)
-                continue
             try:
                 x, y, w, h = (float(v) for v in a['bbox'])
             except (KeyError, TypeError, ValueError):
@@ -172,10 +175,12 @@ def parse_coco(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
                 continue
             box = (x, y, x + w, y + h)
             if _keep_box(box, f'{anno}#ann{a.get("id")}', drops):
-                tracks.append(make_track(idx, [(0, box, images / fname)], 1, drops))
+                mask = json.dumps([a.get('id'), height, width, a.get('segmentation')], separators=(',', ':'))
+                tracks.append(make_track(idx, [(0, box, images / fname, mask)], 1, drops))
         if tracks:
             videos.add(name, tracks)
-    return ParseResult('COCO', str(root), videos.finish(), drops, min_run)
+    return ParseResult('COCO', str(root), videos.finish(mask_kind='coco', mask_source=str(anno),
+                                                       mask_threshold=MASK_THRESHOLDS['COCO']), drops, min_run)
 
 
 def parse_ytb(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
@@ -316,8 +321,56 @@ def parse_lasot(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
     return ParseResult('LASOT', str(root), videos.finish(), drops, min_run)
 
 
+def parse_ytbvos(root: Path, min_run: int, exclude: Exclusion) -> ParseResult:
+    """YouTube-VOS train: the objects and frames of meta.json; boxes come from the masks (crop worker)."""
+    train = root / 'train'
+    meta_path = train / 'meta.json'
+    _expect(meta_path, 'YTBVOS', 'the object list train/meta.json')
+    _expect(train / 'JPEGImages', 'YTBVOS', 'the frame folder train/JPEGImages')
+    _expect(train / 'Annotations', 'YTBVOS', 'the annotation folder train/Annotations')
+    try:
+        meta = json.loads(meta_path.read_text())['videos']
+        if not isinstance(meta, dict):
+            raise TypeError('"videos" is not an object')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LayoutError(f'YTBVOS: {meta_path} is not a YouTube-VOS meta.json ({e!r}).\n'
+                          f'Expected layout: {LAYOUTS["YTBVOS"]}') from None
+    drops, videos = DropLog(), VideoTableBuilder()
+    unknown = (math.nan,) * 4  # the mask's bounding box, found by the crop worker
+    for video in sorted(meta):
+        if exclude(video):
+            continue
+        objects = meta[video].get('objects') if isinstance(meta[video], dict) else None
+        if not isinstance(objects, dict):
+            drops.drop(MALFORMED, 1, f'{meta_path}:{video}', 'video entry without an "objects" object')
+            continue
+        tracks = []
+        for key in sorted(objects, key=lambda k: (len(k), k)):
+            try:
+                obj = int(key)
+                names = objects[key]['frames']
+                if not 0 < obj < 256 or not isinstance(names, list):
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                drops.drop(MALFORMED, 1, f'{meta_path}:{video}/{key}', 'bad object entry')
+                continue
+            rows = []
+            for name in names:
+                if not (isinstance(name, str) and name.isascii() and name.isdigit() and valid_frame(int(name))):
+                    drops.drop(MALFORMED, 1, f'{meta_path}:{video}/{key}', f'bad frame name {name!r}')
+                    continue
+                rows.append((int(name), unknown, train / 'JPEGImages' / video / f'{name}.jpg',
+                             train / 'Annotations' / video / f'{name}.png'))
+            if (t := make_track(obj, rows, min_run, drops)):
+                tracks.append(t)
+        if tracks:
+            videos.add(video, tracks)
+    table = videos.finish(mask_kind='palette', mask_threshold=MASK_THRESHOLDS['YTBVOS'], frame_step=FRAME_STEPS['YTBVOS'])
+    return ParseResult('YTBVOS', str(root), table, drops, min_run)
+
+
 PARSERS = {'VID': parse_vid, 'COCO': parse_coco, 'DET': parse_det, 'YTB': parse_ytb,
-           'GOT10K': parse_got10k, 'LASOT': parse_lasot}
+           'GOT10K': parse_got10k, 'LASOT': parse_lasot, 'YTBVOS': parse_ytbvos}
 
 
 def min_run_for(dataset: str) -> int:
@@ -356,7 +409,8 @@ def parse_raw(dataset: str, root, exclude=()) -> ParseResult:
 
 
 def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
-    """Describe an already-cropped PySOT dataset: crop_dir/<video>/<frame:06d>.<track:02d>.x.jpg + train.json."""
+    """Describe an already-cropped PySOT dataset: crop_dir/<video>/<frame:06d>.<track:02d>.x.jpg + train.json;
+    for COCO and YTBVOS also the SiamMask authors' masks <frame:06d>.<track:02d>.m.png where present."""
     dataset = dataset.upper()
     if dataset not in PARSERS:
         raise LayoutError(f'unknown dataset {dataset!r}; expected one of {", ".join(DATASETS)}')
@@ -372,6 +426,7 @@ def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
     except ValueError as e:
         raise LayoutError(f'{anno} is not a PySOT train.json ({e})') from None
     min_run, drops, videos, exclude = min_run_for(dataset), DropLog(), VideoTableBuilder(), Exclusion(exclude)
+    masks = dataset in MASK_THRESHOLDS
     for video in sorted(meta):
         name = video[2:] if video.startswith('./') else video
         if exclude(name):
@@ -406,10 +461,12 @@ def parse_crop511(dataset: str, crop_dir, anno, exclude=()) -> ParseResult:
                     drops.drop(MALFORMED, 1, f'{anno}:{video}/{tkey}/{fkey}', f'bad box {box!r}')
                     continue
                 if _keep_box(box, f'{anno}:{video}/{tkey}/{fkey}', drops):
-                    rows.append((int(fkey), box, crop_dir / video / f'{int(fkey):06d}.{tid:02d}.x.jpg'))
+                    stem = crop_dir / video / f'{int(fkey):06d}.{tid:02d}'
+                    rows.append((int(fkey), box, f'{stem}.x.jpg') + ((f'{stem}.m.png',) if masks else ()))
             t = make_track(tid, rows, min_run, drops)
             if t:
                 tracks.append(t)
         if tracks:
             videos.add(name, tracks)
-    return _finish(ParseResult(dataset, str(crop_dir), videos.finish(precropped=True), drops, min_run), exclude)
+    table = videos.finish(precropped=True, mask_kind='crop511' if masks else None, frame_step=FRAME_STEPS.get(dataset, 1))
+    return _finish(ParseResult(dataset, str(crop_dir), table, drops, min_run), exclude)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..shards import (ARRAYS_NAME, CorruptCropError, ShardError, ShardIndex, ShardReader, entry_key, lmdb_value_offset,
-                      read_index_meta, release_read_env, repair_hint, shared_read_env)
+from ..shards import (ARRAYS_NAME, CorruptCropError, ShardError, ShardIndex, ShardReader, decode_mask, entry_key,
+                      lmdb_value_offset, read_index_meta, release_read_env, repair_hint, shared_read_env)
 from .crop_worker import decode
 from .writer import BYTES_KEY, DAMAGE_ERRORS, DIGEST_KEY, META_KEYS, chain_digest, iter_markers
 
@@ -62,8 +62,18 @@ class _Cursor:
                'offsets': a['entry_offset'][e0:e1], 'lengths': a['entry_length'][e0:e1], 'crcs': a['entry_crc'][e0:e1]}
         dtypes = {'track_ids': np.int32, 'track_len': np.int32, 'frames': np.int32, 'boxes': np.float32,
                   'offsets': np.uint64, 'lengths': np.uint32, 'crcs': np.uint32}
+        if 'entry_has_mask' in a:
+            got.update({'mask_flags': a['entry_has_mask'][e0:e1], 'mask_lengths': a['entry_mask_length'][e0:e1],
+                        'mask_crcs': a['entry_mask_crc'][e0:e1], 'mask_boxes': a['entry_mask_box'][e0:e1].ravel()})
+            dtypes.update({'mask_flags': np.uint8, 'mask_lengths': np.uint32, 'mask_crcs': np.uint32,
+                           'mask_boxes': np.uint16})
+        elif 'mask_flags' in m:
+            wrong.append('masks (the index has none)')
         for k, dt in dtypes.items():
-            want = np.frombuffer(m[k], dt)
+            if k not in m:  # a video without masks in a folder with masks: all zero in the index
+                want = np.zeros(len(got[k]), dt)
+            else:
+                want = np.frombuffer(m[k], dt)
             if len(want) != len(got[k]) or not np.array_equal(want, got[k].astype(dt)):
                 wrong.append(k)
         if not np.all(a['entry_shard'][e0:e1] == shard):
@@ -103,6 +113,9 @@ def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar) -> list:
             frames = np.frombuffer(m['frames'], np.int32)
             offsets, lengths = np.frombuffer(m['offsets'], np.uint64), np.frombuffer(m['lengths'], np.uint32)
             crcs = np.frombuffer(m['crcs'], np.uint32)
+            masks = 'mask_flags' in m
+            if masks:
+                mask_lengths, mask_crcs = np.frombuffer(m['mask_lengths'], np.uint32), np.frombuffer(m['mask_crcs'], np.uint32)
             k = 0
             for tid, n in zip(tids.tolist(), lens.tolist()):
                 for f in frames[k:k + n].tolist():
@@ -114,10 +127,15 @@ def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar) -> list:
                         if lmdb_value_offset(value, len(key), psize) != int(offsets[k]):
                             problem(f'{path.name}: crop {key.decode()} is not at the byte range its index records '
                                     f'(the value was rewritten after the build)')
-                        crc = zlib.crc32(value)
-                        if len(value) != int(lengths[k]) or crc != int(crcs[k]):
-                            problem(f'{path.name}: crop {key.decode()}: crc32 {crc:08x} / {len(value)} bytes, but '
-                                    f'{int(crcs[k]):08x} / {int(lengths[k])} bytes were recorded at build (damaged data)')
+                        n = int(lengths[k])
+                        crc = zlib.crc32(value[:n])
+                        tail = len(value) - n
+                        if tail != (int(mask_lengths[k]) if masks else 0) or crc != int(crcs[k]):
+                            problem(f'{path.name}: crop {key.decode()}: crc32 {crc:08x} / {min(len(value), n)} bytes '
+                                    f'(+{tail}), but {int(crcs[k]):08x} / {n} bytes were recorded at build (damaged data)')
+                        elif masks and zlib.crc32(value[n:]) != int(mask_crcs[k]):
+                            problem(f'{path.name}: mask of crop {key.decode()}: crc32 {zlib.crc32(value[n:]):08x}, but '
+                                    f'{int(mask_crcs[k]):08x} was recorded at build (damaged data)')
                         bar.update(len(value))
                     k += 1
             entries += k
@@ -178,16 +196,37 @@ def verify_shards(folder, sample: int = 64, seed: int = 0, progress: bool = Fals
 
 
 def _decode_sample(folder: Path, sample: int, seed: int) -> list:
-    """Read (CRC-checked) and decode a random sample of crops as training does."""
+    """Read (CRC-checked) and decode a random sample of crops, and their masks, as training does."""
     r = ShardReader(folder)
     size = r.meta['crop']['crop_size']
     problems = []
     for e in random.Random(seed).sample(range(len(r)), min(sample, len(r))):
         try:
             img = decode(r.jpeg_at(e))
+            mask = r.mask_at(e) if r.entry_has_mask[e] else None
         except CorruptCropError as err:
             problems.append(str(err))
             continue
+        key = entry_key(*r.entry_location(e)).decode()
         if img is None or img.shape != (size, size, 3):
-            problems.append(f'crop {entry_key(*r.entry_location(e)).decode()} does not decode to {size}x{size}x3')
+            problems.append(f'crop {key} does not decode to {size}x{size}x3')
+        if mask is not None and not mask_fits(*mask, size):
+            problems.append(f'mask of crop {key} does not decode to a {{0, 255}} image of its region {mask[1]} '
+                            f'inside the {size}x{size} crop')
     return problems
+
+
+def mask_fits(png: bytes, region: tuple, size: int) -> bool:
+    """A stored mask decodes to a {0, 255} image of its region's size inside the crop, the region
+    touching the mask's pixels on every side (a tight box); an empty mask has no bytes and region 0."""
+    if not png:
+        return tuple(region) == (0, 0, 0, 0)
+    try:
+        full = decode_mask(png, region, size)
+    except ValueError:
+        return False
+    x, y, w, h = region
+    m = full[y:y + h, x:x + w]
+    on = m > 0
+    return bool(np.all((m == 0) | (m == 255)) and on[0].any() and on[-1].any() and on[:, 0].any()
+                and on[:, -1].any())

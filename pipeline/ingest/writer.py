@@ -2,7 +2,8 @@
 
 Videos are committed strictly in build order, one LMDB transaction per video holding its crops, its
 commit marker (``v/<seq>``: the video's tracks, frames, boxes and, per crop, its byte range in
-data.mdb and the CRC32 the crop worker took) and the shard's running payload counter (``m/bytes``)
+data.mdb and the CRC32 the crop worker took; for a dataset with masks also each mask's flag, PNG
+length, CRC32 and region, the PNG stored right after the JPEG in the crop's value) and the shard's running payload counter (``m/bytes``)
 and digest (``m/digest`` = sha256(previous digest + marker bytes)).  Checksums are recorded here,
 once, and only ever compared afterwards.  A video goes into the current shard unless the shard
 already holds data and the video would push its payload past ``shard_size``; then a new shard
@@ -38,8 +39,8 @@ NEW_SHARD_RESERVE = 1 << 20  # free bytes a new shard needs beyond its payload (
 # what reading a damaged shard's LMDB records and markers raises (bad pages, bytes, missing or bad fields)
 DAMAGE_ERRORS = (lmdb.Error, msgpack.UnpackException, ValueError, KeyError, TypeError)
 
-__all__ = ['BuildError', 'ShardSetWriter', 'chain_digest', 'iter_markers', 'read_commits', 'is_disk_full',
-           'disk_full_error']
+__all__ = ['BuildError', 'ShardSetWriter', 'chain_digest', 'entry_values', 'iter_markers', 'mask_marker_fields',
+           'read_commits', 'is_disk_full', 'disk_full_error']
 
 
 def is_disk_full(e: Exception, path=None, need: int = 0) -> bool:
@@ -67,6 +68,25 @@ def disk_full_error(path: Path, e: Exception) -> BuildError:
         free = 'free space unknown'
     return BuildError(f'output disk full while writing {path} ({free}): {e}. Free some space and rerun the '
                       f'same command; the build resumes from the last committed video.')
+
+
+def entry_values(result: dict) -> list:
+    """The LMDB value of each crop of a video result, in entry order: the JPEG bytes, followed by the
+    PNG of its mask when the result has masks (None or b'' adds nothing)."""
+    jpegs = [j for js in result['jpegs'] for j in js]
+    if 'masks' not in result:
+        return jpegs
+    return [j + (m or b'') for j, m in zip(jpegs, (m for ms in result['masks'] for m in ms))]
+
+
+def mask_marker_fields(result: dict) -> dict:
+    """The commit-marker fields of a video result with masks (see `pipeline.shards.MASK_ARRAYS`):
+    per entry a flag (has a mask), the PNG length, its CRC32 and its region x, y, w, h in the crop."""
+    masks = [m for ms in result['masks'] for m in ms]
+    return {'mask_flags': bytes(int(m is not None) for m in masks),
+            'mask_lengths': array('I', [len(m or b'') for m in masks]).tobytes(),
+            'mask_crcs': array('I', [c for cs in result['mask_crcs'] for c in cs]).tobytes(),
+            'mask_boxes': array('H', [v for bs in result['mask_boxes'] for b in bs for v in b]).tobytes()}
 
 
 def chain_digest(previous: bytes, marker: bytes) -> bytes:
@@ -179,9 +199,11 @@ class ShardSetWriter:
         return self._env
 
     def write(self, result: dict) -> int:
-        """Commit one video's crops and marker atomically; returns its shard index."""
+        """Commit one video's crops (each LMDB value: the JPEG, then its mask's PNG if any) and marker
+        atomically; returns its shard index."""
         video = result['video']
-        payload = sum(len(j) for js in result['jpegs'] for j in js)
+        values = entry_values(result)
+        payload = sum(len(v) for v in values)
         i, digest = self.cur, self.cur_digest
         if self.cur_bytes > 0 and self.cur_bytes + payload > self.shard_size:
             i, self.cur_bytes, digest = self.cur + 1, 0, b''
@@ -195,16 +217,17 @@ class ShardSetWriter:
                   'lengths': array('I', [len(j) for js in result['jpegs'] for j in js]).tobytes(),
                   'crcs': array('I', [c for cs in result['crcs'] for c in cs]).tobytes(),
                   'offsets': b'', 'drops': result['drops'], 'files': result['files']}
+        if 'masks' in result:  # only then: markers of datasets without masks stay as they were
+            marker.update(mask_marker_fields(result))
         new_bytes = self.cur_bytes + payload
+        keys = [entry_key(video, tid, f) for tid, frames, _ in tracks for f in frames]
         while True:
             try:
                 with env.begin(write=True, buffers=True) as txn:
                     offsets = array('Q')
-                    for (tid, frames, _), js in zip(tracks, result['jpegs']):
-                        for f, j in zip(frames, js):
-                            key = entry_key(video, tid, f)
-                            txn.put(key, j)
-                            offsets.append(lmdb_value_offset(txn.get(key), len(key), self._psize))
+                    for key, value in zip(keys, values):
+                        txn.put(key, value)
+                        offsets.append(lmdb_value_offset(txn.get(key), len(key), self._psize))
                     marker['offsets'] = offsets.tobytes()
                     raw = msgpack.packb(marker, use_bin_type=True)
                     new_digest = chain_digest(digest, raw)
@@ -219,19 +242,20 @@ class ShardSetWriter:
                 if is_disk_full(e, path, payload):
                     raise disk_full_error(path, e) from None
                 raise
-        self._check_readback(i, offsets, result)
+        self._check_readback(i, offsets, values, result)
         self.cur_bytes, self.cur_digest = new_bytes, new_digest
         self.committed += 1
         return i
 
-    def _check_readback(self, i: int, offsets: array, result: dict):
-        """The first crop read back by its recorded byte range must match the worker's CRC."""
-        flat = [(j, c) for js, cs in zip(result['jpegs'], result['crcs']) for j, c in zip(js, cs)]
-        for off, (j, c) in zip(offsets, flat):
+    def _check_readback(self, i: int, offsets: array, values: list, result: dict):
+        """The first value stored at a byte range, read back from there, must be the value written,
+        and its JPEG part must match the worker's CRC."""
+        jpegs = [(len(j), c) for js, cs in zip(result['jpegs'], result['crcs']) for j, c in zip(js, cs)]
+        for off, value, (n, c) in zip(offsets, values, jpegs):
             if off:
                 fd = os.open(self.out_dir / shard_name(i) / DATA_FILE, os.O_RDONLY)
                 try:
-                    ok = zlib.crc32(os.pread(fd, len(j), off)) == c == zlib.crc32(j)
+                    ok = os.pread(fd, len(value), off) == value and zlib.crc32(value[:n]) == c
                 finally:
                     os.close(fd)
                 if not ok:

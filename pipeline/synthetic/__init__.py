@@ -11,12 +11,13 @@ One module per concern:
   writers, each with what it chooses beyond the layout (tracks, gaps, empty images);
 * `datasets`: `make_dataset` / `make_all`, names and defaults;
 * `eval_sequences`: `make_eval`, held-out OTB-layout sequences;
-* `benchmark_shards`: `make_shards` / `realistic_crops`, built shard folders of realistic crops.
+* `benchmark_shards`: `make_shards` / `realistic_crops` / `realistic_masks`, built shard folders of realistic
+  crops (and masks).
 """
-from .benchmark_shards import make_shards, realistic_crops
+from .benchmark_shards import make_shards, realistic_crops, realistic_masks
 from .datasets import DATASETS, DEFAULTS, MARKERS, canonical_name, make_all, make_dataset, parse_size
 from .eval_sequences import make_eval
 from .faults import BOX_FAULTS, IMAGE_FAULTS
 
-__all__ = ['make_dataset', 'make_all', 'make_eval', 'make_shards', 'realistic_crops', 'canonical_name',
+__all__ = ['make_dataset', 'make_all', 'make_eval', 'make_shards', 'realistic_crops', 'realistic_masks', 'canonical_name',
            'parse_size', 'DATASETS', 'DEFAULTS', 'MARKERS', 'IMAGE_FAULTS', 'BOX_FAULTS']

@@ -16,7 +16,8 @@ from ..fileio import atomic_write
 from ..ingest.crop_worker import CropParams
 from ..ingest.index import assemble_index, write_index
 from ..ingest.writer import ShardSetWriter
-from ..shards import ShardIndex
+from ..crop import box_on_crop
+from ..shards import ShardIndex, encode_mask
 from .datasets import canonical_name
 
 
@@ -34,6 +35,25 @@ def realistic_crops(n: int, seed: int = 0, size: int = 511) -> list:
     return out
 
 
+def realistic_masks(n: int, seed: int = 0, size: int = 511) -> list:
+    """`n` distinct (PNG, region) masks as `pipeline.shards.encode_mask` stores them: an irregular
+    blob centred in the crop, as large as an object of 20-300 px per side is in a SiamFC crop
+    (`box_on_crop`), its outline an ellipse with a wavy radius."""
+    rng = np.random.default_rng([seed, 0x3A5C])
+    out = []
+    for _ in range(int(n)):
+        w, h = rng.uniform(20, 300, 2)
+        x1, y1, x2, y2 = box_on_crop((0, 0, w, h), size)
+        angle = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        radius = 1 + 0.12 * np.sin(rng.integers(2, 6) * angle + rng.uniform(0, 2 * np.pi))
+        pts = np.stack([(x1 + x2) / 2 + (x2 - x1) / 2 * radius * np.cos(angle),
+                        (y1 + y2) / 2 + (y2 - y1) / 2 * radius * np.sin(angle)], 1)
+        mask = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_AA, 4)
+        out.append(encode_mask(mask))
+    return out
+
+
 def _synthetic_layout(entries: int, per_track: int, tracks_per_video: int):
     """(video_track_start, track_entry_start) of `entries` entries in tracks of `per_track`."""
     n_tracks = -(-entries // per_track)
@@ -45,7 +65,7 @@ def _synthetic_layout(entries: int, per_track: int, tracks_per_video: int):
 
 def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256, alias: bool = False,
                 per_track: int = 50, tracks_per_video: int = 2, shard_size: int = 4 << 30, seed: int = 0,
-                overwrite: bool = False, progress: bool = False) -> dict:
+                overwrite: bool = False, progress: bool = False, masks: bool = False) -> dict:
     """A complete shard folder ``out_dir/<dataset>/`` (format of `pipeline.shards`) of `entries` crops
     whose values are `distinct` realistic 511 JPEGs (`realistic_crops`) repeated: videos of
     `tracks_per_video` tracks of `per_track` frames, random boxes.
@@ -54,7 +74,8 @@ def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256
     by the real index assembly (100k entries = about 3.3 GB).  alias=True: only the `distinct` values
     are stored and the index's entries point at them (byte ranges and CRCs of those values): a
     10M-entry index in seconds, for measuring the index and the reader; `--verify` does not apply.
-    Returns {'folder', 'entries', 'bytes', 'seconds'}.
+    masks=True: every entry also has a mask (`realistic_masks`, the one of its value), as COCO and
+    YouTube-VOS folders do (alias=False only).  Returns {'folder', 'entries', 'bytes', 'seconds'}.
     """
     start = time.perf_counter()
     name = canonical_name(dataset)
@@ -66,8 +87,11 @@ def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256
     folder.mkdir(parents=True, exist_ok=True)
     entries, distinct = int(entries), max(1, min(int(distinct), int(entries)))
     rng = np.random.default_rng([seed, entries])
+    if masks and alias:
+        raise ValueError('make_shards: masks=True needs alias=False')
     crops = realistic_crops(distinct, seed)
     crcs = [zlib.crc32(c) for c in crops]
+    mask_values = realistic_masks(distinct, seed) if masks else None
     video_start, track_start = _synthetic_layout(entries, per_track, tracks_per_video)
     videos = len(video_start) - 1
     names = [f'synth/{v:08d}' for v in range(videos)]
@@ -76,6 +100,8 @@ def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256
     boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
     params = {'format_version': 2, 'dataset': name, 'mode': 'synthetic', 'entries': entries, 'distinct': distinct,
               'alias': bool(alias), 'seed': int(seed)}
+    if masks:
+        params['masks'] = True
     atomic_write(folder / 'build_params.json', json.dumps(params, indent=1))
     meta = {'dataset': name, 'crop': CropParams().to_dict(), 'synthetic': params}
     writer = ShardSetWriter(folder, shard_size)
@@ -94,14 +120,21 @@ def make_shards(out_dir, entries: int, dataset: str = 'VID', distinct: int = 256
                     tracks.append([t - int(video_start[v]), list(range(e1 - e0)), boxes[e0:e1].ravel().tolist()])
                     jpegs.append([crops[e % distinct] for e in range(e0, e1)])
                     tcrcs.append([crcs[e % distinct] for e in range(e0, e1)])
-                writer.write({'video': names[v], 'tracks': tracks, 'jpegs': jpegs, 'crcs': tcrcs,
-                              'drops': {}, 'files': []})
+                result = {'video': names[v], 'tracks': tracks, 'jpegs': jpegs, 'crcs': tcrcs, 'drops': {}, 'files': []}
+                if masks:
+                    values = [[mask_values[e % distinct] for e in range(int(track_start[t]), int(track_start[t + 1]))]
+                              for t in range(int(video_start[v]), int(video_start[v + 1]))]
+                    result.update(masks=[[m[0] for m in ms] for ms in values],
+                                  mask_boxes=[[m[1] for m in ms] for ms in values],
+                                  mask_crcs=[[zlib.crc32(m[0]) for m in ms] for ms in values])
+                writer.write(result)
                 bar.update(int(track_start[video_start[v + 1]] - track_start[video_start[v]]))
     finally:
         writer.close()
         bar.close()
     if not alias:
-        index, _, _ = assemble_index(folder, writer.shard_paths(), meta, names)
+        index, _, _ = assemble_index(folder, writer.shard_paths(), meta, names,
+                                     masks={'source': 'synthetic (realistic_masks)'} if masks else None)
         return dict(folder=str(folder), entries=entries, bytes=index['counts']['bytes'],
                     seconds=time.perf_counter() - start)
     # alias: the pool's byte ranges from its (real) index, then entries that point at them

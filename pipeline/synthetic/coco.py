@@ -1,15 +1,20 @@
 """Synthetic COCO 2017 in its raw layout (docs/datasets.md).
 
 1-4 objects an image (image sizes within ±20 % of ``size``), image ids ``139 + 1009 i``, real COCO
-category ids. ``bbox`` floats have 2 decimals; an ``iscrowd=0`` annotation has a polygon (a
-rectangle, or 16 points of an ellipse), an ``iscrowd=1`` one an uncompressed RLE of its box. Image
-index 2 has no annotations; indices 8 and 9 hold one ``iscrowd=1`` annotation each.
+category ids. ``bbox`` floats have 2 decimals (the object's full extent clipped to the image, the
+scene's box convention). The segmentation is, as in COCO, the object's visible pixels (later-drawn
+objects occlude earlier ones; `Scene.label_map`), and ``area`` its pixel count: an ``iscrowd=0``
+annotation has polygons (the outlines of the visible parts, 2 decimals; two or more when an occluder
+splits the object), an ``iscrowd=1`` one an uncompressed RLE (``counts`` a list, column-major, as
+COCO's crowd regions); the first annotation of image 10 has a compressed RLE (``counts`` a string,
+as pycocotools writes it, e.g. in LVIS and results files). Image index 2 has no annotations;
+indices 8 and 9 hold one ``iscrowd=1`` annotation each.
 """
 from __future__ import annotations
 
 import json
-import math
 
+import cv2
 import numpy as np
 
 from ..fileio import atomic_write
@@ -30,6 +35,22 @@ def _rle_counts(mask):
     return ([0] + runs) if flat[0] else runs
 
 
+def _polygons(mask):
+    """COCO polygons (flat x, y lists) of a binary mask's parts, which pycocotools rasterises back to
+    exactly the mask: the outlines of the mask at twice the resolution, at (x + 0.5) / 2."""
+    big = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [[float(v) for v in ((c.reshape(-1, 2) + 0.5) / 2).ravel()] for c in contours if len(c) >= 3]
+
+
+def _compressed_rle(mask) -> dict:
+    """COCO compressed RLE (``counts`` a string), as pycocotools encodes it."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return dict(size=[int(v) for v in rle['size']], counts=rle['counts'].decode('ascii'))
+
+
 def write_coco(out, videos, frames, seed, size, broken, bar):
     images, annotations = [], []
     crowd = 0
@@ -45,29 +66,22 @@ def write_coco(out, videos, frames, seed, size, broken, bar):
         images.append(dict(license=1, file_name=f'{image_id:012d}.jpg', coco_url='',
                            height=wh[1], width=wh[0], date_captured='2017-01-01 00:00:00',
                            flickr_url='', id=image_id))
-        anns = scene.annotations(0)
+        ids = scene.label_map(0)
+        anns = [a for a in scene.annotations(0) if np.any(ids == a.track + 1)]  # COCO: no pixel, no annotation
         cats = rng.choice(len(_COCO_CATEGORIES), max(len(anns), 1))
         for k, ann in enumerate(anns):
             x1, y1, x2, y2 = (round(float(v), 2) for v in ann.box)
             bbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
             is_crowd = int(i in (8, 9) and k == len(anns) - 1)
             crowd += is_crowd
-            ellipse = scene.tracks[ann.track].ellipse
+            visible = ids == ann.track + 1
             if is_crowd:
-                mask = np.zeros((wh[1], wh[0]), np.uint8)
-                mask[int(y1):int(math.ceil(y2)), int(x1):int(math.ceil(x2))] = 1
-                segmentation = dict(counts=_rle_counts(mask), size=[wh[1], wh[0]])
-                area = float(mask.sum())
+                segmentation = dict(counts=_rle_counts(visible), size=[wh[1], wh[0]])
+            elif i == 10 and k == 0:
+                segmentation = _compressed_rle(visible)
             else:
-                if ellipse:
-                    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-                    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-                    poly = np.stack([cx + (x2 - x1) / 2 * np.cos(ang),
-                                     cy + (y2 - y1) / 2 * np.sin(ang)], 1).ravel()
-                else:
-                    poly = np.array([x1, y1, x2, y1, x2, y2, x1, y2])
-                segmentation = [[round(float(p), 2) for p in poly]]
-                area = round((math.pi / 4 if ellipse else 1.0) * bbox[2] * bbox[3], 2)
+                segmentation = _polygons(visible)
+            area = float(np.count_nonzero(visible))
             record = dict(segmentation=segmentation, area=area, iscrowd=is_crowd,
                           image_id=image_id, bbox=bbox,
                           category_id=_COCO_CATEGORIES[int(cats[k])][0], id=len(annotations) + 1)

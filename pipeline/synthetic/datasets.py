@@ -13,10 +13,12 @@ from .coco import write_coco
 from .faults import DatasetFiles
 from .got10k_lasot import write_got10k, write_lasot
 from .imagenet import write_det, write_vid
+from .vos import write_davis, write_ytbvos
 from .youtube_bb import write_ytb
 
-DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT')
-_ALIASES = {'YOUTUBEBB': 'YTB', 'YT_BB': 'YTB', 'GOT-10K': 'GOT10K'}
+DATASETS = ('VID', 'COCO', 'DET', 'YTB', 'GOT10K', 'LASOT', 'YTBVOS', 'DAVIS')
+_ALIASES = {'YOUTUBEBB': 'YTB', 'YT_BB': 'YTB', 'GOT-10K': 'GOT10K', 'YOUTUBEVOS': 'YTBVOS', 'YTB_VOS': 'YTBVOS',
+            'YOUTUBE-VOS': 'YTBVOS'}
 # (videos or images, frames per video, frame size WxH)
 DEFAULTS = {
     'VID': (4, 24, (320, 240)),
@@ -25,12 +27,14 @@ DEFAULTS = {
     'YTB': (4, 16, (384, 216)),
     'GOT10K': (4, 24, (320, 240)),
     'LASOT': (4, 24, (320, 240)),
+    'YTBVOS': (4, 12, (384, 216)),
+    'DAVIS': (4, 16, (427, 240)),
     'EVAL': (4, 60, (320, 240)),
 }
 MARKERS = ('broken.json', 'SYNTH.json')  # files that identify our own output
 
 _WRITERS = {'VID': write_vid, 'COCO': write_coco, 'DET': write_det, 'YTB': write_ytb,
-            'GOT10K': write_got10k, 'LASOT': write_lasot}
+            'GOT10K': write_got10k, 'LASOT': write_lasot, 'YTBVOS': write_ytbvos, 'DAVIS': write_davis}
 
 
 def canonical_name(name: str) -> str:
@@ -77,7 +81,7 @@ def prepare_root(root: Path, overwrite: bool):
 
 def make_dataset(name, out_dir, videos=None, frames=None, seed=0, size=None,
                  broken=True, overwrite=False, progress=False) -> dict:
-    """Write dataset `name` (VID, COCO, DET, YTB, GOT10K, LASOT) in its raw layout.
+    """Write dataset `name` (VID, COCO, DET, YTB, GOT10K, LASOT, YTBVOS, DAVIS) in its raw layout.
 
     `videos` is the number of images for COCO/DET; `frames` is ignored there.
     Defaults are in DEFAULTS. Returns the broken.json manifest plus `root` and

@@ -10,9 +10,11 @@ they apply), the ``counts`` per kind and ``totals`` (``videos``, ``image_files``
 Kinds: ``truncated_jpeg`` (first half of a JPEG), ``corrupt_jpeg`` (SOI marker then garbage),
 ``empty_jpeg`` (0 bytes), ``missing_image`` (annotated, file absent), ``malformed_xml`` (VID/DET:
 the XML cut in half), ``malformed_csv_row`` (YTB: an extra short row with a non-numeric timestamp),
-``box_outside_frame`` (box entirely right of the image), ``degenerate_box`` (w = 0). Faults sit on
-annotated frames of video 0 (image faults) and video 1 (annotation faults), or images 1-8
-(``IMAGE_FAULT_AT``).
+``box_outside_frame`` (box entirely right of the image), ``degenerate_box`` (w = 0); for the
+palette-PNG annotations of YTBVOS and DAVIS (``MASK_FAULTS``): ``corrupt_png`` (PNG signature then
+garbage), ``missing_png`` (listed frame, annotation file absent), ``empty_mask`` (YTBVOS: meta.json
+lists the object in a frame where its annotation has no pixel). Faults sit on annotated frames of
+video 0 (image faults) and video 1 (annotation faults), or images 1-8 (``IMAGE_FAULT_AT``).
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write
-from .scene import encode_jpeg, random_stream
+from .scene import encode_jpeg, encode_palette_png, random_stream
 
 IMAGE_FAULTS = ('truncated_jpeg', 'corrupt_jpeg', 'empty_jpeg', 'missing_image')
 BOX_FAULTS = ('box_outside_frame', 'degenerate_box')
+MASK_FAULTS = ('corrupt_png', 'missing_png', 'empty_mask')
 # the fault of each image index of COCO and DET (COCO, without XML files, skips malformed_xml)
 IMAGE_FAULT_AT = {1: 'truncated_jpeg', 3: 'corrupt_jpeg', 4: 'empty_jpeg', 5: 'missing_image',
                    6: 'box_outside_frame', 7: 'degenerate_box', 8: 'malformed_xml'}
@@ -53,15 +56,28 @@ class DatasetFiles:
             data = data[:2] + self._garbage.integers(0, 256, len(data) // 4, np.uint8).tobytes()
         elif fault == 'empty_jpeg':
             data = b''
-        if fault in IMAGE_FAULTS:
+        return self._store(rel, data, fault, IMAGE_FAULTS, 'missing_image', 'image_files', key)
+
+    def png(self, rel, ids, fault=None, **key):
+        """Write an object-id map as a palette PNG, broken as asked by a PNG fault kind; True if it is
+        readable."""
+        data = encode_palette_png(ids)
+        if fault == 'corrupt_png':
+            data = data[:8] + self._garbage.integers(0, 256, len(data) // 4, np.uint8).tobytes()
+        return self._store(rel, data, fault, ('corrupt_png', 'missing_png'), 'missing_png', 'annotation_files', key)
+
+    def _store(self, rel, data, fault, kinds, missing, total, key):
+        """Record `fault` if it is one of `kinds`, write the file unless it is the `missing` kind and
+        count it in totals[total]; True if the written file is readable."""
+        if fault in kinds:
             self.fault(fault, rel, **key)
-        if fault == 'missing_image':
+        if fault == missing:
             return False
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self.totals['image_files'] += 1
-        return fault not in IMAGE_FAULTS
+        self.totals[total] = self.totals.get(total, 0) + 1
+        return fault not in kinds
 
     def text(self, rel, text):
         path = self.root / rel

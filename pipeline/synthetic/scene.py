@@ -17,6 +17,7 @@ frame; an occluded object keeps its full box. Objects never render as slivers: a
 """
 from __future__ import annotations
 
+import io
 import math
 import zlib
 from dataclasses import dataclass
@@ -134,19 +135,14 @@ def _quantise(boxes, decimals):
     return q
 
 
-def _paint(frame, texture, ellipse, box):
-    """Alpha-blend a textured rectangle/ellipse with exact (sub-pixel) extent `box`.
-
-    Coverage is computed on a _SUPERSAMPLE-times finer grid and area-averaged,
-    so fractional box edges give partial-coverage pixels. Returns the covered
-    area in pixels.
-    """
-    fh, fw = frame.shape[:2]
+def _supersampled_alpha(fh, fw, ellipse, box):
+    """The object's coverage of the pixels of its box: (pixel bounds ix1, iy1, ix2, iy2, alpha on a
+    _SUPERSAMPLE-times finer grid, its u and v coordinates in [0, 1) of the box); None if off-frame."""
     x1, y1, x2, y2 = (float(v) for v in box)
     ix1, iy1 = max(int(math.floor(x1)), 0), max(int(math.floor(y1)), 0)
     ix2, iy2 = min(int(math.ceil(x2)), fw), min(int(math.ceil(y2)), fh)
     if ix2 <= ix1 or iy2 <= iy1:
-        return 0.0
+        return None
     ss = _SUPERSAMPLE
     xs = ix1 + (np.arange((ix2 - ix1) * ss, dtype=np.float32) + 0.5) / ss
     ys = iy1 + (np.arange((iy2 - iy1) * ss, dtype=np.float32) + 0.5) / ss
@@ -156,7 +152,31 @@ def _paint(frame, texture, ellipse, box):
         alpha = ((2 * v[:, None] - 1) ** 2 + (2 * u[None, :] - 1) ** 2 <= 1.0)
     else:
         alpha = ((v[:, None] >= 0) & (v[:, None] < 1)) & ((u[None, :] >= 0) & (u[None, :] < 1))
-    alpha = alpha.astype(np.float32)
+    return (ix1, iy1, ix2, iy2), alpha.astype(np.float32), u, v
+
+
+def coverage(shape, ellipse, box):
+    """Fraction of each pixel of an HxW frame that the object covers (float32, area-averaged)."""
+    fh, fw = shape[:2]
+    out = np.zeros((fh, fw), np.float32)
+    sampled = _supersampled_alpha(fh, fw, ellipse, box)
+    if sampled is not None:
+        (ix1, iy1, ix2, iy2), alpha, _, _ = sampled
+        out[iy1:iy2, ix1:ix2] = cv2.resize(alpha, (ix2 - ix1, iy2 - iy1), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _paint(frame, texture, ellipse, box):
+    """Alpha-blend a textured rectangle/ellipse with exact (sub-pixel) extent `box`.
+
+    Coverage is computed on a _SUPERSAMPLE-times finer grid and area-averaged,
+    so fractional box edges give partial-coverage pixels. Returns the covered
+    area in pixels.
+    """
+    sampled = _supersampled_alpha(frame.shape[0], frame.shape[1], ellipse, box)
+    if sampled is None:
+        return 0.0
+    (ix1, iy1, ix2, iy2), alpha, u, v = sampled
     th, tw = texture.shape[:2]
     map_x = np.broadcast_to(u[None, :] * tw - 0.5, alpha.shape).astype(np.float32)
     map_y = np.broadcast_to(v[:, None] * th - 0.5, alpha.shape).astype(np.float32)
@@ -299,6 +319,17 @@ class Scene:
         """Visible annotated tracks at frame i (list of Annotation)."""
         return self._annotations[i]
 
+    def label_map(self, i):
+        """Object ids of frame i (uint8 HxW): 1 + the track index where that visible track covers at
+        least half of the pixel and no later-drawn track does (later tracks occlude earlier ones, as
+        `frame` paints them); 0 elsewhere.  The masks follow the rendered objects."""
+        w, h = self.size
+        ids = np.zeros((h, w), np.uint8)
+        for ann in self._annotations[i]:
+            obj = self.tracks[ann.track]
+            ids[coverage((h, w), obj.ellipse, obj.boxes[i]) >= 0.5] = ann.track + 1
+        return ids
+
     def frame(self, i):
         """The rendered frame i (uint8 BGR)."""
         w, h = self.size
@@ -316,6 +347,38 @@ class Scene:
 def encode_jpeg(img) -> bytes:
     """A rendered frame as the JPEG bytes every synthetic dataset stores."""
     return cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+
+
+def _voc_palette() -> list:
+    """The 256-colour PASCAL VOC colour map that DAVIS and YouTube-VOS annotations use (index 0 black,
+    1 dark red, 2 dark green, ..., 255 the void colour 224, 224, 192)."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for bit in range(7, -1, -1):
+            r |= (c & 1) << bit
+            g |= ((c >> 1) & 1) << bit
+            b |= ((c >> 2) & 1) << bit
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+VOC_PALETTE = _voc_palette()
+
+
+def encode_palette_png(ids) -> bytes:
+    """An object-id map (uint8 HxW) as the palette PNG of DAVIS / YouTube-VOS annotations: the pixel
+    value is the object id, the palette only colours it (OpenCV cannot write palette PNGs)."""
+    from PIL import Image
+
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    img = Image.frombytes('P', (ids.shape[1], ids.shape[0]), ids.tobytes())
+    img.putpalette(VOC_PALETTE)
+    buf = io.BytesIO()
+    img.save(buf, format='PNG')
+    return buf.getvalue()
 
 
 def int_box(box):
