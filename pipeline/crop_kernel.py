@@ -21,6 +21,13 @@ in a fresh environment: ~10 s).  Semantics are PySOT's `Augmentation` as execute
 
 Output: (3, S, S) float32 BGR, CHW.  Pixels agree with the reference to within one grey level
 (cv2 quantises bilinear weights to 1/32 pixel and 15-bit coefficients).
+
+`render_mask` does the same crop for a SiamMask search mask (the SiamMask authors'
+`siam_mask_dataset.py`): the stored {0, 255} mask read as {0, 1}, bilinear at the same sample
+points as the search image (zero outside the stored region and the 511 crop), flipped with it,
+then `> 0.5` -> +1, else -1; no gray, colour or blur.  The weights are exact (cv2 rounds the
+sample points to 1/32 pixel), so a pixel can differ from the authors' only where the
+interpolated value lies within 1/32 of 0.5, on the object's outline.
 """
 from __future__ import annotations
 
@@ -203,3 +210,51 @@ def render_crop(out, image, params):
     if blur > 0:
         no_colour = params[_OFF] == 0 and params[_OFF + 1] == 0 and params[_OFF + 2] == 0
         _cross_blur(out, target, blur, np.float64(params[_WX]), no_colour)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _inside(index, width):
+    """[first, last) of the output positions whose two taps (index, index + 1) are not both
+    outside [0, width) (a contiguous run: the taps are monotonic)."""
+    first, last = index.shape[0], 0
+    for j in range(index.shape[0]):
+        if index[j] + 1 >= 0 and index[j] < width:
+            first = min(first, j)
+            last = j + 1
+    return first, max(first, last)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def render_mask(out, mask, params):
+    """Render one search mask: out (1, S, S) float32 in {-1, +1} from mask (h, w, 1) uint8
+    (the stored region of the object's mask, HWC; nonzero = object) and the `crop_params`
+    vector of the search image taken with the region's top-left pixel as origin (gray, colour
+    and blur are ignored)."""
+    size = out.shape[1]
+    height, width = mask.shape[0], mask.shape[1]
+    flip = params[_FLIP] > 0.5
+    x_index, x_weight = _taps(np.float64(params[_X1]), np.float64(params[_SX]), size, flip)
+    y_index, y_weight = _taps(np.float64(params[_Y1]), np.float64(params[_SY]), size, False)
+    plane = out[0]
+    plane[:, :] = -1.0
+    # The region as {0, 1} floats with a zero border of one pixel: every tap of an output
+    # position inside [first, last) then reads inside it, without bounds checks.
+    padded = np.zeros((height + 2, width + 2), np.float32)
+    for r in range(height):
+        for c in range(width):
+            if mask[r, c, 0] > 0:
+                padded[r + 1, c + 1] = 1.0
+    col_first, col_last = _inside(x_index, width)
+    row_first, row_last = _inside(y_index, height)
+    for i in range(row_first, row_last):
+        top_row = padded[y_index[i] + 1]
+        bottom_row = padded[y_index[i] + 2]
+        wy = y_weight[i]
+        line = plane[i]
+        for j in range(col_first, col_last):
+            a = x_index[j] + 1
+            wx = x_weight[j]
+            top = top_row[a] + wx * (top_row[a + 1] - top_row[a])
+            bottom = bottom_row[a] + wx * (bottom_row[a + 1] - bottom_row[a])
+            if top + wy * (bottom - top) > 0.5:
+                line[j] = 1.0

@@ -6,6 +6,13 @@ missing, short, failed checksum, unreadable shard), when its bytes fail the chea
 `pipeline.crop_check` (not a complete JPEG, wrong size), or when DALI's decoder rejects it
 (the loader reports that with `mark_bad`).  Each is logged once, with its dataset and entry, and
 never read again; the loader replaces the pair.  Any other error from a reader propagates.
+
+SiamMask search masks are read the same way, under refs of their own (`mask_ref`): `read`
+returns the mask decoded (the PNG of its region, with OpenCV, in the reader thread), or None
+when it is unusable (`CorruptCropError`, a PNG that does not decode to the region the index
+records); the pair is then replaced as for a crop, while the crop itself stays usable.
+Decoding here was measured cheaper than DALI's decoder (36 vs 47 us of CPU per mask) and
+keeps the graph's mask input the same on the CPU and the GPU.
 """
 from __future__ import annotations
 
@@ -13,12 +20,42 @@ import logging
 import threading
 from collections import defaultdict
 
+import cv2
 import numpy as np
 
 from pipeline.crop_check import crop_problem
 from pipeline.shards import CorruptCropError
 
 log = logging.getLogger("pipeline.loader")
+
+MASK_TAG = 1    # third element of a mask's ref: (dataset, entry, MASK_TAG)
+# The graph input of a pair without a mask label (negatives, datasets without masks) and of an
+# empty mask: one background pixel at the crop's origin.
+NO_MASK = (np.zeros((1, 1, 1), np.uint8), (0, 0))
+
+
+def mask_ref(dataset: int, entry: int) -> tuple:
+    """The ref of an entry's search mask (a crop's ref is (dataset, entry))."""
+    return int(dataset), int(entry), MASK_TAG
+
+
+def is_mask_ref(ref) -> bool:
+    return len(ref) == 3
+
+
+def decode_mask_region(png: bytes, box, crop_size: int):
+    """(region (h, w, 1) uint8 of {0, 1}, (x, y)) from `ShardReader.mask_at`'s (PNG, box), or a
+    one-line reason (str) why the mask is unusable; `NO_MASK` for an empty mask."""
+    x, y, w, h = (int(v) for v in box)
+    if not png:
+        return NO_MASK
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > crop_size or y + h > crop_size:
+        return f"mask region {w}x{h} at ({x}, {y}) is not inside the {crop_size}x{crop_size} crop"
+    mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None or mask.shape != (h, w) or mask.dtype != np.uint8:
+        got = "nothing" if mask is None else f"{mask.dtype} {'x'.join(map(str, mask.shape))}"
+        return f"mask PNG decodes to {got}, expected uint8 {h}x{w}"
+    return np.greater(mask, 0).view(np.uint8)[:, :, None], (x, y)
 
 
 class CropSource:
@@ -34,8 +71,11 @@ class CropSource:
         self.bad = set()              # refs known to be unusable
         self._lock = threading.Lock()
 
-    def read(self, ref) -> bytes | None:
-        """JPEG bytes of crop `ref`, or None if it is unusable (then it is marked bad)."""
+    def read(self, ref):
+        """JPEG bytes of crop `ref`, or the decoded search mask (`decode_mask_region`) of a
+        `mask_ref`; None if it is unusable (then it is marked bad)."""
+        if is_mask_ref(ref):
+            return self._read_mask(mask_ref(ref[0], ref[1]))
         ref = (int(ref[0]), int(ref[1]))
         if ref in self.bad:
             return None
@@ -50,29 +90,44 @@ class CropSource:
             return None
         return data
 
+    def _read_mask(self, ref):
+        if ref in self.bad:
+            return None
+        try:
+            png, box = self.readers[ref[0]].mask_at(ref[1])
+        except CorruptCropError as err:
+            self.mark_bad(ref, str(err))
+            return None
+        mask = decode_mask_region(png, box, self.crop_sizes[ref[0]])
+        if isinstance(mask, str):
+            self.mark_bad(ref, mask)
+            return None
+        return mask
+
     def read_many(self, refs) -> list:
         """`read` for each ref, in order (one task of a reader thread)."""
         return [self.read(ref) for ref in refs]
 
     def is_bad(self, ref) -> bool:
-        return (int(ref[0]), int(ref[1])) in self.bad
+        return tuple(int(v) for v in ref) in self.bad
 
     def mark_bad(self, ref, why: str) -> bool:
-        """Record crop `ref` as unusable (logged the first time); True if it was not known."""
-        ref = (int(ref[0]), int(ref[1]))
+        """Record crop (or mask) `ref` as unusable (logged the first time); True if it was not
+        known."""
+        ref = tuple(int(v) for v in ref)
         with self._lock:
             if ref in self.bad:
                 return False
             self.bad.add(ref)
-        log.warning("unusable crop, skipped: dataset %s entry %d (%s)", self.names[ref[0]],
-                    ref[1], why)
+        log.warning("unusable %s, skipped: dataset %s entry %d (%s)",
+                    "mask" if is_mask_ref(ref) else "crop", self.names[ref[0]], ref[1], why)
         return True
 
     def prefetch(self, refs) -> None:
         """Advisory read-ahead of crops needed soon (readers that offer `prefetch(entries)`)."""
         by_dataset = defaultdict(list)
-        for d, e in np.asarray(refs, np.int64).reshape(-1, 2).tolist():
-            by_dataset[d].append(e)
+        for ref in refs:   # a mask lies beside its crop: the crop's hint covers it
+            by_dataset[int(ref[0])].append(int(ref[1]))
         for d, entries in by_dataset.items():
             hint = getattr(self.readers[d], "prefetch", None)
             if hint is not None:

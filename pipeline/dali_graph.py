@@ -47,18 +47,20 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import do_not_convert
 from nvidia.dali.tensors import TensorListCPU
 
-from pipeline.crop_kernel import crop_params, render_crop
+from pipeline.crop_kernel import crop_params, render_crop, render_mask
 from pipeline.sampling import AugBatch, PlanBatch
 
 IMAGES = ("z", "x")  # template, search
-FIELDS = ("jpeg", "roi_anchor", "roi_shape", "roi_start", "roi_end", "gray", "blur",
-          "col_kernel", "row_kernel", "offset", "params")
-_KERNEL_FIELDS = {"jpeg", "roi_anchor", "roi_shape", "params"}
-
-
-def input_name(image: str, field: str) -> str:
-    """Name of the external_source feeding `field` of `image` ('z' or 'x')."""
-    return f"{image}_{field}"
+# Every input is fed as one batch of 2N samples, the N templates then the N search images (DALI
+# wants one batch size from all its inputs), and split into the two images in the graph.
+# Inputs of the one decoder:
+DECODE_FIELDS = ("jpeg", "roi_anchor", "roi_shape")
+# Inputs of the pixel work of each image:
+FIELDS = ("roi_start", "roi_end", "gray", "blur", "col_kernel", "row_kernel", "offset", "params")
+_KERNEL_FIELDS = {"params"}
+# Inputs of the search mask's crop (SiamMask graphs; placeholders in the template rows):
+MASK_FIELDS = ("mask", "mask_params", "mask_matrix")
+IS_SEARCH = "is_search"   # the per-sample flag the graph splits the batch by
 
 
 def decode_regions(crops, image_size: int, roi: bool) -> tuple:
@@ -108,17 +110,17 @@ def resize_window(aug, roi_anchor=(0, 0)) -> tuple:
     return start[0], end[0]
 
 
-def blur_kernels(augs) -> tuple:
+def blur_kernels(augs, taps: int = 1) -> tuple:
     """(column (N, k, 1), row (N, 1, k)) float32 whose filter sums are PySOT's cross kernels.
 
-    Every kernel is centred in the batch's largest size k (odd), zero outside its own
-    size: zero taps add exact zeros, so the filter result is the same as with the sample's
-    own size, and the batch is one dense array (cheap to feed).  Samples that are not
-    blurred get zeros: the graph routes them around the filters.
+    Every kernel is centred in k taps, the batch's largest size (odd; at least `taps`), zero
+    outside its own size: zero taps add exact zeros, so the filter result is the same as
+    with the sample's own size, and the batch is one dense array (cheap to feed).  Samples
+    that are not blurred get zeros: the graph routes them around the filters.
     """
     augs = AugBatch.stack(augs)
     sizes = augs.blur_size
-    k = max(1, int(sizes.max(initial=1)))
+    k = max(1, int(taps), int(sizes.max(initial=1)))
     inside = np.abs(np.arange(k) - k // 2)[None, :] <= (sizes // 2)[:, None]
     inside &= (sizes > 0)[:, None]
     per_tap = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1), 0.0)
@@ -127,36 +129,55 @@ def blur_kernels(augs) -> tuple:
     return col[:, :, None], row[:, None, :]
 
 
-def _native_inputs(augs, gray, anchors) -> dict:
-    """Batch values of the native-operator fields for one image of every pair (vectorised)."""
-    start, end = resize_windows(augs, anchors)
-    col, row = blur_kernels(augs)
-    return {"roi_start": start, "roi_end": end, "gray": np.asarray(gray, bool).copy(),
-            "blur": augs.blur_size > 0, "col_kernel": col, "row_kernel": row,
-            "offset": augs.color_offset}
+def image_inputs(augs, gray, anchors, fields=FIELDS, blur_taps: int = 1) -> dict:
+    """Field -> batch of external_source values for one image ('z' or 'x') of every pair.
 
-
-def batch_inputs(augs, jpegs, gray, image_size: int, roi: bool, fields=FIELDS) -> dict:
-    """Field -> batch of external_source values for one image ('z' or 'x') of a batch.
-
-    `augs`: an AugBatch (or ImageAugs).  Dense arrays for everything but the JPEG bytes (much
-    cheaper for DALI to take than lists of small arrays), computed vectorised over the batch.
+    `augs`: an AugBatch (or ImageAugs); `anchors`: the (N, 2) origins of the decoded regions
+    (`decode_regions`); `blur_taps`: the least size of the blur kernels (`blur_kernels`).
+    Dense arrays (much cheaper for DALI to take than lists of small arrays), computed
+    vectorised over the batch.
     """
     augs = AugBatch.stack(augs)
     gray = np.asarray(gray, bool).reshape(len(augs))
-    anchors, shapes = decode_regions(augs.crop, image_size, roi)
-    # One TensorListCPU for the bytes: built here (in the loader's read-ahead thread) it leaves
-    # the feeding thread ~1 us a crop against ~5 us for a list of arrays (measured).
-    out = {"jpeg": TensorListCPU([np.frombuffer(j, np.uint8) for j in jpegs]),
-           "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32)}
+    out = {}
     if "params" in fields:
         out["params"] = crop_params(augs, gray, anchors)
     if "roi_start" in fields:
-        out.update(_native_inputs(augs, gray, anchors))
+        start, end = resize_windows(augs, anchors)
+        col, row = blur_kernels(augs, blur_taps)
+        out.update({"roi_start": start, "roi_end": end, "gray": gray.copy(),
+                    "blur": augs.blur_size > 0, "col_kernel": col, "row_kernel": row,
+                    "offset": augs.color_offset})
+    return {field: out[field] for field in fields}
+
+
+def mask_inputs(augs, masks, fields=MASK_FIELDS) -> dict:
+    """Field -> (N-sample) external_source values for the search masks of every pair.
+
+    `augs`: the search images' AugBatch; `masks`: one `(region, (x, y))` per pair, region an
+    (h, w, 1) uint8 array of {0, 1} (1 = object) whose top-left pixel is (x, y) of the 511
+    crop (`pipeline.crop_source.NO_MASK` where the pair has none).  The mask is cropped at the
+    search image's sample points: 'mask_params' for the fused kernel, 'mask_matrix' (the
+    destination -> source affine map of `fn.warp_affine`, pixel centres at +0.5, a flip
+    included) for the native operators: the same map as the image's `resize_windows`.
+    """
+    augs = AugBatch.stack(augs)
+    origins = np.array([origin for _, origin in masks], np.float64).reshape(len(augs), 2)
+    out = {"mask": [region for region, _ in masks]}
+    if "mask_params" in fields:
+        out["mask_params"] = crop_params(augs, np.zeros(len(augs), bool), origins)
+    if "mask_matrix" in fields:
+        start, end = resize_windows(augs, origins)      # (y, x)
+        scale = (end - start) / augs.out_size
+        matrix = np.zeros((len(augs), 2, 3), np.float32)
+        matrix[:, 0, 0], matrix[:, 0, 2] = scale[:, 1], start[:, 1]
+        matrix[:, 1, 1], matrix[:, 1, 2] = scale[:, 0], start[:, 0]
+        out["mask_matrix"] = matrix
     return {field: out[field] for field in fields}
 
 
 def _fields(roi: bool, gray: bool, blur: bool, kernel: bool) -> tuple:
+    """The per-image fields an image's rendering reads."""
     if kernel:
         skip = set(FIELDS) - _KERNEL_FIELDS
     else:
@@ -165,9 +186,18 @@ def _fields(roi: bool, gray: bool, blur: bool, kernel: bool) -> tuple:
             skip.add("gray")
         if not blur:
             skip |= {"blur", "col_kernel", "row_kernel"}
-    if not roi:
-        skip |= {"roi_anchor", "roi_shape"}
     return tuple(f for f in FIELDS if f not in skip)
+
+
+def graph_fields(roi: bool, gray: bool, template_blur: bool, search_blur: bool, kernel: bool,
+                 mask: bool = False) -> dict:
+    """What a graph reads: 'decode', 'z', 'x', 'mask' -> field names ('mask' empty without
+    masks); 'inputs' -> every external_source, in feeding order (`IS_SEARCH` included)."""
+    decode = DECODE_FIELDS if roi else ("jpeg",)
+    z, x = _fields(roi, gray, template_blur, kernel), _fields(roi, gray, search_blur, kernel)
+    masks = ("mask", "mask_params" if kernel else "mask_matrix") if mask else ()
+    inputs = decode + tuple(f for f in FIELDS if f in z or f in x) + masks + (IS_SEARCH,)
+    return {"decode": decode, "z": z, "x": x, "mask": masks, "inputs": inputs}
 
 
 def _run_crop_kernel(out, image, params):
@@ -176,13 +206,17 @@ def _run_crop_kernel(out, image, params):
     render_crop(out[:], image[:], params[:])
 
 
+def _run_mask_kernel(out, mask, params):
+    render_mask(out[:], mask[:], params[:])
+
+
 @do_not_convert
-def _chw_shape(size: int):
-    """numba_function setup: every output sample is (3, size, size)."""
+def _chw_shape(channels: int, size: int):
+    """numba_function setup: every output sample is (channels, size, size)."""
     def setup(outs, ins):
         shapes = outs[0]
         for i in range(len(shapes)):
-            shapes[i][0] = 3
+            shapes[i][0] = channels
             shapes[i][1] = size
             shapes[i][2] = size
     return setup
@@ -196,7 +230,16 @@ def _crop_operator(size: int):
     operator object only carries their addresses, so one instance serves every graph.
     """
     from nvidia.dali.plugin.numba.experimental import NumbaFunction
-    return NumbaFunction(run_fn=_run_crop_kernel, setup_fn=_chw_shape(size),
+    return NumbaFunction(run_fn=_run_crop_kernel, setup_fn=_chw_shape(3, size),
+                         in_types=[types.UINT8, types.FLOAT], ins_ndim=[3, 1],
+                         out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _mask_operator(size: int):
+    """The search-mask crop operator (`pipeline.crop_kernel.render_mask`) for side `size`."""
+    from nvidia.dali.plugin.numba.experimental import NumbaFunction
+    return NumbaFunction(run_fn=_run_mask_kernel, setup_fn=_chw_shape(1, size),
                          in_types=[types.UINT8, types.FLOAT], ins_ndim=[3, 1],
                          out_types=[types.FLOAT], outs_ndim=[3], batch_processing=False)
 
@@ -220,12 +263,9 @@ def decode_image(src, device: str, roi: bool, hw_decoder_load: float | None = No
     return fn.decoders.image(src["jpeg"], **options)
 
 
-def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gray: bool,
-            blur: bool, kernel: bool, decoder: dict):
-    # The JPEG bytes are not copied by DALI (no_copy): whoever feeds them keeps them alive and
-    # unchanged until the run's outputs are taken (on a GPU: until the outputs are copied).
-    src = {f: fn.external_source(name=input_name(image, f), no_copy=f == "jpeg") for f in fields}
-    img = decode_image(src, device, roi, **decoder)
+def _render(img, src: dict, out_size: int, gray: bool, blur: bool, kernel: bool):
+    """One image of every pair from its decoded regions `img` and its inputs `src`:
+    (N, 3, S, S) float32 BGR."""
     if kernel:  # CPU: all pixel work in one fused operator (pipeline.crop_kernel)
         return _crop_operator(out_size)(img, src["params"])
     img = fn.resize(img, size=[out_size, out_size], roi_start=src["roi_start"],
@@ -247,44 +287,100 @@ def _render(image: str, fields: tuple, out_size: int, device: str, roi: bool, gr
     return img
 
 
+def _render_mask(src: dict, out_size: int, device: str, kernel: bool):
+    """The search mask of every pair from its inputs `src`: (N, 1, S, S) float32, +1 object,
+    -1 elsewhere."""
+    if kernel:
+        return _mask_operator(out_size)(src["mask"], src["mask_params"])
+    mask = src["mask"].gpu() if device == "gpu" else src["mask"]
+    # bilinear at the search image's sample points, 0 outside the stored region and the crop
+    mask = fn.warp_affine(mask, matrix=src["mask_matrix"], size=[out_size, out_size],
+                          fill_value=0, inverse_map=True, interp_type=types.INTERP_LINEAR,
+                          dtype=types.FLOAT)
+    mask = fn.cast(mask > 0.5, dtype=types.FLOAT) * 2.0 - 1.0
+    return fn.reshape(mask, shape=[1, out_size, out_size], layout="CHW")
+
+
 @pipeline_def(enable_conditionals=True)
 def _pair_graph(fields, template_size, search_size, device, roi, gray, template_blur,
                 search_blur, kernel, decoder):
-    z = _render("z", fields["z"], template_size, device, roi, gray, template_blur, kernel, decoder)
-    x = _render("x", fields["x"], search_size, device, roi, gray, search_blur, kernel, decoder)
+    # The JPEG bytes are not copied by DALI (no_copy): whoever feeds them keeps them alive and
+    # unchanged until the run's outputs are taken (on a GPU: until the outputs are copied).
+    src = {f: fn.external_source(name=f, no_copy=f == "jpeg") for f in fields["inputs"]}
+    is_search = src.pop(IS_SEARCH)
+    # One decoder call for both images of every pair (one thread pool and one set of buffers,
+    # batches of 2N for the hardware decoder); then every batch is split into the template
+    # and the search half by the per-sample flag, with the operator DALI's own `if`
+    # statements are lowered to.
+    src["image"] = decode_image(src, device, roi, **decoder)
+    halves = {f: fn._conditional.split(v, predicate=is_search) for f, v in src.items()
+              if f not in fields["decode"]}
+    x_src, z_src = ({f: h[k] for f, h in halves.items()} for k in (0, 1))
+    z = _render(z_src["image"], z_src, template_size, gray, template_blur, kernel)
+    x = _render(x_src["image"], x_src, search_size, gray, search_blur, kernel)
+    if fields["mask"]:
+        return z, x, _render_mask(x_src, search_size, device, kernel)
     return z, x
 
 
 @dataclass(frozen=True, eq=False)
 class GraphInputs:
-    """How a batch of plans and JPEG bytes becomes the graph's external_source values.
+    """How a batch of plans, JPEG bytes and (SiamMask) search masks becomes the graph's
+    external_source values (each a batch of 2N: templates, then search images).
 
     Pure and thread-safe (no pipeline involved): the loader's read-ahead thread prepares
     runs with it while the graph renders earlier ones.
     """
-    fields: dict        # 'z' / 'x' -> the fields the graph reads
+    fields: dict        # `graph_fields`
     image_size: int
     roi: bool
 
-    def values(self, plans, template_jpegs, search_jpegs) -> dict:
-        """external_source name -> batch values for a PlanBatch (or PairPlans) and its bytes."""
+    @property
+    def masks(self) -> bool:
+        """Whether the graph crops search masks (and wants them in `values`)."""
+        return bool(self.fields["mask"])
+
+    def values(self, plans, template_jpegs, search_jpegs, masks=None) -> dict:
+        """external_source name -> batch values for a PlanBatch (or PairPlans), its bytes and,
+        for a mask graph, its search masks (`mask_inputs`)."""
         plans = PlanBatch.stack(plans)
-        out = {}
-        for image, augs, jpegs in (("z", plans.template, template_jpegs),
-                                   ("x", plans.search, search_jpegs)):
-            values = batch_inputs(augs, jpegs, plans.gray, self.image_size, self.roi,
-                                  self.fields[image])
-            out.update((input_name(image, f), v) for f, v in values.items())
-        return out
+        n = len(plans)
+        wanted = self.fields["inputs"]
+        anchors, shapes = decode_regions(np.concatenate([plans.template.crop, plans.search.crop]),
+                                         self.image_size, self.roi)
+        # One TensorListCPU for the bytes: built here (in the loader's read-ahead thread) it
+        # leaves the feeding thread ~1 us a crop against ~5 us for a list of arrays (measured).
+        out = {"jpeg": TensorListCPU([np.frombuffer(j, np.uint8)
+                                      for j in (*template_jpegs, *search_jpegs)]),
+               "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32),
+               IS_SEARCH: np.arange(2 * n) >= n}
+        image_fields = [f for f in FIELDS if f in wanted]
+        taps = int(max(plans.template.blur_size.max(initial=1), plans.search.blur_size.max(initial=1)))
+        z = image_inputs(plans.template, plans.gray, anchors[:n], image_fields, taps)
+        x = image_inputs(plans.search, plans.gray, anchors[n:], image_fields, taps)
+        out.update((f, np.concatenate([z[f], x[f]])) for f in image_fields)
+        if self.masks:
+            if masks is None or len(masks) != n:
+                raise ValueError(f"a mask graph needs one search mask per pair ({n}), got "
+                                 f"{None if masks is None else len(masks)}")
+            values = mask_inputs(plans.search, masks, self.fields["mask"])
+            out["mask"] = TensorListCPU([_NO_REGION] * n + values.pop("mask"), layout="HWC")
+            out.update((f, np.concatenate([np.zeros_like(v), v])) for f, v in values.items())
+        return {f: out[f] for f in wanted}
+
+
+_NO_REGION = np.zeros((1, 1, 1), np.uint8)   # the template rows' mask placeholder
 
 
 class PairGraph:
     """The built pair-rendering pipeline plus the knowledge of how to feed it.
 
-    Outputs per run: template (B, 3, Tz, Tz) and search (B, 3, Tx, Tx), CHW float32 BGR.
+    Outputs per run: template (B, 3, Tz, Tz) and search (B, 3, Tx, Tx), CHW float32 BGR, and
+    with `mask` the search mask (B, 1, Tx, Tx) float32 in {-1, +1} (SiamMask).
     device 'cpu' runs CPU operators only (device_id None); 'gpu' decodes with 'mixed' and
-    does the pixel work on GPU `device_id`.  `gray`, `template_blur`, `search_blur` drop
-    operators statically when the config never uses them (the graph is otherwise the same).
+    does the pixel work on GPU `device_id`.  Both images of a pair are decoded by one decoder
+    call (2B samples).  `gray`, `template_blur`, `search_blur` drop operators statically when
+    the config never uses them (the graph is otherwise the same).
     The graph has no random operators, so results do not depend on `num_threads`.
     Batches may be smaller than `batch_size` (external_source accepts partial batches).
     `prefetch_queue_depth`: DALI's queue depth (the first `schedule` then runs that many fed
@@ -298,7 +394,8 @@ class PairGraph:
                  image_size: int = 511, roi_decode: bool = True, gray: bool = True,
                  template_blur: bool = True, search_blur: bool = True,
                  prefetch_queue_depth: int = 1, kernel: bool | None = None,
-                 hw_decoder_load: float | None = None, fancy_upsampling: bool | None = None):
+                 hw_decoder_load: float | None = None, fancy_upsampling: bool | None = None,
+                 mask: bool = False):
         if device not in ("cpu", "gpu"):
             raise ValueError(f"DALI device must be 'cpu' or 'gpu', got {device!r}")
         kernel = device == "cpu" if kernel is None else bool(kernel)
@@ -311,14 +408,15 @@ class PairGraph:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = device
-        self.inputs = GraphInputs({"z": _fields(roi_decode, gray, template_blur, kernel),
-                                   "x": _fields(roi_decode, gray, search_blur, kernel)},
-                                  int(image_size), bool(roi_decode))
-        self.pipe = _pair_graph(self.inputs.fields, template_size, search_size, device,
+        self.mask = bool(mask)
+        fields = graph_fields(roi_decode, gray, template_blur, search_blur, kernel, self.mask)
+        self.inputs = GraphInputs(fields, int(image_size), bool(roi_decode))
+        # DALI's batch size bounds every operator's batch: the decoder's is 2 x batch_size.
+        self.pipe = _pair_graph(fields, template_size, search_size, device,
                                 roi_decode, gray, template_blur, search_blur, kernel,
                                 {"hw_decoder_load": hw_decoder_load,
                                  "fancy_upsampling": fancy_upsampling},
-                                batch_size=batch_size, num_threads=num_threads,
+                                batch_size=2 * batch_size, num_threads=num_threads,
                                 device_id=device_id if device == "gpu" else None,
                                 prefetch_queue_depth=prefetch_queue_depth)
         self.pipe.build()
@@ -336,7 +434,7 @@ class PairGraph:
         self.pipe.schedule_run()
 
     def outputs(self, cuda_stream=None):
-        """(template, search) TensorLists of the oldest scheduled batch.
+        """(template, search[, mask]) TensorLists of the oldest scheduled batch.
 
         With DALI's default (dynamic) executor every output batch is a fresh allocation that
         stays valid while referenced.  `cuda_stream` (GPU): the stream that will read the

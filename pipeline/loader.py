@@ -32,7 +32,8 @@ import torch
 from nvidia.dali import fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from pipeline.batch import BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, NEG, SEARCH, TEMPLATE
+from pipeline.batch import (BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, LABEL_MASK,
+                            LABEL_MASK_WEIGHT, NEG, SEARCH, TEMPLATE)
 from pipeline.crop_source import CropSource
 from pipeline.dali_graph import PairGraph, decode_image
 from pipeline.devices import cores_per_process, dali_device_id, resolve_device
@@ -40,7 +41,7 @@ from pipeline.prepare import BatchPreparer, LabelInputs
 from pipeline.read_ahead import ReadAhead
 from pipeline.sampling import PairSampler
 from pipeline.shards import open_shard_readers
-from pipeline.targets import AnchorTargets
+from pipeline.targets import AnchorTargets, mask_weight
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ class PairLoader:
             # while the first waits to be taken (measured on the CPU: both done after a pause);
             # a deeper queue would make the first schedule_run demand that many fed runs.
             kernel=crop_kernel, prefetch_queue_depth=1,
-            hw_decoder_load=self.hw_decoder_load if on_gpu else None)
+            hw_decoder_load=self.hw_decoder_load if on_gpu else None,
+            # SiamMask: the search mask and its weight (pipeline.batch.MASK_LABELS)
+            mask=bool(cfg.MASK.MASK))
         # Built now, not at the first batch: on the CPU this compiles the crop kernel's DALI
         # callbacks (~6 s, more on a cold numba cache), which is start-up, not data wait.
         self.graph = self._new_graph()
@@ -179,7 +182,7 @@ class PairLoader:
         # (nothing in the preparer refers back to the loader: a dropped loader is freed at once,
         # with its DALI pipeline, not later by the garbage collector in a forked child)
         labels = LabelInputs(self.seed, self.rank, self.targets.anchor_count,
-                             pinned=self.device.type == "cuda")
+                             pinned=self.device.type == "cuda", masks=self._graph_options["mask"])
         self.preparer = BatchPreparer(self.sampler, self.source, self._rank_indices,
                                       self.batch_size, self.graph.inputs, labels)
         self._pool = None
@@ -289,26 +292,32 @@ class PairLoader:
         (views into the run's tensors: no copy)."""
         self._scheduled -= 1
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        z, x = self.graph.outputs(stream)
+        outputs = self.graph.outputs(stream)
         n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
-        template, search = self._to_torch(z, (n, 3, tz, tz)), self._to_torch(x, (n, 3, tx, tx))
+        shapes = {TEMPLATE: (n, 3, tz, tz), SEARCH: (n, 3, tx, tx), LABEL_MASK: (n, 1, tx, tx)}
+        tensors = {key: self._to_torch(out, shapes[key])
+                   for key, out in zip((TEMPLATE, SEARCH, LABEL_MASK), outputs)}
         if self.device.type == "cuda":   # its inputs (bytes fed without a copy) and outputs
-            self._hold_until_copied((z, x, run))
+            self._hold_until_copied((outputs, run))
         images, start = [], 0
         for prepared in run.batches:
             stop = start + len(prepared.plans)
-            images.append({TEMPLATE: template[start:stop], SEARCH: search[start:stop]})
+            images.append({key: t[start:stop] for key, t in tensors.items()})
             start = stop
         return images
 
     def _add_labels(self, batch: dict, prepared) -> dict:
-        boxes, neg, keys = prepared.label_inputs
+        boxes, neg, keys, search_mask = prepared.label_inputs
         if self.device.type == "cuda":  # pinned: the copies do not wait for the queued work
             boxes, neg, keys = (t.to(self.device, non_blocking=True) for t in (boxes, neg, keys))
+            if search_mask is not None:
+                search_mask = search_mask.to(self.device, non_blocking=True)
         with _single_cpu_thread(self.device):
             cls, loc, weight = self.targets(boxes, neg, keys=keys)
-        labels = {LABEL_CLS: cls, LABEL_LOC: loc, LABEL_LOC_WEIGHT: weight, BBOX: boxes, NEG: neg}
+            labels = {LABEL_CLS: cls, LABEL_LOC: loc, LABEL_LOC_WEIGHT: weight, BBOX: boxes, NEG: neg}
+            if search_mask is not None:
+                labels[LABEL_MASK_WEIGHT] = mask_weight(cls, search_mask)
         if self.pin_memory:
             labels = {k: v.pin_memory() for k, v in labels.items()}
         batch.update(labels)

@@ -1,11 +1,12 @@
 """Turning batch numbers into everything DALI and the label code need, deterministically.
 
-A prepared batch holds its pair plans, the JPEG bytes of their crops and the host-side label
-inputs; a prepared run (one DALI run: consecutive batches) adds the graph's external_source
+A prepared batch holds its pair plans, the JPEG bytes of their crops, (SiamMask) the decoded
+search masks and the host-side label inputs; a prepared run (one DALI run: consecutive batches) adds the graph's external_source
 values.  A batch is a pure function of (seed, epoch, batch, rank, world size, batch size) and of
 which crops are unusable: for every index the first attempt (0, 1, ...) whose two crops are
-usable wins (`pipeline.sampling` plans attempt > 0 as a replacement pair), so the result does not
-depend on when, in which thread or in what order the crops were read.
+usable wins (`pipeline.sampling` plans attempt > 0 as a replacement pair; a pair whose search
+mask is a label also needs that mask usable), so the result does not depend on when, in which
+thread or in what order the crops were read.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.crop_source import NO_MASK, mask_ref
 from pipeline.sampling import PlanBatch
 from pipeline.targets import random_keys
 
@@ -30,13 +32,13 @@ class PreparedBatch:
     plans: PlanBatch
     template_jpegs: list
     search_jpegs: list
-    replaced: int            # pairs replaced because a crop was unusable
-    label_inputs: tuple      # host tensors (boxes, neg, keys) for AnchorTargets
+    replaced: int            # pairs replaced because a crop (or a search mask) was unusable
+    label_inputs: tuple      # host tensors (boxes, neg, keys, search_mask or None): LabelInputs
+    search_masks: list | None = None   # mask graphs: the decoded search mask of each pair
 
     def refs(self) -> set:
-        """The (dataset, entry) crops this batch uses."""
-        rows = np.concatenate([self.plans.template_ref, self.plans.search_ref]).tolist()
-        return set(map(tuple, rows))
+        """The crops (and search masks) this batch uses."""
+        return set(unique_refs(self.plans))
 
 
 @dataclass
@@ -53,12 +55,14 @@ def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
 
 
 class LabelInputs:
-    """Host tensors (boxes, neg, keys) for AnchorTargets of a batch: the search boxes, the
-    negative flags and the subsampling keys drawn from `batch_seed`.  `pinned` (for a GPU):
-    page-locked, so the consumer's copies to the device are asynchronous."""
+    """Host tensors (boxes, neg, keys, search_mask) for the labels of a batch: the search boxes,
+    the negative flags, the subsampling keys drawn from `batch_seed` and (`masks`: SiamMask)
+    which pairs' search masks are labels (else None).  `pinned` (for a GPU): page-locked, so
+    the consumer's copies to the device are asynchronous."""
 
-    def __init__(self, seed: int, rank: int, anchors: int, pinned: bool):
+    def __init__(self, seed: int, rank: int, anchors: int, pinned: bool, masks: bool = False):
         self.seed, self.rank, self.anchors, self.pinned = int(seed), int(rank), int(anchors), pinned
+        self.masks = bool(masks)
 
     def __call__(self, epoch: int, batch: int, plans: PlanBatch) -> tuple:
         n = len(plans)
@@ -69,13 +73,27 @@ class LabelInputs:
         neg.numpy()[:] = plans.neg
         random_keys(batch_seed(self.seed, epoch, batch, self.rank), n, self.anchors,
                     out=keys.numpy())
-        return boxes, neg, keys
+        search_mask = None
+        if self.masks:
+            search_mask = torch.empty((n,), dtype=torch.bool, pin_memory=self.pinned)
+            search_mask.numpy()[:] = plans.search_mask
+        return boxes, neg, keys, search_mask
 
 
 def unique_refs(plans: PlanBatch) -> list:
-    """The distinct crops of a batch of plans, in first-use order."""
+    """The distinct crops of a batch of plans, then the search masks it needs (`mask_ref`), in
+    first-use order."""
     rows = np.concatenate([plans.template_ref, plans.search_ref]).tolist()
-    return list(dict.fromkeys(map(tuple, rows)))
+    refs = list(dict.fromkeys(map(tuple, rows)))
+    if plans.search_mask.any():
+        refs += dict.fromkeys(mask_ref(d, e) for d, e in plans.search_ref[plans.search_mask].tolist())
+    return refs
+
+
+def _pair_refs(plans: PlanBatch) -> list:
+    """(template ref, search ref, search mask wanted) of every pair."""
+    return list(zip(map(tuple, plans.template_ref.tolist()), map(tuple, plans.search_ref.tolist()),
+                    plans.search_mask.tolist()))
 
 
 class BatchPreparer:
@@ -83,6 +101,8 @@ class BatchPreparer:
 
     sampler: PairSampler; source: CropSource; indices: this rank's global indices of an epoch;
     inputs: the graph's GraphInputs; labels(epoch, batch, plans) -> host label inputs.
+    With a mask graph (`inputs.masks`) every batch carries its search masks (`NO_MASK` for
+    pairs whose search mask is not a label).
     """
 
     def __init__(self, sampler, source, indices, batch_size: int, inputs, labels):
@@ -105,38 +125,44 @@ class BatchPreparer:
 
         rows = self.indices[batch * self.batch_size:(batch + 1) * self.batch_size]
         order = np.arange(len(rows))
-        parts, zs, xs, replaced = [plans], [], [], 0
-        for i, (t_ref, s_ref) in enumerate(zip(map(tuple, plans.template_ref.tolist()),
-                                               map(tuple, plans.search_ref.tolist()))):
-            z, x = self._pair(crop, t_ref, s_ref)
+        parts, zs, xs, ms, replaced = [plans], [], [], [], 0
+        for i, pair in enumerate(_pair_refs(plans)):
+            z, x, m = self._pair(crop, *pair)
             attempt, plan = 0, plans
-            while z is None or x is None:
+            while z is None or x is None or m is None:
                 replaced += 1
                 log.warning("epoch %d index %d attempt %d: replacing the pair (template %s, "
-                            "search %s)", epoch, rows[i], attempt, t_ref, s_ref)
+                            "search %s)", epoch, rows[i], attempt, pair[0], pair[1])
                 attempt += 1
                 if attempt == MAX_ATTEMPTS:
                     raise RuntimeError(f"epoch {epoch} index {rows[i]}: {MAX_ATTEMPTS} replacement "
                                        f"pairs in a row were unusable; the shards look corrupt")
                 plan = self.sampler.plan_batch(epoch, rows[i:i + 1], attempt)
-                t_ref, s_ref = tuple(plan.template_ref[0].tolist()), tuple(plan.search_ref[0].tolist())
-                z, x = self._pair(crop, t_ref, s_ref)
+                pair = _pair_refs(plan)[0]
+                z, x, m = self._pair(crop, *pair)
             if plan is not plans:
                 order[i] = sum(len(p) for p in parts)
                 parts.append(plan)
             zs.append(z)
             xs.append(x)
+            ms.append(m)
         if len(parts) > 1:
             plans = PlanBatch.concat(parts).take(order)
-        return PreparedBatch(batch, plans, zs, xs, replaced, self.labels(epoch, batch, plans))
+        return PreparedBatch(batch, plans, zs, xs, replaced, self.labels(epoch, batch, plans),
+                             ms if self.inputs.masks else None)
 
     @staticmethod
-    def _pair(crop, t_ref, s_ref) -> tuple:
+    def _pair(crop, t_ref, s_ref, wants_mask) -> tuple:
+        """(template bytes, search bytes, search mask), each None if unusable (the mask is
+        `NO_MASK` when the pair's search mask is not a label)."""
         z = crop(t_ref)
         if z is None:
-            return None, None
+            return None, None, None
         # one-frame objects: the template and the search image are the same crop
-        return z, (z if s_ref == t_ref else crop(s_ref))
+        x = z if s_ref == t_ref else crop(s_ref)
+        if x is None or not wants_mask:
+            return z, x, NO_MASK
+        return z, x, crop(mask_ref(*s_ref))
 
     def prepare(self, epoch: int, batch: int) -> PreparedBatch:
         """The batch, reading every crop in this thread."""
@@ -145,8 +171,9 @@ class BatchPreparer:
     def run(self, batches: list) -> PreparedRun:
         """Prepared batches -> one DALI run with its external_source values."""
         plans = PlanBatch.concat([b.plans for b in batches]) if len(batches) > 1 else batches[0].plans
+        masks = [m for b in batches for m in b.search_masks] if self.inputs.masks else None
         values = self.inputs.values(plans, [j for b in batches for j in b.template_jpegs],
-                                    [j for b in batches for j in b.search_jpegs])
+                                    [j for b in batches for j in b.search_jpegs], masks)
         return PreparedRun(list(batches), values)
 
     def refresh(self, epoch: int, run: PreparedRun) -> PreparedRun:

@@ -1,5 +1,7 @@
 """Per-sample numpy/OpenCV execution of a `PairPlan`, exactly as PySOT's Augmentation does it,
 except that colour and blur run in float32 where PySOT uses float64 (pixels differ by < 1e-4).
+SiamMask's search mask and mask weight are a transcription of the SiamMask authors'
+`datasets/siam_mask_dataset.py` (`render_mask`, `authors_mask_weight`).
 
 This is the test oracle for the DALI graph and the PySOT-style baseline of the loader
 benchmark (`ReferenceDataset` in a torch DataLoader with workers).
@@ -13,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.batch import BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, NEG, SEARCH, TEMPLATE
+from pipeline.batch import (BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, LABEL_MASK,
+                            LABEL_MASK_WEIGHT, NEG, SEARCH, TEMPLATE)
 from pipeline.sampling import ImageAug, PairPlan, PairSampler
-from pipeline.shards import CorruptCropError, open_shard_readers
+from pipeline.shards import CorruptCropError, decode_mask, open_shard_readers
 from pipeline.targets import AnchorTargets
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,30 @@ def render_pair(plan: PairPlan, template_jpeg: bytes, search_jpeg: bytes):
     return template, search
 
 
+def render_mask(mask: np.ndarray, aug: ImageAug) -> np.ndarray:
+    """The SiamMask authors' search-mask augmentation of a crop's mask (H x W, nonzero =
+    object, their `.m.png`) -> (1, S, S) float32 in {-1, +1}: read as `> 0` -> float32, warped
+    with the search image's crop (cv2.warpAffine, bilinear, constant border 0), flipped with
+    it, then `(mask > 0.5) * 2 - 1`.  No gray, colour or blur (the authors apply them to the
+    image only)."""
+    out = aug.out_size
+    warped = cv2.warpAffine((mask > 0).astype(np.float32), aug.affine(np.float64), (out, out),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if aug.flip:
+        warped = cv2.flip(warped, 1)
+    return ((warped[None] > 0.5) * 2 - 1).astype(np.float32)
+
+
+def authors_mask_weight(label_cls: np.ndarray, has_mask: bool) -> np.ndarray:
+    """The SiamMask authors' mask weight (1, S, S) of a label_cls (A, S, S): `label_cls.max`
+    over the anchors (-1, 0 or 1) for a positive pair from a dataset with masks, else zeros.
+    Their loss uses the positions equal to 1; the loader's weight is 1 there and 0 elsewhere
+    (`pipeline.targets.mask_weight`)."""
+    if not has_mask:
+        return np.zeros((1,) + label_cls.shape[1:], np.float32)
+    return label_cls.max(axis=0, keepdims=True).astype(np.float32)
+
+
 def label_seed(seed: int, epoch: int, index: int) -> int:
     """Seed for the anchor-label subsampling of one sample (independent of workers)."""
     return int(np.random.SeedSequence([seed, epoch, index, 0x6C61]).generate_state(1, np.uint64)[0] >> 1)
@@ -77,8 +104,9 @@ class ReferenceDataset(Dataset):
     """PySOT-style per-sample dataset over the shards: one epoch's slice for one rank.
 
     Items are one sample of the batch `pipeline.batch` describes, as numpy arrays (`neg` a
-    bool), like PySOT's TrkDataset items, plus `skipped` (how many undecodable pairs were
-    replaced to produce this item).
+    bool), like PySOT's TrkDataset items (with cfg.MASK.MASK, like the SiamMask authors'
+    items: the search mask and its weight too), plus `skipped` (how many undecodable pairs
+    were replaced to produce this item).
     """
 
     def __init__(self, cfg, shards, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
@@ -88,6 +116,7 @@ class ReferenceDataset(Dataset):
         self.targets = AnchorTargets(cfg)
         self.seed, self.epoch = int(seed), int(epoch)
         self.indices = self.sampler.rank_indices(rank, world_size)
+        self.masks = bool(cfg.MASK.MASK)
         self.skipped = 0   # replaced pairs seen by this process
         self._block = (-1, None)   # (block number, PlanBatch) of the last first-attempt plans
 
@@ -107,8 +136,18 @@ class ReferenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def search_mask(self, plan: PairPlan) -> np.ndarray:
+        """The full mask of the plan's search crop (the authors' `.m.png`; zeros for a pair
+        whose search mask is not a label); ValueError / CorruptCropError if it is unusable."""
+        size = self.sampler.crop_size
+        if not plan.search_mask:
+            return np.zeros((size, size), np.uint8)
+        ds, es = plan.search_ref
+        return decode_mask(*self.readers[ds].mask_at(es), size)
+
     def load_pair(self, index: int):
-        """(plan, template, search, replaced): skips undecodable crops via attempt + 1."""
+        """(plan, template, search, search mask or None, replaced): skips undecodable crops
+        (and masks) via attempt + 1."""
         attempt = 0
         while True:
             plan = self.plan(index, attempt)
@@ -116,8 +155,9 @@ class ReferenceDataset(Dataset):
             try:
                 template, search = render_pair(plan, self.readers[dt].jpeg_at(et),
                                                self.readers[ds].jpeg_at(es))
-                return plan, template, search, attempt
-            except (UndecodableCrop, CorruptCropError) as err:  # skipped and counted alike
+                mask = render_mask(self.search_mask(plan), plan.search) if self.masks else None
+                return plan, template, search, mask, attempt
+            except (UndecodableCrop, CorruptCropError, ValueError) as err:  # skipped and counted alike
                 self.skipped += 1
                 log.warning("epoch %d index %d attempt %d: %s (template %s, search %s); "
                             "replacing the pair", self.epoch, index, attempt, err,
@@ -129,10 +169,14 @@ class ReferenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         index = int(self.indices[i])
-        plan, template, search, replaced = self.load_pair(index)
+        plan, template, search, mask, replaced = self.load_pair(index)
         generator = torch.Generator().manual_seed(label_seed(self.seed, self.epoch, index))
         box = torch.from_numpy(plan.search.box).view(1, 4)
         cls, loc, weight = self.targets(box, torch.tensor([plan.neg]), generator)
+        masks = {}
+        if self.masks:
+            authors = authors_mask_weight(cls[0].numpy(), plan.search_mask)
+            masks = {LABEL_MASK: mask, LABEL_MASK_WEIGHT: (authors == 1).astype(np.float32)}
         return {
             TEMPLATE: np.ascontiguousarray(template.transpose(2, 0, 1)),
             SEARCH: np.ascontiguousarray(search.transpose(2, 0, 1)),
@@ -141,5 +185,6 @@ class ReferenceDataset(Dataset):
             LABEL_LOC_WEIGHT: weight[0].numpy(),
             BBOX: plan.search.box.copy(),
             NEG: plan.neg,
+            **masks,
             'skipped': replaced,
         }

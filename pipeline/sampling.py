@@ -27,6 +27,9 @@ Semantics follow PySOT (`pysot/datasets/dataset.py`, `augmentation.py`):
   = random frame of a random track of a random video of a dataset chosen uniformly.
 - Gray (probability GRAY) applies to both images of the pair.
 - Box on the 511 crop: `pipeline.crop.box_on_crop` (PySOT's `_get_bbox`).
+- SiamMask (cfg.MASK.MASK): `search_mask` marks the positive pairs whose search entry has a
+  stored mask (the SiamMask authors' `dataset.has_mask and not neg`, per entry here); those
+  pairs get the mask crop and a mask weight, the others an empty mask and zero weight.
 - Augmentation (`draw_image_augs`): nominal crop box of side out-1 centred at (crop//2, crop//2);
   scale_x, scale_y = 1 + U(-1,1)*SCALE independently (capped at crop/side, as PySOT);
   shift U(-1,1)*SHIFT each, clamped so the box stays within [0, crop-1]; target box
@@ -134,6 +137,7 @@ class PairPlan:
     gray: bool
     template: ImageAug
     search: ImageAug
+    search_mask: bool = False   # SiamMask: the search entry's stored mask is a training label
 
 
 class _Rows:
@@ -215,12 +219,14 @@ class PlanBatch(_Rows):
     gray: np.ndarray            # (N,) bool
     template: AugBatch
     search: AugBatch
+    search_mask: np.ndarray     # (N,) bool: PairPlan.search_mask
 
     def __getitem__(self, i: int) -> PairPlan:
         return PairPlan(template_ref=tuple(int(v) for v in self.template_ref[i]),
                         search_ref=tuple(int(v) for v in self.search_ref[i]),
                         neg=bool(self.neg[i]), gray=bool(self.gray[i]),
-                        template=self.template[i], search=self.search[i])
+                        template=self.template[i], search=self.search[i],
+                        search_mask=bool(self.search_mask[i]))
 
     @classmethod
     def stack(cls, plans) -> "PlanBatch":
@@ -234,7 +240,8 @@ class PlanBatch(_Rows):
                    neg=np.array([bool(p.neg) for p in plans], bool),
                    gray=np.array([bool(p.gray) for p in plans], bool),
                    template=AugBatch.stack([p.template for p in plans]),
-                   search=AugBatch.stack([p.search for p in plans]))
+                   search=AugBatch.stack([p.search for p in plans]),
+                   search_mask=np.array([bool(p.search_mask) for p in plans], bool))
 
 
 def _uniform_ints(u, n):
@@ -327,6 +334,9 @@ class _DatasetIndex:
         has_objects = np.diff(self.video_object_start) > 0
         self.videos = np.flatnonzero(has_objects)   # PySOT drops videos without tracks
         self.entry_box = reader.entry_box
+        # entries whose stored mask is a SiamMask label (None: the dataset has no masks)
+        self.entry_has_mask = (np.asarray(reader.entry_has_mask, bool)
+                               if getattr(reader, "has_masks", False) else None)
 
     def __len__(self):
         return len(self.videos)
@@ -380,7 +390,9 @@ class PairSampler:
 
     readers: ShardReader objects in cfg.DATASET.NAMES order.  Their crops are taken as cut with
     the geometry their metadata records (`pipeline.crop.shard_crop_geometry` checks it against
-    `cfg`); `geometry` and `crop_size` say which.
+    `cfg`); `geometry` and `crop_size` say which.  With cfg.MASK.MASK, plans mark the pairs
+    whose search mask is a label (`PairPlan.search_mask`); `masks` says whether any dataset has
+    masks to give.
     """
 
     def __init__(self, cfg, readers: list, seed: int):
@@ -405,6 +417,9 @@ class PairSampler:
         self.search_aug = AugParams.from_cfg(cfg.DATASET.SEARCH)
         self.exemplar_size = int(cfg.TRAIN.EXEMPLAR_SIZE)
         self.search_size = int(cfg.TRAIN.SEARCH_SIZE)
+        self.mask_datasets = ([d for d, ds in enumerate(self.datasets) if ds.entry_has_mask is not None]
+                              if bool(cfg.MASK.MASK) else [])
+        self.masks = bool(self.mask_datasets)
 
         picks, offsets = [], [0]
         for d, (name, ds) in enumerate(zip(names, self.datasets)):
@@ -526,7 +541,16 @@ class PairSampler:
                                  self._crop_boxes(s_ref), self.search_aug, self.search_size,
                                  self.crop_size)
         return PlanBatch(template_ref=t_ref, search_ref=s_ref, neg=neg, gray=gray,
-                         template=template, search=search)
+                         template=template, search=search,
+                         search_mask=self._search_masks(s_ref) & ~neg)
+
+    def _search_masks(self, refs) -> np.ndarray:
+        """(N,) bool: the entries `refs` (N, 2) have a stored mask that SiamMask trains on."""
+        out = np.zeros(len(refs), bool)
+        for d in self.mask_datasets:
+            rows = refs[:, 0] == d
+            out[rows] = self.datasets[d].entry_has_mask[refs[rows, 1]]
+        return out
 
     def _crop_boxes(self, refs) -> np.ndarray:
         """(N, 4) boxes on the 511 crop (PySOT's `_get_bbox`) of the entries `refs` (N, 2)."""

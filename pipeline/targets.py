@@ -151,3 +151,16 @@ class AnchorTargets:
         # PySOT leaves the deltas of negative pairs at zero (a mask, not loc[neg]: no GPU sync)
         loc.masked_fill_(neg.view(batch, 1, 1, 1, 1), 0.0)
         return label_cls.view(batch, a, s, s), loc, weight.view(batch, a, s, s)
+
+
+def mask_weight(label_cls: torch.Tensor, search_mask: torch.Tensor) -> torch.Tensor:
+    """SiamMask's mask weight (B, 1, S, S) float32: 1 at the positions where any anchor is
+    positive in `label_cls` (B, A, S, S), for the pairs whose search mask is a label
+    (`search_mask` (B,) bool: positive pairs from datasets with masks), else 0.
+
+    The SiamMask authors take `label_cls.max(axis=0)` (-1, 0 or 1) and their loss uses only
+    the positions equal to 1; here the others are 0, the same positions, and the map can
+    weight directly.  Elementwise on the labels' device: no host sync.
+    """
+    positive = (label_cls == 1).any(dim=1, keepdim=True)
+    return (positive & search_mask.to(positive.device).view(-1, 1, 1, 1)).float()

@@ -2,30 +2,35 @@
 
 Both variants run here: the fused crop kernel (the CPU default) and the native DALI operators
 that the GPU graph uses (kernel=False), so the GPU graph's logic is checked on every CPU run.
+The SiamMask search mask is checked against the SiamMask authors' augmentation the same way.
 """
+import dataclasses
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
+from mask_fixtures import assert_mask_like_authors, blob_mask
+from pipeline.crop_source import NO_MASK, decode_mask_region
 from pipeline.dali_graph import PairGraph, decode_regions, resize_window
 from pipeline.reference import decode_crop, render_image
 from pipeline.sampling import ImageAug, PairPlan, draw_image_aug
+from pipeline.shards import encode_mask
 
 BATCH = 6
 KIND_SEEDS = {"plain": 11, "blur": 12, "gray": 13, "flip": 14}  # fixed: a failure reproduces
 
 
-def render(graph, plans, template_jpegs, search_jpegs):
+def render(graph, plans, template_jpegs, search_jpegs, masks=None):
     """One batch through `graph` as the loader drives it (inputs fed, scheduled, outputs taken),
-    synchronously: (template, search) as numpy arrays."""
-    graph.feed_values(graph.inputs.values(plans, template_jpegs, search_jpegs))
+    synchronously: (template, search[, search mask]) as numpy arrays."""
+    graph.feed_values(graph.inputs.values(plans, template_jpegs, search_jpegs, masks))
     graph.schedule()
-    z, x = graph.outputs()
+    outputs = graph.outputs()
     if graph.device == "gpu":
-        z, x = z.as_cpu(), x.as_cpu()
-    return np.array(z.as_tensor()), np.array(x.as_tensor())
+        outputs = [out.as_cpu() for out in outputs]
+    return tuple(np.array(out.as_tensor()) for out in outputs)
 
 
 def textured_crop(seed: int) -> bytes:
@@ -45,8 +50,10 @@ def aug_cfg(shift, scale, blur=0.0, flip=0.0, color=1.0):
     return SimpleNamespace(SHIFT=shift, SCALE=scale, BLUR=blur, FLIP=flip, COLOR=color)
 
 
-def make_plans(seed: int, n: int, blur=0.0, flip=0.0, gray=False):
-    """PairPlans from the real augmentation drawing (PySOT's 8-GPU ranges)."""
+def make_plans(seed: int, n: int, blur=0.0, flip=0.0, gray=False, search_size=255,
+               search_shift=64, search_mask=False):
+    """PairPlans from the real augmentation drawing (PySOT's 8-GPU ranges; the SiamMask refine
+    stage's with search_size 143, search_shift 8)."""
     rng = np.random.default_rng(seed)
     box = np.array([220.0, 210.0, 290.0, 300.0])
     plans = []
@@ -54,9 +61,9 @@ def make_plans(seed: int, n: int, blur=0.0, flip=0.0, gray=False):
         template = draw_image_aug(rng.random(9), rng.standard_normal(3), box,
                                   aug_cfg(4, 0.05, blur, flip), 127)
         search = draw_image_aug(rng.random(9), rng.standard_normal(3), box,
-                                aug_cfg(64, 0.18, blur, flip), 255)
+                                aug_cfg(search_shift, 0.18, blur, flip), search_size)
         plans.append(PairPlan(template_ref=(0, 0), search_ref=(0, 0), neg=False, gray=gray,
-                              template=template, search=search))
+                              template=template, search=search, search_mask=search_mask))
     return plans
 
 
@@ -169,3 +176,87 @@ def test_bad_arguments():
         PairGraph(2, device="tpu")
     with pytest.raises(ValueError, match="CPU operator"):
         PairGraph(2, device="gpu", kernel=True)
+
+
+# ---- SiamMask: the search mask ----------------------------------------------------------------
+def object_masks(seed: int, n: int) -> list:
+    """Full 511 masks of objects around the plans' box, of varied shapes."""
+    rng = np.random.default_rng(seed)
+    return [blob_mask(rng, (200 + rng.uniform(-15, 15), 190 + rng.uniform(-15, 15),
+                            300 + rng.uniform(-15, 15), 320 + rng.uniform(-15, 15)))
+            for _ in range(n)]
+
+
+def stored(masks) -> list:
+    """The masks as the loader hands them to the graph: through the shards' codec (tight PNG
+    region) and the reader threads' decode."""
+    return [decode_mask_region(*encode_mask(m), 511) for m in masks]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["kernel", "native"])
+def mask_graph(request):
+    return PairGraph(BATCH, device="cpu", num_threads=2, kernel=request.param, mask=True)
+
+
+@pytest.mark.parametrize("kind", ["plain", "flip", "blur-gray"])
+def test_search_mask_is_the_authors_crop_of_the_mask(mask_graph, jpegs, kind):
+    """Same crop, scale and flip as the search image; no gray, colour or blur; {-1, +1}."""
+    plans = make_plans(seed=30 + len(kind), n=BATCH, blur=1.0 if kind == "blur-gray" else 0.0,
+                       flip=0.5 if kind == "flip" else 0.0, gray=kind == "blur-gray",
+                       search_mask=True)
+    if kind == "flip":
+        assert any(p.search.flip for p in plans) and not all(p.search.flip for p in plans)
+    masks = object_masks(seed=len(kind), n=BATCH)
+    z, x, m = render(mask_graph, plans, jpegs, jpegs[::-1], stored(masks))
+    assert m.shape == (BATCH, 1, 255, 255) and m.dtype == np.float32
+    for i, (plan, mask) in enumerate(zip(plans, masks)):
+        assert_mask_like_authors(m[i], mask, plan.search, f"{kind} pair {i}")
+        assert 0.02 < (m[i] > 0).mean() < 0.6   # the object is there, not everything
+    # the images are those of a graph without masks
+    plain = PairGraph(BATCH, device="cpu", num_threads=2, kernel=mask_graph.kernel)
+    z0, x0 = render(plain, plans, jpegs, jpegs[::-1])
+    assert np.array_equal(z, z0) and np.array_equal(x, x0)
+
+
+def test_search_mask_of_the_refine_stage(mask_graph, jpegs):
+    """Search 143 (the SiamMask refine stage): the mask follows the search crop's size."""
+    graph = PairGraph(BATCH, search_size=143, device="cpu", num_threads=2,
+                      kernel=mask_graph.kernel, mask=True)
+    plans = make_plans(seed=40, n=BATCH, flip=0.5, search_size=143, search_shift=8,
+                       search_mask=True)
+    masks = object_masks(seed=41, n=BATCH)
+    _, x, m = render(graph, plans, jpegs, jpegs, stored(masks))
+    assert x.shape == (BATCH, 3, 143, 143) and m.shape == (BATCH, 1, 143, 143)
+    for i, (plan, mask) in enumerate(zip(plans, masks)):
+        assert_mask_like_authors(m[i], mask, plan.search, f"refine pair {i}")
+
+
+def test_pairs_without_a_mask_get_background(mask_graph, jpegs):
+    """NO_MASK (negatives, datasets without masks) and an empty stored mask: -1 everywhere."""
+    plans = make_plans(seed=42, n=BATCH, flip=0.5)
+    empty = decode_mask_region(*encode_mask(np.zeros((511, 511), np.uint8)), 511)
+    assert empty is NO_MASK
+    masks = [NO_MASK, empty] * (BATCH // 2)
+    _, _, m = render(mask_graph, plans, jpegs, jpegs, masks)
+    assert (m == -1).all()
+
+
+def test_a_mask_graph_needs_its_masks(mask_graph, jpegs):
+    plans = make_plans(seed=43, n=BATCH)
+    with pytest.raises(ValueError, match="one search mask per pair"):
+        mask_graph.inputs.values(plans, jpegs, jpegs)
+    with pytest.raises(ValueError, match="one search mask per pair"):
+        mask_graph.inputs.values(plans, jpegs, jpegs, [NO_MASK])
+
+
+def test_mask_comparison_catches_a_wrong_mask(jpegs):
+    """The check against the authors fails for a mask shifted by one pixel or not flipped."""
+    plan = make_plans(seed=44, n=1, flip=1.0, search_mask=True)[0]
+    mask = object_masks(seed=45, n=1)[0]
+    graph = PairGraph(1, device="cpu", num_threads=1, mask=True)
+    _, _, m = render(graph, [plan], jpegs[:1], jpegs[:1], stored([mask]))
+    assert_mask_like_authors(m[0], mask, plan.search)
+    with pytest.raises(AssertionError):
+        assert_mask_like_authors(np.roll(m[0], 1, axis=2), mask, plan.search)
+    with pytest.raises(AssertionError):
+        assert_mask_like_authors(m[0], mask, dataclasses.replace(plan.search, flip=False))

@@ -12,8 +12,10 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
+from mask_fixtures import build_mask_shards, check_mask_labels, mask_cfg
 from pipeline import build_loader
-from pipeline.dali_graph import FIELDS, PairGraph, _fields, _pair_graph
+from pipeline.batch import LABEL_MASK, LABEL_MASK_WEIGHT
+from pipeline.dali_graph import DECODE_FIELDS, FIELDS, MASK_FIELDS, IS_SEARCH, PairGraph, _pair_graph, graph_fields
 from test_dali_graph import BATCH as GRAPH_BATCH, make_plans, render, textured_crop
 from test_loader import BATCH, batches, make_cfg, shards  # noqa: F401  (module fixture)
 
@@ -120,12 +122,15 @@ def test_image_comparison_catches_a_broken_image():
         assert_images_close(broken, x, PRODUCTION, "broken")
 
 
+@pytest.mark.parametrize("mask", [False, True], ids=["siamrpn", "siammask"])
 @pytest.mark.parametrize("roi", [True, False], ids=["roi", "full"])
-def test_the_gpu_graph_definition_is_valid(roi):
+def test_the_gpu_graph_definition_is_valid(roi, mask):
     """DALI checks every operator's arguments when the graph is defined, without a GPU: the
-    GPU-only branches (mixed decoder options, native operators) are at least well-formed."""
-    fields = {"z": _fields(roi, True, True, False), "x": _fields(roi, True, True, False)}
-    assert set(fields["x"]) <= set(FIELDS)
+    GPU-only branches (mixed decoder options, native operators, the mask's warp) are at least
+    well-formed."""
+    fields = graph_fields(roi, True, True, True, False, mask)
+    assert set(fields["inputs"]) <= {*DECODE_FIELDS, *FIELDS, *MASK_FIELDS, IS_SEARCH}
+    assert ("mask_matrix" in fields["inputs"]) == mask
     # constructing the pipeline defines the graph (operator schemas checked); nothing is built
     pipe = _pair_graph(fields, 127, 255, "gpu", roi, True, True, True, False,
                        {"hw_decoder_load": 0.65, "fancy_upsampling": False}, batch_size=4,
@@ -183,6 +188,33 @@ def test_two_loaders_with_one_seed_give_identical_batches(shards, device):  # no
     for a, b in zip(one, two):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def mask_shards(tmp_path_factory):
+    return build_mask_shards(tmp_path_factory.mktemp("gpu_mask_shards"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_loader_matches_the_authors_and_the_cpu_native_loader(mask_shards, device):
+    """SiamMask batches on `device` (the GPU: DALI's native operators, the mask's warp_affine
+    on the GPU): every search mask as the authors' for its plan, the mask weights and labels
+    exactly those of the CPU native loader, the images within the decoders' differences."""
+    cfg = mask_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 16})
+    reference = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device="cpu", seed=12,
+                             crop_kernel=False, roi_decode=False)
+    reference.run_batches = 1
+    other = build_loader(cfg, shards=mask_shards, batch_size=BATCH, device=device, seed=12)
+    bounds = SAME_DECODER if device == "cpu" else PRODUCTION
+    masks = 0
+    for b, (a, o) in enumerate(zip(reference, other)):
+        assert o[LABEL_MASK].device.type == device and o[LABEL_MASK_WEIGHT].device.type == device
+        masks += check_mask_labels(other, 0, b * BATCH, o)["mask"]
+        assert_labels_equal(a, o)
+        assert torch.equal(a[LABEL_MASK_WEIGHT], o[LABEL_MASK_WEIGHT].cpu())
+        for key in ("template", "search"):
+            assert_images_close(o[key], a[key], bounds, f"{device} mask loader {key}")
+    assert masks > 0 and other.skipped == 0
 
 
 @needs_cuda

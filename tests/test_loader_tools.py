@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from mask_fixtures import build_mask_shards, mask_overrides
 from sampling_fixtures import build_test_shards, overrides
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -85,3 +86,40 @@ def test_show_pairs_draws_a_grid(shards, tmp_path):
     # two columns of (template | search) rows, two rows: at least 2 x (127 + 255) wide
     assert image.shape[1] >= 2 * (127 + 255) and image.shape[0] >= 2 * 255
     assert image.std() > 10   # real pixels, not an empty canvas
+
+
+def test_bench_loader_with_a_siammask_config(tmp_path, capsys):
+    """A SiamMask config runs as any config (the reference's items carry the masks too), and
+    --mask-cost runs it against itself as SiamRPN in alternating windows: the cost is the median
+    of the per-round ratios."""
+    shards = build_mask_shards(tmp_path)
+    out = tmp_path / "bench.json"
+    opts = mask_overrides(**{"DATASET.VIDEOS_PER_EPOCH": 160})
+    argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "8",
+            "--warmup", "1", "--min-seconds", "0", "--json", str(out)]
+    load_tool("bench_loader").main(argv + ["--rounds", "1", "--workers", "1", "--opts", *opts])
+    result = json.loads(out.read_text())
+    assert result["dali"]["batches"] >= 8 and result["reference"]["batches"] >= 8
+    load_tool("bench_loader").main(argv + ["--rounds", "2", "--mask-cost", "--opts", *opts])
+    result = json.loads(out.read_text())
+    ratios = result["mask_cost_rounds"]
+    assert len(ratios["cpu_ms_per_pair"]) == 2 and "reference" not in result
+    for key in ("cpu_ms_per_pair", "pairs_per_s"):
+        assert result["mask_cost"][key] in ratios[key]
+    assert len(result["siammask"]["rounds_pairs_per_s"]) == 2
+    assert result["siammask"]["batches"] >= 8 and result["siamrpn"]["batches"] >= 8
+    assert "SiamMask / SiamRPN" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="SiamMask config"):
+        load_tool("bench_loader").main(argv + ["--mask-cost", "--opts", *opts, "MASK.MASK=False"])
+
+
+def test_bench_mask_decode_writes_json(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    load_tool("bench_mask_decode").main(["--masks", "64", "--rounds", "2", "--repeat", "1",
+                                         "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["masks"] == 64 and 100 < result["png_bytes_mean"] < 2000
+    for way in ("cv2", "dali", "inflate"):
+        assert len(result["rounds"][way]) == 2 and result["cpu_us_per_mask"][way] > 0
+    assert result["ratio_to_cv2"]["cv2"] == 1.0
+    assert "median CPU us per mask" in capsys.readouterr().out

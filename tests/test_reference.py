@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from mask_fixtures import build_mask_shards, mask_cfg
 from pipeline.ingest import build_dataset
-from pipeline.reference import ReferenceDataset, blur_kernel, render_image, render_pair
+from pipeline.reference import ReferenceDataset, blur_kernel, render_image, render_mask, render_pair
 from pipeline.sampling import PairSampler
-from pipeline.shards import ShardReader, shard_dir
+from pipeline.shards import ShardReader, decode_mask, shard_dir
 from pipeline.synthetic import make_dataset
 from sampling_fixtures import build_test_shards, overrides
 from shard_damage import overwrite_crop
@@ -195,3 +196,45 @@ def test_reference_dataset_on_synthetic_shards(tmp_path):
     n_pos = (batch['label_cls'] == 1).sum((1, 2, 3))
     n_neg = (batch['label_cls'] == 0).sum((1, 2, 3))
     assert (n_pos <= 16).all() and (n_neg[~batch['neg']] == 48).all() and (n_neg[batch['neg']] <= 16).all()
+
+
+def test_reference_dataset_mask_items(tmp_path):
+    """With MASK.MASK the items carry the authors' search mask and the positive-anchor weight;
+    pairs without a mask label (negatives, VID) get -1 and 0."""
+    root = build_mask_shards(tmp_path)
+    ds = ReferenceDataset(mask_cfg(**{'DATASET.NEG': 0.3}), root, seed=1)
+    kinds = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        plan = ds.plan(int(ds.indices[i]))
+        mask, weight = item['label_mask'], item['label_mask_weight']
+        assert mask.shape == (1, 255, 255) and weight.shape == (1, 25, 25)
+        assert mask.dtype == weight.dtype == np.float32
+        if plan.search_mask:
+            d, e = plan.search_ref
+            full = decode_mask(*ds.readers[d].mask_at(e), 511)
+            np.testing.assert_array_equal(mask, render_mask(full, plan.search))
+            assert (mask == 1).any()
+            np.testing.assert_array_equal(weight, (item['label_cls'] == 1).any(0, keepdims=True))
+        else:
+            assert (mask == -1).all() and (weight == 0).all()
+        kinds.add('mask' if plan.search_mask else 'neg' if plan.neg else 'vid')
+    assert kinds == {'mask', 'neg', 'vid'}
+    rpn = ReferenceDataset(mask_cfg(**{'MASK.MASK': False}), root, seed=1)[0]
+    assert 'label_mask' not in rpn and 'label_mask_weight' not in rpn
+
+
+def test_render_mask_follows_the_image(readers):
+    """The authors' mask crop moves with the image crop: for an image painted from its mask,
+    the cropped mask marks the bright pixels of the cropped image (flip included)."""
+    plan = _plan(readers, **{'DATASET.SEARCH.FLIP': 1.0, 'DATASET.SEARCH.COLOR': 0.0})
+    rng = np.random.default_rng(0)
+    mask = (cv2.resize(rng.random((24, 24)), (511, 511), interpolation=cv2.INTER_CUBIC) > 0.5)
+    image = np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=2)
+    assert plan.search.flip
+    bright = render_image(image, plan.search, False).mean(axis=2) > 127.5
+    cropped = render_mask(mask.astype(np.uint8), plan.search)
+    assert cropped.shape == (1, 255, 255) and set(np.unique(cropped)) == {-1.0, 1.0}
+    assert ((cropped[0] > 0) == bright).mean() > 0.99
+    unflipped = render_mask(mask.astype(np.uint8), dataclasses.replace(plan.search, flip=False))
+    assert ((unflipped[0] > 0) == bright).mean() < 0.8

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.targets import AnchorTargets
+from pipeline.reference import authors_mask_weight
+from pipeline.targets import AnchorTargets, mask_weight
 from train.config import load_config
 
 NO_SUBSAMPLING = ['TRAIN.POS_NUM=100000', 'TRAIN.TOTAL_NUM=200000', 'TRAIN.NEG_NUM=100000']
@@ -196,3 +197,19 @@ def test_other_grid_size(overrides):
     np.testing.assert_array_equal(cls[0].numpy(), expected)
     _, ys, xs = np.nonzero(cls[1].numpy() == 0)
     assert sorted(set(xs)) == list(range(6, 13))   # centre cell 8, PySOT's +1 shift -> 9 +- 3
+
+
+def test_mask_weight_is_the_authors_positive_map():
+    """1 where the authors' label_cls.max over anchors is 1 (their loss uses those positions),
+    for pairs whose search mask is a label; 0 elsewhere and for the other pairs."""
+    g = torch.Generator().manual_seed(0)
+    cls = torch.randint(-1, 2, (6, 5, 25, 25), generator=g)
+    cls[cls == 1] = torch.where(torch.rand(int((cls == 1).sum()), generator=g) < 0.05, 1, -1)
+    cls[2] = torch.where(cls[2] == 1, 0, cls[2])           # a pair without positives
+    search_mask = torch.tensor([True, True, True, False, True, False])
+    weight = mask_weight(cls, search_mask)
+    assert weight.shape == (6, 1, 25, 25) and weight.dtype == torch.float32
+    for i in range(6):
+        authors = authors_mask_weight(cls[i].numpy(), bool(search_mask[i]))
+        assert torch.equal(weight[i], torch.from_numpy((authors == 1).astype(np.float32))), i
+    assert weight[0].sum() > 0 and weight[2].sum() == 0 and weight[3].sum() == 0

@@ -3,6 +3,7 @@
     python tools/bench_loader.py --shards cache/ --device cpu|cuda --batch-size B --batches N
                                  [--cfg CFG] [--opts KEY=VAL ...] [--rounds R] [--cold]
                                  [--min-seconds S] [--json out.json]
+    python tools/bench_loader.py --mask-cost --cfg configs/siammask_r50_l3.yaml --shards DIR ...
 
 DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
 ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
@@ -15,6 +16,11 @@ rendering ahead as in training).  --cold evicts the shard files from the page ca
 same batches after reading the files back in: cold and warm pairs/s in one run.  Reports
 pairs/s, CPU cores busy (process + worker CPU time / wall time), DALI and reader threads and
 the GPU name; prints and writes JSON with the speed ratio (warm figures).
+
+--mask-cost (a SiamMask config, MASK.MASK true): what the search masks and their labels cost.
+The config and the same config as SiamRPN (MASK.MASK false) run on the same shards, their
+windows alternating --rounds times; reports SiamMask over SiamRPN CPU ms per pair and pairs/s,
+the medians of the per-round ratios (robust to other load on the machine).
 """
 import argparse
 import json
@@ -191,6 +197,39 @@ def _median_run(runs: list, key: str = "pairs_per_s") -> dict:
     return best
 
 
+def mask_cost_main(args, cfg, device, options, result) -> dict:
+    """--mask-cost: the SiamMask config against itself as SiamRPN (MASK.MASK false).  Both
+    loaders are built once and their windows alternate, the order swapped every round, so both
+    see the same load; the cost is the median of the per-round ratios."""
+    if not cfg.MASK.MASK:
+        raise SystemExit("--mask-cost needs a SiamMask config (MASK.MASK true)")
+    configs = {"siammask": cfg,
+               "siamrpn": load_config(args.cfg, overrides=[*args.opts, "MASK.MASK=False"])}
+    loaders = {name: build_loader(c, shards=args.shards, batch_size=args.batch_size,
+                                  device=str(device), **options) for name, c in configs.items()}
+    runs = {name: [] for name in loaders}
+    for r in range(args.rounds):
+        for name in sorted(loaders, reverse=bool(r % 2)):
+            runs[name].append(_measure(loaders[name], device, args.batches, args.warmup,
+                                       args.min_seconds))
+        print(f"round {r}: " + ", ".join(f"{name} {runs[name][-1]['pairs_per_s']:7.1f} pairs/s "
+                                         f"{runs[name][-1]['cpu_ms_per_pair']:.2f} CPU ms/pair"
+                                         for name in loaders), flush=True)
+    for loader in loaders.values():
+        loader.close()
+    ratios = {key: [m[key] / s[key] for m, s in zip(runs["siammask"], runs["siamrpn"])]
+              for key in ("cpu_ms_per_pair", "pairs_per_s")}
+    result.update({name: _median_run(r) for name, r in runs.items()})
+    result["mask_cost"] = {key: sorted(v)[len(v) // 2] for key, v in ratios.items()}
+    result["mask_cost_rounds"] = ratios
+    cost = result["mask_cost"]
+    print(f"SiamMask / SiamRPN, same config and shards (median of {args.rounds} rounds): CPU ms per "
+          f"pair {cost['cpu_ms_per_pair']:.3f}x, pairs/s {cost['pairs_per_s']:.3f}x")
+    atomic_write(args.json, json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default="cache/")
@@ -219,6 +258,9 @@ def main(argv=None):
                              "(the GPU graph's operators; an ablation)")
     parser.add_argument("--workers", type=int, default=None, help="reference workers (default: cores)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--mask-cost", action="store_true",
+                        help="a SiamMask --cfg against itself as SiamRPN (MASK.MASK false), "
+                             "alternating windows: the cost of the masks")
     parser.add_argument("--json", default="runs/bench_loader.json")
     args = parser.parse_args(argv)
 
@@ -238,6 +280,8 @@ def main(argv=None):
                    read_ahead=args.read_ahead,
                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
                    crop_kernel=False if args.native_ops else None)
+    if args.mask_cost:
+        return mask_cost_main(args, cfg, device, options, result)
     dali_runs, ref_runs = [], []
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
