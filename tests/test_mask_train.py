@@ -1,9 +1,8 @@
-"""The trainer on SiamMask, both stages, on CPU: mask loss and IoU figures in metrics.jsonl and
-the log, exact resume, the skip-together bad step, DDP with summed or averaged gradients, the
-refine stage starting from a base checkpoint and training only the mask branch and Refine.
-
-Batches come from tests/mask_batches.py (the loader's documented keys and shapes) until the
-loader renders masks; the shards only satisfy the trainer's preflight.
+"""The trainer on SiamMask, both stages, on CPU with the real loader over shards with masks
+(tests/mask_fixtures.py: VID without masks, COCO and YouTube-VOS with): mask loss and IoU figures
+in metrics.jsonl and the log, exact resume after a crash, the skip-together bad step, DDP with
+summed gradients, the refine stage starting from a base checkpoint (ours or PySOT's) and training
+only the mask branch and Refine.
 """
 import json
 import math
@@ -13,15 +12,20 @@ import pytest
 import torch
 
 from gloo_ranks import end_rank, report, reports, set_rank_env, spawn_ranks
-from mask_batches import SMALL_MASK, MaskBatches
+from mask_batches import SMALL_MASK
+from mask_fixtures import build_mask_shards
 from model import build_model, load_model_checkpoint, load_pretrained
+from pipeline import build_loader
 from train.config import load_config
 from train.freeze import apply_freeze, set_train_mode
 from train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = ["DATASET.NAMES=[VID]", "TRAIN.BATCH_SIZE=2", "DATASET.VIDEOS_PER_EPOCH=4", "TRAIN.PRINT_FREQ=1"]
-BASE = TINY + ["TRAIN.EPOCH=2", "BACKBONE.TRAIN_EPOCH=1", "TRAIN.LR_WARMUP.EPOCH=1", "TRAIN.CKPT_INTERVAL=1"]
+# the mask_fixtures datasets, all of each; 2 steps of 2 pairs an epoch
+TINY = ["DATASET.VID.NUM_USE=-1", "DATASET.VID.FRAME_RANGE=3", "DATASET.YTBVOS.NUM_USE=-1",
+        "TRAIN.BATCH_SIZE=2", "DATASET.VIDEOS_PER_EPOCH=4", "TRAIN.PRINT_FREQ=1"]
+BASE_NAMES = "DATASET.NAMES=[VID,COCO,YTBVOS]"  # the refine config's are COCO and YTBVOS already
+BASE = TINY + [BASE_NAMES, "TRAIN.EPOCH=2", "BACKBONE.TRAIN_EPOCH=1", "TRAIN.LR_WARMUP.EPOCH=1", "TRAIN.CKPT_INTERVAL=1"]
 TIMING = ("pairs_per_s", "data_wait_frac")
 MASK_KEYS = ("mask_loss", "mask_iou_mean", "mask_iou_at_5", "mask_iou_at_7")
 
@@ -30,8 +34,12 @@ def _cfg(stage, *extra):
     return load_config(CONFIGS / f"siammask_r50_l3_{stage}.yaml", SMALL_MASK + list(extra))
 
 
+def _loader(cfg, shards, rank=0, world_size=1, **kw):
+    return build_loader(cfg, shards=str(shards), batch_size=cfg.TRAIN.BATCH_SIZE, device="cpu", rank=rank,
+                        world_size=world_size, seed=cfg.TRAIN.SEED, **kw)
+
+
 def _train(cfg, shards, out, loader=None, **kw):
-    loader = loader or MaskBatches(cfg, cfg.TRAIN.BATCH_SIZE, seed=cfg.TRAIN.SEED)
     trainer = Trainer(cfg, shards=shards, out_dir=out, device="cpu", show_progress=False, loader=loader, **kw)
     return trainer, trainer.fit()
 
@@ -45,26 +53,43 @@ class _Crash(RuntimeError):
     pass
 
 
-class _StopAfter(MaskBatches):
-    """MaskBatches that raise after ``n`` batches in all: a run that dies mid-epoch."""
+class _Wrapped:
+    """The real loader, each batch passed through ``change(index in this run, batch)`` on its way out."""
 
-    def __init__(self, cfg, n):
-        super().__init__(cfg, cfg.TRAIN.BATCH_SIZE, seed=cfg.TRAIN.SEED)
-        self.left = n
+    def __init__(self, loader, change):
+        self.loader, self.change, self.seen = loader, change, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # set_epoch, state_dict, load_state_dict, skipped
+        return getattr(self.loader, name)
 
     def __iter__(self):
-        for batch in super().__iter__():
-            if self.left == 0:
-                raise _Crash("stopped")
-            self.left -= 1
+        for batch in self.loader:
+            batch = self.change(self.seen, batch)
+            self.seen += 1
             yield batch
 
 
+def _crash_at(n):
+    def change(i, batch):
+        if i == n:
+            raise _Crash("stopped")
+        return batch
+    return change
+
+
 @pytest.fixture(scope="module")
-def base_run(shards, tmp_path_factory):
+def mask_shards(tmp_path_factory):
+    return build_mask_shards(tmp_path_factory.mktemp("mask_shards"))
+
+
+@pytest.fixture(scope="module")
+def base_run(mask_shards, tmp_path_factory):
     """A base-stage run: 2 epochs of 2 steps, the backbone unfrozen for the second."""
     out = tmp_path_factory.mktemp("base")
-    _, summary = _train(_cfg("base", *BASE), shards, out)
+    _, summary = _train(_cfg("base", *BASE), mask_shards, out)
     return out, summary
 
 
@@ -87,13 +112,13 @@ def test_base_stage_logs_mask_figures(base_run):
     assert report.unused == [] and report.missing and all(k.startswith("refine_head.") for k in report.missing)
 
 
-def test_base_stage_resumes_exactly_after_a_crash_mid_epoch(base_run, shards, tmp_path):
+def test_base_stage_resumes_exactly_after_a_crash_mid_epoch(base_run, mask_shards, tmp_path):
     ref, _ = base_run
     cfg = _cfg("base", *BASE)
-    with pytest.raises(_Crash):
-        _train(cfg, shards, tmp_path, loader=_StopAfter(cfg, 3))  # dies in step 4, after epoch 2's first step
+    with pytest.raises(_Crash):  # dies fetching step 4, after epoch 2's first step
+        _train(cfg, mask_shards, tmp_path, loader=_Wrapped(_loader(cfg, mask_shards), _crash_at(3)))
     assert torch.load(tmp_path / "latest.pth", weights_only=True)["global_step"] == 3
-    _, summary = _train(cfg, shards, tmp_path, resume=True)
+    _, summary = _train(cfg, mask_shards, tmp_path, resume=True)
     assert summary["global_step"] == 4
     assert _records(tmp_path) == _records(ref)  # every loss and figure, the resumed step included
     want = torch.load(ref / "checkpoint_e2.pth", weights_only=True)
@@ -102,19 +127,17 @@ def test_base_stage_resumes_exactly_after_a_crash_mid_epoch(base_run, shards, tm
         assert torch.equal(v, got["state_dict"][k]), k
 
 
-def _nan_in_second_batch(cfg):
-    class Loader(MaskBatches):
-        def __iter__(self):
-            for i, batch in enumerate(super().__iter__()):
-                if i == 1:
-                    batch["template"][0, 0, 3, 3] = float("nan")
-                yield batch
-    return Loader(cfg, cfg.TRAIN.BATCH_SIZE, seed=cfg.TRAIN.SEED)
+def _nan_template(i, batch):
+    if i == 1:
+        batch = dict(batch)
+        batch["template"] = batch["template"].clone()
+        batch["template"][0, 0, 3, 3] = float("nan")
+    return batch
 
 
-def test_non_finite_step_is_skipped(shards, tmp_path):
-    cfg = _cfg("base", *TINY, "TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False", "TRAIN.CKPT_INTERVAL=0")
-    trainer, summary = _train(cfg, shards, tmp_path, loader=_nan_in_second_batch(cfg))
+def test_non_finite_step_is_skipped(mask_shards, tmp_path):
+    cfg = _cfg("base", *TINY, BASE_NAMES, "TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False", "TRAIN.CKPT_INTERVAL=0")
+    trainer, summary = _train(cfg, mask_shards, tmp_path, loader=_Wrapped(_loader(cfg, mask_shards), _nan_template))
     assert summary["skipped_steps"] == 1
     recs = _records(tmp_path)
     assert [r["total_loss"] is None for r in recs] == [False, True]
@@ -126,11 +149,11 @@ def test_non_finite_step_is_skipped(shards, tmp_path):
 FROZEN = ("backbone.", "neck.", "rpn_head.", "mask_head.head.")
 
 
-def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, shards, tmp_path):
+def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, mask_shards, tmp_path):
     base_dir, _ = base_run
     base = torch.load(base_dir / "checkpoint_e2.pth", weights_only=True)["state_dict"]
     cfg = _cfg("refine", *TINY, "TRAIN.EPOCH=1", f"TRAIN.PRETRAINED={base_dir / 'checkpoint_e2.pth'}")
-    trainer, summary = _train(cfg, shards, tmp_path / "refine")
+    trainer, summary = _train(cfg, mask_shards, tmp_path / "refine")
     recs = _records(tmp_path / "refine")
     assert len(recs) == 2 and summary["skipped_steps"] == 0
     assert all(math.isfinite(r["mask_loss"]) and r["total_loss"] == pytest.approx(36 * r["mask_loss"]) for r in recs)
@@ -151,18 +174,23 @@ def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, shards, t
 
     # PySOT's own snapshots ({'epoch', 'state_dict' with module.}) start the stage as well
     torch.save({"epoch": 20, "state_dict": {"module." + k: v for k, v in base.items()}}, tmp_path / "pysot.pth")
-    t = Trainer(cfg.replace([f"TRAIN.PRETRAINED={tmp_path / 'pysot.pth'}"]), shards=shards, out_dir=tmp_path / "p",
-                device="cpu", show_progress=False, loader=MaskBatches(cfg, 2))
+    t = Trainer(cfg.replace([f"TRAIN.PRETRAINED={tmp_path / 'pysot.pth'}"]), shards=mask_shards,
+                out_dir=tmp_path / "p", device="cpu", show_progress=False)
     for k, v in t.model.state_dict().items():
         if k in base:
             assert torch.equal(v, base[k]), k
 
 
-def _one_step_on_each_rank(rank, world, port, shards, out_dir, grad_sum):
+def _one_step_on_each_rank(rank, world, port, shards, out_dir):
     set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
-    cfg = _cfg("base", *TINY, "TRAIN.EPOCH=1", "DATASET.VIDEOS_PER_EPOCH=4", "TRAIN.LR_WARMUP.WARMUP=False",
-               f"TRAIN.GRAD_SUM={grad_sum}", "TRAIN.GRAD_CLIP=1000000.0", "TRAIN.CKPT_INTERVAL=0")
-    loader = MaskBatches(cfg, 2, seed=cfg.TRAIN.SEED, rank=rank, world_size=world)
+    cfg = _cfg("base", *DDP)
+
+    def keep(i, batch):  # this rank's batch, for the test's own gradient
+        torch.save(batch, Path(out_dir) / f"batch{rank}.pt")
+        return batch
+
+    # DALI's own ops: a fresh process would spend longer compiling the numba crop kernel than training
+    loader = _Wrapped(_loader(cfg, shards, rank=rank, world_size=world, crop_kernel=False), keep)
     trainer = Trainer(cfg, shards=shards, out_dir=out_dir, device="cpu", show_progress=False, loader=loader)
     trainer.fit()
     report(out_dir, rank, {"params": {n: p.detach().reshape(-1).tolist() for n, p in
@@ -170,16 +198,21 @@ def _one_step_on_each_rank(rank, world, port, shards, out_dir, grad_sum):
     end_rank()
 
 
-def test_ddp_step_is_the_sum_of_the_ranks_gradients(shards, tmp_path):
+DDP = TINY + [BASE_NAMES, "TRAIN.EPOCH=1", "DATASET.VIDEOS_PER_EPOCH=4", "TRAIN.LR_WARMUP.WARMUP=False",
+               "TRAIN.GRAD_SUM=True", "TRAIN.GRAD_CLIP=1000000.0", "TRAIN.CKPT_INTERVAL=0"]
+
+
+def test_ddp_step_is_the_sum_of_the_ranks_gradients(mask_shards, tmp_path):
     """2 ranks on gloo, one step each on its own batch: with TRAIN.GRAD_SUM the update uses the sum of
     the ranks' gradients (PySOT's), mask loss included. (GRAD_SUM false, the SiamMask configs' setting,
     is DDP's own mean: tests/test_train_distributed.py.)"""
-    grad_sum = True
-    spawn_ranks(_one_step_on_each_rank, str(shards), str(tmp_path), grad_sum)
+    spawn_ranks(_one_step_on_each_rank, str(mask_shards), str(tmp_path))
     ranks = reports(tmp_path)
     assert ranks[0]["params"] == ranks[1]["params"]
+    batches = [torch.load(tmp_path / f"batch{r}.pt", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(batches[0]["search"], batches[1]["search"])  # each rank its own pairs
 
-    cfg = _cfg("base", *TINY, "TRAIN.EPOCH=1", "TRAIN.LR_WARMUP.WARMUP=False")
+    cfg = _cfg("base", *DDP)
     torch.manual_seed(cfg.TRAIN.SEED)
     model = build_model(cfg)
     apply_freeze(model, cfg, False)
@@ -187,8 +220,9 @@ def test_ddp_step_is_the_sum_of_the_ranks_gradients(shards, tmp_path):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for _, p in named]
     for rank in (0, 1):
-        loader = MaskBatches(cfg, 2, seed=cfg.TRAIN.SEED, rank=rank, world_size=2)
-        grads = torch.autograd.grad(model(next(iter(loader)))["total_loss"], [p for _, p in named])
+        batch = batches[rank]
+        assert batch["label_mask_weight"].sum() > 0  # the mask loss is part of the gradient
+        grads = torch.autograd.grad(model(batch)["total_loss"], [p for _, p in named])
         total = [a + g for a, g in zip(total, grads)]
     lr, wd = 0.005, cfg.TRAIN.WEIGHT_DECAY  # the log schedule's first epoch
     told_apart = 0
