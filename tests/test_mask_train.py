@@ -105,7 +105,13 @@ def test_base_stage_logs_mask_figures(base_run):
     assert "mask_loss" in log and "mask_iou_at_7" in log
     assert log.count("compute-bound") + log.count("INPUT-BOUND") == 2  # the verdict of each epoch
     final = torch.load(out / "checkpoint_e2.pth", weights_only=True)
+    first = torch.load(out / "checkpoint_e1.pth", weights_only=True)["state_dict"]
     assert final["backbone_unfrozen"]
+    state = final["state_dict"]  # layer2 trained in epoch 2, its BN statistics frozen (BACKBONE.FREEZE_BN)
+    assert not torch.equal(state["backbone.layer2.0.conv1.weight"], first["backbone.layer2.0.conv1.weight"])
+    assert torch.equal(state["backbone.layer2.0.bn1.running_mean"], first["backbone.layer2.0.bn1.running_mean"])
+    assert not torch.equal(state["neck.downsample.downsample.1.running_mean"],
+                           first["neck.downsample.downsample.1.running_mean"])
     # PySOT's siammask_r50_l3 structure (here with the small test widths) loads it: all but refine_head
     tracking = build_model(load_config(CONFIGS / "siammask_r50_l3.yaml", SMALL_MASK))
     report = load_pretrained(tracking, str(out / "checkpoint_e2.pth"))
@@ -172,6 +178,12 @@ def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, mask_shar
     tracking = build_model(load_config(CONFIGS / "siammask_r50_l3.yaml", SMALL_MASK))
     load_model_checkpoint(tracking, tmp_path / "refine" / "checkpoint_e1.pth")
 
+    # SGD momentum restarts with every epoch (TRAIN.RESET_MOMENTUM_EACH_EPOCH, the authors' new optimizer)
+    assert trainer.optimizer.state
+    trainer.epoch = 0
+    trainer.start_epoch()
+    assert not trainer.optimizer.state
+
     # PySOT's own snapshots ({'epoch', 'state_dict' with module.}) start the stage as well
     torch.save({"epoch": 20, "state_dict": {"module." + k: v for k, v in base.items()}}, tmp_path / "pysot.pth")
     t = Trainer(cfg.replace([f"TRAIN.PRETRAINED={tmp_path / 'pysot.pth'}"]), shards=mask_shards,
@@ -233,3 +245,46 @@ def test_ddp_step_is_the_sum_of_the_ranks_gradients(mask_shards, tmp_path):
         torch.testing.assert_close(got, summed, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
         told_apart += not torch.allclose(got, averaged, rtol=1e-4, atol=1e-6)
     assert told_apart > len(named) // 2  # the check can tell a sum from a mean
+
+
+def _modes(model, prefix):
+    return {m.training for n, m in model.named_modules() if n.startswith(prefix)}
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_base_stage_backbone_bn_after_the_unfreeze(freeze_bn):
+    """The authors' base stage keeps unfrozen layers' BN in eval mode (BACKBONE.FREEZE_BN); PySOT's
+    build_opt_lr puts them in train mode."""
+    cfg = _cfg("base", f"BACKBONE.FREEZE_BN={freeze_bn}")
+    model = build_model(cfg)
+    apply_freeze(model, cfg, True)
+    set_train_mode(model, cfg, True)
+    assert all(p.requires_grad for p in model.backbone.layer2.parameters())
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+    assert model.backbone.layer2[0].bn1.training is not freeze_bn
+    assert not model.backbone.layer1[0].bn1.training and _modes(model, "neck") == {True}
+
+
+def test_refine_stage_modes():
+    cfg = _cfg("refine")
+    model = build_model(cfg)
+    apply_freeze(model, cfg, False)
+    set_train_mode(model, cfg, False)
+    for frozen in ("backbone", "neck", "rpn_head", "mask_head.head"):
+        assert _modes(model, frozen) == {False}, frozen
+    for trained in ("mask_head.conv_kernel", "mask_head.conv_search", "refine_head"):
+        assert _modes(model, trained) == {True}, trained
+
+
+def test_stage_lr_schedules_are_the_authors():
+    """experiments/siammask_base: a 5-epoch step warm-up 0.001 -> 0.005 (x 5^(1/5) an epoch, their
+    lr_helper's StepScheduler), then log 0.005 -> 0.0025 over 15 epochs; siammask_sharp: log 0.01 ->
+    0.0025 over 20. Group lr = table value (BASE_LR is each schedule's first value)."""
+    from train.lr_schedule import build_lr_table
+
+    base, start = build_lr_table(_cfg("base").TRAIN)
+    want = [0.001 * 5 ** (e / 5) for e in range(5)] + [0.005 * 0.5 ** (k / 14) for k in range(15)]
+    assert base.tolist() == pytest.approx(want, rel=1e-12) and start == pytest.approx(_cfg("base").TRAIN.BASE_LR)
+    refine, start = build_lr_table(_cfg("refine").TRAIN)
+    assert refine.tolist() == pytest.approx([0.01 * 0.25 ** (k / 19) for k in range(20)], rel=1e-12)
+    assert start == pytest.approx(_cfg("refine").TRAIN.BASE_LR)

@@ -120,9 +120,15 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "LOADER_READ_THREADS": 8,  # concurrent crop readers per process (I/O-bound: measured cold/warm 0.88 with 4, 0.93 with 8 at 1M crops)
         "LOADER_HW_DECODER_LOAD": 0.65,  # GPU loader: share of JPEG decodes on the hardware decoder (DALI's default)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
+        "RESET_MOMENTUM_EACH_EPOCH": False,  # SGD momentum restarts at every epoch (the SiamMask authors' refine stage rebuilds its optimizer each epoch)
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
     },
     "REFINE": {"KWARGS": {}},  # Refine's channels (model/heads/mask.py); PySOT has none: ResNet-50's
+    "BACKBONE": {
+        # true: backbone BN stays in eval mode after the unfreeze too (the SiamMask authors' base stage never
+        # switches unfrozen layers back to train mode); false: PySOT's build_opt_lr puts TRAIN_LAYERS' BN in train mode
+        "FREEZE_BN": False,
+    },
 }
 
 # Per-dataset section schema: a DATASET child with these keys is a dataset, whatever its name.

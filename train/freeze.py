@@ -4,8 +4,9 @@ authors' refine stage.
 SiamRPN, SiamRPN++ and SiamMask's base stage (PySOT's and the authors' schedule): until
 ``BACKBONE.TRAIN_EPOCH`` every backbone parameter is frozen and every backbone BatchNorm runs in
 eval mode; from that epoch on the layers in ``BACKBONE.TRAIN_LAYERS`` train (their BN in train
-mode) in a parameter group at ``LAYERS_LR x BASE_LR``. The optimizer is rebuilt at the switch, as
-PySOT does, so SGD momentum restarts for every parameter.
+mode, unless ``BACKBONE.FREEZE_BN``: the SiamMask authors' base stage leaves them in eval mode) in a
+parameter group at ``LAYERS_LR x BASE_LR``. The optimizer is rebuilt at the switch, as PySOT does,
+so SGD momentum restarts for every parameter.
 
 SiamMask's refine stage (a MASK config with REFINE.REFINE; the authors'
 ``tools/train_siammask_refine.py``): only the mask branch's correlation (``mask_head``'s
@@ -61,7 +62,7 @@ def _bn_modes(model, cfg, unfrozen: bool) -> None:
     for m in model.backbone.modules():
         if isinstance(m, _BatchNorm):
             m.eval()
-    if unfrozen:
+    if unfrozen and not cfg.BACKBONE.FREEZE_BN:
         for layer in _train_layers(model, cfg):
             for m in layer.modules():
                 if isinstance(m, _BatchNorm):

@@ -436,6 +436,8 @@ class Trainer:
         self.sched.set_epoch(self.epoch)
         if self.epoch_step == 0:
             self.loader.set_epoch(self.epoch)
+            if tr.RESET_MOMENTUM_EACH_EPOCH:  # the SiamMask authors' refine stage: a new optimizer every epoch
+                self.optimizer.state.clear()
         set_train_mode(self.model, cfg, self.unfrozen)
         lr = self.sched.lr_at(self.epoch)
         self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
