@@ -155,42 +155,68 @@ def test_non_finite_step_is_skipped(mask_shards, tmp_path):
 FROZEN = ("backbone.", "neck.", "rpn_head.", "mask_head.head.")
 
 
-def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, mask_shards, tmp_path):
+def _refine_cfg(base_dir):
+    return _cfg("refine", *TINY, "TRAIN.EPOCH=2", "TRAIN.CKPT_INTERVAL=1",
+                f"TRAIN.PRETRAINED={base_dir / 'checkpoint_e2.pth'}")
+
+
+@pytest.fixture(scope="module")
+def refine_run(base_run, mask_shards, tmp_path_factory):
+    """A refine-stage run from the base run's checkpoint: 2 epochs of 2 steps."""
+    out = tmp_path_factory.mktemp("refine")
+    trainer, summary = _train(_refine_cfg(base_run[0]), mask_shards, out)
+    return out, trainer, summary
+
+
+def test_refine_stage_trains_only_the_mask_branch_and_refine(base_run, refine_run, mask_shards, tmp_path):
     base_dir, _ = base_run
+    out, trainer, summary = refine_run
     base = torch.load(base_dir / "checkpoint_e2.pth", weights_only=True)["state_dict"]
-    cfg = _cfg("refine", *TINY, "TRAIN.EPOCH=1", f"TRAIN.PRETRAINED={base_dir / 'checkpoint_e2.pth'}")
-    trainer, summary = _train(cfg, mask_shards, tmp_path / "refine")
-    recs = _records(tmp_path / "refine")
-    assert len(recs) == 2 and summary["skipped_steps"] == 0
+    recs = _records(out)
+    assert len(recs) == 4 and summary["skipped_steps"] == 0
     assert all(math.isfinite(r["mask_loss"]) and r["total_loss"] == pytest.approx(36 * r["mask_loss"]) for r in recs)
+    assert [r["lr"] for r in recs] == pytest.approx([0.01, 0.01, 0.0025, 0.0025])  # log 0.01 -> 0.0025
     groups = trainer.optimizer.param_groups
     trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trained and all(n.startswith(("mask_head.conv_kernel.", "mask_head.conv_search.", "refine_head."))
                            for n in trained)
     assert sum(len(g["params"]) for g in groups) == len(trained)
-    assert groups[-1]["lr"] == pytest.approx(0.01)  # the refine schedule's first epoch, log 0.01 -> 0.0025
-    after = torch.load(tmp_path / "refine" / "checkpoint_e1.pth", weights_only=True)["state_dict"]
+    after = torch.load(out / "checkpoint_e2.pth", weights_only=True)["state_dict"]
     for k, v in base.items():  # frozen parts: weights and BN statistics as the base stage left them
         if k.startswith(FROZEN):
             assert torch.equal(v, after[k]), k
     assert not torch.equal(base["mask_head.conv_search.0.weight"], after["mask_head.conv_search.0.weight"])
     # The refine checkpoint is PySOT's siammask_r50_l3 structure (small widths): a strict load
     tracking = build_model(load_config(CONFIGS / "siammask_r50_l3.yaml", SMALL_MASK))
-    load_model_checkpoint(tracking, tmp_path / "refine" / "checkpoint_e1.pth")
-
-    # SGD momentum restarts with every epoch (TRAIN.RESET_MOMENTUM_EACH_EPOCH, the authors' new optimizer)
-    assert trainer.optimizer.state
-    trainer.epoch = 0
-    trainer.start_epoch()
-    assert not trainer.optimizer.state
+    load_model_checkpoint(tracking, out / "checkpoint_e2.pth")
 
     # PySOT's own snapshots ({'epoch', 'state_dict' with module.}) start the stage as well
     torch.save({"epoch": 20, "state_dict": {"module." + k: v for k, v in base.items()}}, tmp_path / "pysot.pth")
-    t = Trainer(cfg.replace([f"TRAIN.PRETRAINED={tmp_path / 'pysot.pth'}"]), shards=mask_shards,
+    t = Trainer(trainer.cfg.replace([f"TRAIN.PRETRAINED={tmp_path / 'pysot.pth'}"]), shards=mask_shards,
                 out_dir=tmp_path / "p", device="cpu", show_progress=False)
     for k, v in t.model.state_dict().items():
         if k in base:
             assert torch.equal(v, base[k]), k
+
+    # SGD momentum restarts with every epoch (TRAIN.RESET_MOMENTUM_EACH_EPOCH, the authors' new optimizer)
+    assert trainer.optimizer.state
+    trainer.epoch, trainer.epoch_step = 1, 0
+    trainer.start_epoch()
+    assert not trainer.optimizer.state
+
+
+def test_refine_stage_resumes_exactly_after_a_crash_mid_epoch(base_run, refine_run, mask_shards, tmp_path):
+    """Across the epoch boundary (momentum restarted) and from mid-epoch 2 (momentum restored)."""
+    ref = refine_run[0]
+    cfg = _refine_cfg(base_run[0])
+    with pytest.raises(_Crash):
+        _train(cfg, mask_shards, tmp_path, loader=_Wrapped(_loader(cfg, mask_shards), _crash_at(3)))
+    _, summary = _train(cfg, mask_shards, tmp_path, resume=True)
+    assert summary["global_step"] == 4 and _records(tmp_path) == _records(ref)
+    want = torch.load(ref / "checkpoint_e2.pth", weights_only=True)
+    got = torch.load(tmp_path / "checkpoint_e2.pth", weights_only=True)
+    for k, v in want["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
 
 
 def _one_step_on_each_rank(rank, world, port, shards, out_dir):
