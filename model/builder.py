@@ -115,7 +115,7 @@ class SiamRPN(nn.Module):
 
     def mask_refine(self, pos) -> torch.Tensor:
         """Refined mask logits (B, 127*127) at score-map position ``pos`` = (row, col) of the
-        last ``track`` call (SiamMask with REFINE only)."""
+        last ``track`` call, or at a (row, col) per sample (SiamMask with REFINE only)."""
         if not self.has_refine:
             raise RuntimeError('mask_refine() needs a SiamMask model with REFINE.REFINE')
         if self.mask_corr_feature is None:

@@ -14,10 +14,14 @@ LABEL_LOC           (B, 4, A, S, S) float32: (dx, dy, dw, dh) of the target from
 LABEL_LOC_WEIGHT    (B, A, S, S) float32: 1 / (positives of the pair + 1e-6) on positives, else 0
 BBOX                (B, 4) float32: the target's x1, y1, x2, y2 on the augmented search image
 NEG                 (B,) bool: a negative pair (search image from another object)
-LABEL_MASK          (B, 1, Tx, Tx) float32 in {-1, +1}: the search crop's object mask (SiamMask only;
-                    -1 everywhere for negative pairs and pairs from datasets without masks)
-LABEL_MASK_WEIGHT   (B, 1, S, S) float32: 1 where any anchor of that position is positive, for
-                    non-negative pairs whose search crop has a mask; else 0 (SiamMask only)
+LABEL_MASK          (B, 1, Tx, Tx) float32 in {-1, +1}: the search object's mask with the search
+                    image's crop, scale and flip (no gray, colour or blur), +1 on the object
+                    (SiamMask only; -1 everywhere for negative pairs and pairs whose search entry
+                    has no stored mask)
+LABEL_MASK_WEIGHT   (B, 1, S, S) float32: 1 where any anchor of that position is positive in
+                    LABEL_CLS, for non-negative pairs whose search entry has a stored mask; else
+                    0 (SiamMask only; the SiamMask authors' `label_cls.max` there, whose loss
+                    uses only the positions equal to 1)
 ==================  ===============================================================================
 
 SiamMask batches (MASK.MASK configs) carry the two mask keys as well; SiamRPN batches do not.

@@ -44,8 +44,8 @@ def is_mask_ref(ref) -> bool:
 
 
 def decode_mask_region(png: bytes, box, crop_size: int):
-    """(region (h, w, 1) uint8 of {0, 1}, (x, y)) from `ShardReader.mask_at`'s (PNG, box), or a
-    one-line reason (str) why the mask is unusable; `NO_MASK` for an empty mask."""
+    """(region (h, w, 1) uint8, nonzero = object, (x, y)) from `ShardReader.mask_at`'s (PNG,
+    box), or a one-line reason (str) why the mask is unusable; `NO_MASK` for an empty mask."""
     x, y, w, h = (int(v) for v in box)
     if not png:
         return NO_MASK
@@ -55,7 +55,7 @@ def decode_mask_region(png: bytes, box, crop_size: int):
     if mask is None or mask.shape != (h, w) or mask.dtype != np.uint8:
         got = "nothing" if mask is None else f"{mask.dtype} {'x'.join(map(str, mask.shape))}"
         return f"mask PNG decodes to {got}, expected uint8 {h}x{w}"
-    return np.greater(mask, 0).view(np.uint8)[:, :, None], (x, y)
+    return mask[:, :, None], (x, y)
 
 
 class CropSource:

@@ -155,7 +155,7 @@ def mask_inputs(augs, masks, fields=MASK_FIELDS) -> dict:
     """Field -> (N-sample) external_source values for the search masks of every pair.
 
     `augs`: the search images' AugBatch; `masks`: one `(region, (x, y))` per pair, region an
-    (h, w, 1) uint8 array of {0, 1} (1 = object) whose top-left pixel is (x, y) of the 511
+    (h, w, 1) uint8 array (nonzero = object) whose top-left pixel is (x, y) of the 511
     crop (`pipeline.crop_source.NO_MASK` where the pair has none).  The mask is cropped at the
     search image's sample points: 'mask_params' for the fused kernel, 'mask_matrix' (the
     destination -> source affine map of `fn.warp_affine`, pixel centres at +0.5, a flip
@@ -293,6 +293,7 @@ def _render_mask(src: dict, out_size: int, device: str, kernel: bool):
     if kernel:
         return _mask_operator(out_size)(src["mask"], src["mask_params"])
     mask = src["mask"].gpu() if device == "gpu" else src["mask"]
+    mask = fn.cast(mask > 0, dtype=types.UINT8)   # the authors read the mask as > 0: {0, 1}
     # bilinear at the search image's sample points, 0 outside the stored region and the crop
     mask = fn.warp_affine(mask, matrix=src["mask_matrix"], size=[out_size, out_size],
                           fill_value=0, inverse_map=True, interp_type=types.INTERP_LINEAR,

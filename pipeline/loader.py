@@ -36,7 +36,7 @@ from pipeline.batch import (BBOX, LABEL_CLS, LABEL_LOC, LABEL_LOC_WEIGHT, LABEL_
                             LABEL_MASK_WEIGHT, NEG, SEARCH, TEMPLATE)
 from pipeline.crop_source import CropSource
 from pipeline.dali_graph import PairGraph, decode_image
-from pipeline.devices import cores_per_process, dali_device_id, resolve_device
+from pipeline.devices import dali_device_id, dali_threads, jpeg_hardware_share, resolve_device
 from pipeline.prepare import BatchPreparer, LabelInputs
 from pipeline.read_ahead import ReadAhead
 from pipeline.sampling import PairSampler
@@ -93,11 +93,14 @@ class PairLoader:
     shards: root folder of the shard folders.  batch_size: pairs per batch and process.
     device: 'cpu', 'cuda' (the process's current GPU) or 'cuda:N'.  rank, world_size: this
     process's slice of every epoch.  seed: the seed of every random decision.
-    num_threads: DALI worker threads (default: this process's share of the cores,
-    `pipeline.devices.cores_per_process`, plus one on the CPU); results do not depend on it.
+    num_threads: DALI worker threads (default TRAIN.LOADER_DALI_THREADS, whose 0 means
+    `pipeline.devices.dali_threads`: at most 4 on the GPU path, the process's cores + 1 on the
+    CPU); results do not depend on it.
     read_ahead, read_threads, hw_decoder_load: default to cfg.TRAIN.LOADER_READ_AHEAD (batches
     read ahead of rendering), LOADER_READ_THREADS (concurrent crop readers; 0 reads in the
-    background thread itself) and LOADER_HW_DECODER_LOAD (the GPU decoder's hardware share).
+    background thread itself) and LOADER_HW_DECODER_LOAD (the GPU decoder's hardware share;
+    negative: per card, `pipeline.devices.jpeg_hardware_share`).  `threads_why` and
+    `hw_decoder_why` say how the values were chosen.
     roi_decode: decode only the part of each 511 crop that the crop can touch (default: on for
     the CPU, where it halves decoding; off on the GPU).  pin_memory (device='cpu' only): return
     page-locked tensors for a fast non_blocking host->GPU copy (costs one copy per batch;
@@ -130,8 +133,6 @@ class PairLoader:
             raise ValueError(f"read_ahead must be >= 1 and read_threads >= 0, got "
                              f"{self.read_ahead} and {self.read_threads} "
                              f"(TRAIN.LOADER_READ_AHEAD / LOADER_READ_THREADS)")
-        self.hw_decoder_load = float(tr.LOADER_HW_DECODER_LOAD if hw_decoder_load is None
-                                     else hw_decoder_load)
         self.readers = readers if readers is not None else open_shard_readers(cfg, shards)
         self.sampler = PairSampler(cfg, self.readers, seed)  # raises on crop-parameter mismatch
         self.targets = AnchorTargets(cfg)
@@ -140,12 +141,14 @@ class PairLoader:
         on_gpu = self.device.type == "cuda"
         self.dali_device = "gpu" if on_gpu else "cpu"
         self.device_id = dali_device_id(self.device)
-        if num_threads is None:
-            # CPU: one thread more than this process's cores; with exactly one per core DALI's
-            # pool leaves a core idle at every operator's end (measured: 1.75 vs 1.86 cores
-            # busy, ~10% more pairs/s on 2 cores).
-            num_threads = cores_per_process() + (0 if on_gpu else 1)
-        self.num_threads = int(num_threads)
+        self.num_threads, self.threads_why = dali_threads(
+            int(tr.LOADER_DALI_THREADS if num_threads is None else num_threads), on_gpu)
+        if on_gpu:
+            self.hw_decoder_load, self.hw_decoder_why = jpeg_hardware_share(
+                torch.cuda.get_device_name(self.device),
+                float(tr.LOADER_HW_DECODER_LOAD if hw_decoder_load is None else hw_decoder_load))
+        else:
+            self.hw_decoder_load, self.hw_decoder_why = None, "CPU loader: libjpeg-turbo decodes"
         # Batches rendered per DALI run: on the CPU a run costs a fixed overhead, so small
         # batches are grouped (measured: 1.73 vs 1.97 CPU ms per pair for runs of 64 vs 32).
         self.run_batches = 1 if on_gpu else -(-MIN_RUN_PAIRS // self.batch_size)
@@ -188,6 +191,9 @@ class PairLoader:
         self._pool = None
         self._stages = weakref.WeakSet()
         self._held = collections.deque()   # (CUDA event, buffers) of runs being copied (GPU)
+        # GPU: a timing event on the consumer's stream right after its wait for the last yielded
+        # batch's DALI outputs (before the copies): where a device-timeline data wait ends.
+        self.ready_event = None
 
     @property
     def bad_entries(self) -> set:
@@ -293,6 +299,9 @@ class PairLoader:
         self._scheduled -= 1
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         outputs = self.graph.outputs(stream)
+        if stream is not None:
+            self.ready_event = torch.cuda.Event(enable_timing=True)
+            self.ready_event.record(stream)
         n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
         shapes = {TEMPLATE: (n, 3, tz, tz), SEARCH: (n, 3, tx, tx), LABEL_MASK: (n, 1, tx, tx)}

@@ -1,14 +1,12 @@
-"""Test helpers for SiamMask search masks: object masks, crop511 folders with the authors'
-`.m.png` files, and the check of a rendered mask against the SiamMask authors' augmentation
-(`pipeline.reference.render_mask`)."""
-import json
+"""Test helpers for SiamMask search masks: shards with masks (COCO and YouTube-VOS, built from
+crop511 folders with the authors' `.m.png` files), a SiamMask config over them, and the check of
+rendered masks against the SiamMask authors' augmentation (`pipeline.reference.render_mask`)."""
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from crop511_fixtures import write_crop511
 from pipeline.batch import LABEL_CLS, LABEL_MASK, LABEL_MASK_WEIGHT, SEARCH
-from pipeline.crop import box_on_crop
 from pipeline.ingest import build_dataset
 from pipeline.reference import authors_mask_weight, render_mask
 from pipeline.shards import decode_mask
@@ -17,21 +15,6 @@ from train.config import load_config
 # A rendered pixel may differ from the authors' only where the exact bilinear value lies within
 # cv2's sample-point rounding (1/32 pixel on each axis) of the 0.5 threshold.
 NEAR_HALF = 1 / 16
-
-
-def blob_mask(rng, box, size: int = 511) -> np.ndarray:
-    """size x size uint8 {0, 255}: an irregular blob (ellipse with a wavy outline and a notch)
-    filling the box (x1, y1, x2, y2) on the crop."""
-    x1, y1, x2, y2 = box
-    angle = np.linspace(0, 2 * np.pi, 40, endpoint=False)
-    radius = 1 + 0.15 * np.sin(int(rng.integers(2, 6)) * angle + rng.uniform(0, 2 * np.pi))
-    pts = np.stack([(x1 + x2) / 2 + (x2 - x1) / 2 * radius * np.cos(angle),
-                    (y1 + y2) / 2 + (y2 - y1) / 2 * radius * np.sin(angle)], 1)
-    mask = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
-    cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
-    mask[cy - 3:cy + 3, cx:int(x2) + 2] = 0   # a notch: the outline is not convex
-    return mask
 
 
 def exact_mask_values(mask: np.ndarray, aug) -> np.ndarray:
@@ -98,32 +81,6 @@ def check_mask_labels(loader, epoch: int, first: int, batch: dict) -> dict:
     return seen
 
 
-def write_crop511_with_masks(root: Path, tracks, seed: int, masks: bool = True) -> Path:
-    """A PySOT crop511 folder + train.json: textured crops with a bright blob object at the
-    box's `box_on_crop`, and (masks) the blob as the authors' `<frame>.<track>.m.png`."""
-    rng = np.random.default_rng(seed)
-    anno = {}
-    for video, track, frames in tracks:
-        for f in frames:
-            w = float(rng.uniform(30, 200))
-            h = w * float(np.exp(rng.uniform(-0.8, 0.8)))
-            x, y = float(rng.uniform(0, 300)), float(rng.uniform(0, 200))
-            box = [x, y, x + w, y + h]
-            anno.setdefault(video, {}).setdefault(f"{track:02d}", {})[f"{f:06d}"] = box
-            img = cv2.resize(rng.integers(0, 120, (16, 16, 3), dtype=np.uint8), (511, 511),
-                             interpolation=cv2.INTER_CUBIC)
-            img = cv2.add(img, rng.integers(0, 10, img.shape, dtype=np.uint8))
-            mask = blob_mask(rng, box_on_crop(box))
-            img[mask > 0] = rng.integers(200, 255, 3, dtype=np.uint8)
-            stem = root / video / f"{f:06d}.{track:02d}"
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(f"{stem}.x.jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            if masks:
-                cv2.imwrite(f"{stem}.m.png", mask)
-    (root / "train.json").write_text(json.dumps(anno))
-    return root / "train.json"
-
-
 # VID without masks; COCO images (one-frame tracks) and YouTube-VOS videos with masks.
 VID_TRACKS = [("a/v0", 0, range(8)), ("a/v1", 0, range(6)), ("a/v2", 1, range(7))]
 COCO_TRACKS = [(f"train2017/img{i}", t, [0]) for i in range(8) for t in range(1 + i % 2)]
@@ -137,7 +94,7 @@ def build_mask_shards(tmp: Path) -> Path:
     out = tmp / "cache"
     for name, tracks, seed, masks in (("VID", VID_TRACKS, 1, False), ("COCO", COCO_TRACKS, 2, True),
                                       ("YTBVOS", YTBVOS_TRACKS, 3, True)):
-        anno = write_crop511_with_masks(tmp / f"{name}_crop511", tracks, seed, masks)
+        anno = write_crop511(tmp / f"{name}_crop511", tracks, seed, masks)
         build_dataset(name, out_root=out, from_crop511=tmp / f"{name}_crop511", anno=anno,
                       progress=False)
     return out

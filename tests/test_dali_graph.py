@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mask_fixtures import assert_mask_like_authors, blob_mask
+from crop511_fixtures import blob_mask
+from mask_fixtures import assert_mask_like_authors
 from pipeline.crop_source import NO_MASK, decode_mask_region
 from pipeline.dali_graph import PairGraph, decode_regions, resize_window
 from pipeline.reference import decode_crop, render_image

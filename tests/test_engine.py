@@ -11,9 +11,10 @@ import torch
 from model import build_model
 from pipeline.synthetic import make_eval
 from track.engine import BlockedBackbone, EngineOptions, Job, inference_model, run_batched
+from track.metrics import fps
 from track.protocol import OnePassProtocol, Protocol, Request, run_sequential
-from track.runner import frame_reader, run_tracker
-from track.sequences import Sequence, load_sequences
+from track.datasets import Sequence, load_sequences
+from track.ope import run_tracker
 from track.tracker import StaticTracker, build_tracker
 from train.config import load_config
 
@@ -27,7 +28,7 @@ def sequences(tmp_path_factory):
     root = tmp_path_factory.mktemp('synth')
     make_eval(root, videos=3, frames=6, seed=11)
     seqs = load_sequences(root, 'otb')
-    return [Sequence(s.name, s.frames[:n], s.gt[:n]) for s, n in zip(seqs, (6, 4, 5))]
+    return [Sequence(s.name, s.frames[:n], s.groundtruth[:n]) for s, n in zip(seqs, (6, 4, 5))]
 
 
 def random_tracker(cfg_path, overrides=(), seed=0):
@@ -45,7 +46,7 @@ def randomise_batchnorm_statistics(model):
 
 
 def sequential(tracker, seqs):
-    return {s.name: run_sequential(OnePassProtocol(s), tracker, frame_reader(s)).result() for s in seqs}
+    return {s.name: run_sequential(OnePassProtocol(s), tracker, s.read_frame).result() for s in seqs}
 
 
 def assert_same_tracks(got, want):
@@ -62,7 +63,7 @@ def assert_same_tracks(got, want):
     ('configs/siamrpn_r50_l234_dwxcorr.yaml', 2, 2, EngineOptions(batch_size=2, streams=1)),
 ])
 def test_batched_engine_matches_the_sequential_tracker(sequences, cfg_path, n_seqs, frames, options):
-    seqs = [Sequence(s.name, s.frames[:frames], s.gt[:frames]) for s in sequences[:n_seqs]]
+    seqs = [Sequence(s.name, s.frames[:frames], s.groundtruth[:frames]) for s in sequences[:n_seqs]]
     _, tracker = random_tracker(cfg_path)
     want = sequential(tracker, seqs)
     got = run_tracker(tracker, seqs, 'batched', progress=False, engine=options)
@@ -84,8 +85,8 @@ def test_per_job_settings_and_both_long_term_search_sizes_in_one_step(sequences)
         torch.manual_seed(0)
         reference = build_tracker(variant, tracker.model)
         for seq in seqs:
-            want[(key, seq.name)] = run_sequential(OnePassProtocol(seq), reference, frame_reader(seq)).result()
-            jobs.append(Job(OnePassProtocol(seq), frame_reader(seq), seq.name, variant.TRACK, len(seq)))
+            want[(key, seq.name)] = run_sequential(OnePassProtocol(seq), reference, seq.read_frame).result()
+            jobs.append(Job(OnePassProtocol(seq), seq.read_frame, seq.name, variant.TRACK, len(seq)))
     protocols = run_batched(jobs, tracker, EngineOptions(batch_size=4, streams=1))
     got = {(key, p.sequence.name): p.result() for key, p in zip([k for k in settings for _ in seqs], protocols)}
     assert_same_tracks(got, want)
@@ -106,7 +107,7 @@ class ResetProtocol(Protocol):
         if i >= len(self.seq):
             return None
         if i in (0, self.stop + 3):
-            return Request('init', i, tuple(self.seq.gt[i]))
+            return Request('init', i, tuple(self.seq.groundtruth[i]))
         return Request('track', i)
 
     def report(self, request, result):
@@ -123,9 +124,9 @@ def test_a_reinitialising_protocol_runs_on_the_engine_unchanged(sequences):
         protocols = [ResetProtocol(s, stop) for s, stop in zip(sequences, (2, 0, 1))]
         if mode == 'sequential':
             for p in protocols:
-                run_sequential(p, tracker, frame_reader(p.seq))
+                run_sequential(p, tracker, p.seq.read_frame)
         else:
-            run_batched([Job(p, frame_reader(p.seq), p.seq.name) for p in protocols], tracker,
+            run_batched([Job(p, p.seq.read_frame, p.seq.name) for p in protocols], tracker,
                         EngineOptions(batch_size=3, streams=1))
         runs[mode] = protocols
     for seq_p, bat_p in zip(runs['sequential'], runs['batched']):
@@ -142,15 +143,35 @@ def test_unreadable_frames_repeat_the_previous_box_and_a_bad_first_frame_names_t
     broken.write_bytes(b'not a jpeg')
     frames[2] = broken
     _, tracker = random_tracker('configs/demo_cpu.yaml')
-    damaged = Sequence('damaged', frames, seq.gt)
+    damaged = Sequence('damaged', frames, seq.groundtruth)
     res = run_tracker(tracker, [damaged, sequences[0]], 'x', progress=False, engine=EngineOptions(batch_size=2))
     assert res['damaged']['skipped'] == 1 and res[sequences[0].name]['skipped'] == 0
     np.testing.assert_array_equal(res['damaged']['boxes'][2], res['damaged']['boxes'][1])
     assert np.isnan(res['damaged']['scores'][2]) and not np.isnan(res['damaged']['scores'][3])
-    first = Sequence('firstbad', [broken] + frames[1:], seq.gt)
+    first = Sequence('firstbad', [broken] + frames[1:], seq.groundtruth)
     for trk in (tracker, StaticTracker()):
         with pytest.raises(ValueError, match="cannot read the first frame of 'firstbad'"):
             run_tracker(trk, [first], 'x', progress=False)
+
+
+def test_each_frame_is_charged_its_share_of_the_step(sequences):
+    """A step that serves k frames charges each 1/k of its time (clock: a fake one, one second
+    per reading); the times add up to the steps, and the fps is the frames over the steps."""
+    _, tracker = random_tracker('configs/demo_cpu.yaml')
+    readings = []
+
+    def clock():
+        readings.append(None)
+        return float(len(readings))
+
+    jobs = [Job(OnePassProtocol(s), s.read_frame, s.name) for s in sequences]  # 6, 4 and 5 frames
+    results = [p.result() for p in run_batched(jobs, tracker, EngineOptions(batch_size=3, streams=1), clock=clock)]
+    # steps 1-4 serve all three sequences, step 5 two, step 6 one
+    assert len(readings) == 2 * 6
+    want = {6: [1 / 3] * 4 + [1 / 2, 1.0], 4: [1 / 3] * 4, 5: [1 / 3] * 4 + [1 / 2]}
+    for r in results:
+        np.testing.assert_allclose(r['times'], want[len(r['times'])])
+    assert fps({s.name: r for s, r in zip(sequences, results)}) == pytest.approx(15 / 6)
 
 
 def test_equal_first_boxes_of_one_frame_share_a_template(sequences):
@@ -158,7 +179,7 @@ def test_equal_first_boxes_of_one_frame_share_a_template(sequences):
     import cv2
     img = cv2.imread(str(sequences[0].frames[0]))
     other = img.copy()
-    box = tuple(sequences[0].gt[0])
+    box = tuple(sequences[0].groundtruth[0])
     states = [tracker.new_state(), tracker.new_state(cfg.replace(['TRACK.LR=0.1']).TRACK),
               tracker.new_state(), tracker.new_state(cfg.replace(['TRACK.CONTEXT_AMOUNT=0.6']).TRACK)]
     tracker.init_batch(states, [img, img, other, img], [box] * 4)
@@ -173,7 +194,7 @@ def test_streams_share_the_jobs_evenly(sequences):
     streams once ran as 8 + 0, the busy stream on half the torch threads); here 3 jobs: 2 + 1."""
     _, tracker = random_tracker('configs/demo_cpu.yaml')
     lanes = []
-    jobs = [Job(OnePassProtocol(s), frame_reader(s), s.name) for s in sequences]
+    jobs = [Job(OnePassProtocol(s), s.read_frame, s.name) for s in sequences]
     run_batched(jobs, tracker, EngineOptions(batch_size=16, streams=2),
                 on_done=lambda job: lanes.append(threading.current_thread().name))
     assert sorted(lanes) in (['track-lane0'] * 2 + ['track-lane1'], ['track-lane0'] + ['track-lane1'] * 2)
@@ -188,8 +209,8 @@ class FailingProtocol(OnePassProtocol):
 
 def test_an_error_in_a_protocol_stops_the_engine_and_reaches_the_caller(sequences):
     _, tracker = random_tracker('configs/demo_cpu.yaml')
-    jobs = [Job(OnePassProtocol(s), frame_reader(s), s.name) for s in sequences[:2]]
-    jobs.append(Job(FailingProtocol(sequences[2]), frame_reader(sequences[2]), sequences[2].name))
+    jobs = [Job(OnePassProtocol(s), s.read_frame, s.name) for s in sequences[:2]]
+    jobs.append(Job(FailingProtocol(sequences[2]), sequences[2].read_frame, sequences[2].name))
     with pytest.raises(RuntimeError, match='fails at frame 3'):
         run_batched(jobs, tracker, EngineOptions(batch_size=1, streams=2))
 

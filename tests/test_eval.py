@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -11,9 +12,10 @@ import torch
 
 from model import build_model
 from train.config import load_config
-from track.evaluate import epoch_checkpoints
-from track.runner import read_results, result_file, write_results
-from track.sequences import (OTB_FRAME_RANGES, load_otb, load_sequences, otb_benchmark_range,
+from track.engine import EngineOptions
+from track.results import read_results, result_file, write_results
+from track.snapshots import epoch_checkpoints
+from track.datasets import (OTB_FRAME_RANGES, load_otb, load_sequences, otb_benchmark_range,
                                         read_boxes)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +112,7 @@ def test_index_json_defines_sequences(tmp_path):
     write_index(tmp_path / 'OTB100.json', {'Seq-b': (imgs, rects)})
     (seq,) = load_sequences(tmp_path, 'otb')
     assert seq.name == 'Seq-b' and seq.frames == [tmp_path / n for n in imgs]
-    np.testing.assert_array_equal(seq.gt, rects)
+    np.testing.assert_array_equal(seq.groundtruth, rects)
     # explicit index by file name in the root, for any format
     assert load_sequences(tmp_path, 'got10k', index='OTB100.json')[0].name == 'Seq-b'
     # the folder layout is used for GOT-10k/LaSOT unless an index is given
@@ -220,14 +222,37 @@ def test_eval_tool_end_to_end(tmp_path, otb_root, pysot_checkpoints):
 
 
 def test_eval_tool_got10k_format_and_errors(tmp_path, pysot_checkpoints):
+    """GOT-10k through the command line: the static baseline on ground truth that never moves
+    scores IoU 1 on every frame (AO = SR0.50 = SR0.75 = 1, success AUC 20/21: IoU > 1 is never
+    true); a test-split sequence (first box only) is tracked and zipped but not scored; the
+    submission zip holds each sequence's folder at its top level with the files as written."""
     root = tmp_path / 'got'
     write_frames(root / 'GOT-10k_Val_000001', [(20, 20, 30, 30)] * 3)
     (root / 'GOT-10k_Val_000001' / 'groundtruth.txt').write_text('20,20,30,30\n' * 3)
+    (root / 'GOT-10k_Val_000001' / 'meta_info.ini').write_text('[METAINFO]\nresolution: (128, 96)\n')
+    write_frames(root / 'GOT-10k_Val_000002', [(50, 40, 20, 24)] * 4)
+    (root / 'GOT-10k_Val_000002' / 'groundtruth.txt').write_text('50,40,20,24\n' * 4)
+    write_frames(root / 'GOT-10k_Test_000001', [(10, 10, 16, 16)] * 2)
+    (root / 'GOT-10k_Test_000001' / 'groundtruth.txt').write_text('10,10,16,16\n')
     out = tmp_path / 'eval'
-    run_eval('--baselines', 'static', '--dataset', root, '--format', 'got10k', '--out', out)
+    stdout = run_eval('--baselines', 'static', '--dataset', root, '--format', 'got10k', '--out', out)
+    static = json.loads((out / 'report.json').read_text())['trackers']['static']
+    assert sorted(static['sequences']) == ['GOT-10k_Val_000001', 'GOT-10k_Val_000002']
+    assert static['overall']['auc'] == pytest.approx(20 / 21) and static['overall']['precision'] == 1.0
+    got = static['got10k']['overall']
+    assert got['ao'] == pytest.approx(1.0) and got['sr50'] == 1.0 and got['sr75'] == 1.0
+    assert got['frames'] == 2 + 3  # the first frame of each sequence is not scored
+    assert 'AO' in stdout and 'SR.75' in stdout
     seq_dir = out / 'results' / 'static' / 'GOT-10k_Val_000001'
-    assert read_boxes(seq_dir / 'GOT-10k_Val_000001_001.txt').shape == (3, 4)
+    assert read_boxes(seq_dir / 'GOT-10k_Val_000001_001.txt').tolist() == [[20, 20, 30, 30]] * 3
     assert len((seq_dir / 'GOT-10k_Val_000001_time.txt').read_text().split()) == 3
+    with zipfile.ZipFile(out / 'results' / 'static.zip') as archive:
+        names = sorted(archive.namelist())
+        assert names == sorted(f'{s}/{s}_{kind}.txt' for s in ('GOT-10k_Val_000001', 'GOT-10k_Val_000002',
+                                                               'GOT-10k_Test_000001') for kind in ('001', 'time'))
+        for name in names:
+            assert archive.read(name) == (out / 'results' / 'static' / name).read_bytes()
+    assert read_boxes(out / 'results' / 'static' / 'GOT-10k_Test_000001' / 'GOT-10k_Test_000001_001.txt').shape == (2, 4)
     bad = subprocess.run([sys.executable, 'tools/eval.py', '--cfg', DEMO_CFG, '--snapshot',
                           tmp_path / 'missing.pth', '--dataset', root, '--format', 'got10k'],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -244,7 +269,10 @@ def test_eval_tool_on_synthetic_eval_sequences(tmp_path, pysot_checkpoints):
     report = json.loads((out / 'report.json').read_text())
     assert report['index'] == str(root / 'SYNTH.json')  # found in the root and used
     assert list(report['trackers']) == ['checkpoint_e1', 'checkpoint_e2', 'untrained', 'static']
-    assert report['best'] in report['trackers']
+    aucs = {name: scores['overall']['auc'] for name, scores in report['trackers'].items()}
+    assert len(set(aucs.values())) > 1  # the pick is not a tie
+    assert report['best'] == max(aucs, key=aucs.get)  # the highest AUC, wherever it stands
+    assert f"best AUC: {report['best']} ({aucs[report['best']]:.3f})" in (out / 'report.txt').read_text()
     for scores in report['trackers'].values():
         assert set(scores['sequences']) == {'Synth01', 'Synth02'}
         assert 0.0 <= scores['overall']['auc'] <= 1.0
@@ -316,18 +344,33 @@ def test_lasot_scores_absent_frames_as_misses_by_default(tmp_path):
     assert '–' in (tmp_path / 'default' / 'report.txt').read_text()
 
 
-def test_both_eval_tools_name_their_trackers_alike(tmp_path, pysot_checkpoints):
-    """tools/eval.py and tools/eval_vot.py share their tracker options and how trackers are made from
-    them: each says what to give when nothing is named, and the same options give the same
-    trackers in both."""
+def test_the_tools_parse_their_shared_options_alike(tmp_path, pysot_checkpoints):
+    """tools/eval.py, tools/eval_vot.py and tools/tune.py declare their tracker and engine options
+    in one place: the same command line gives the same values in each (the engine's --streams
+    included, which eval_vot once lacked), each says what to give when nothing is named, and the
+    values name the same trackers."""
     sys.path.insert(0, str(ROOT))
-    from tools import eval as ote, eval_vot as vot
+    from tools import eval as ote, eval_vot as vot, tune
 
     for tool, missing in ((ote, '--checkpoints or --baselines'), (vot, '--baselines or --results')):
         with pytest.raises(SystemExit, match=f'nothing to evaluate: give --snapshot, .*{missing}'):
             tool.main(['--dataset', str(tmp_path)])
-    argv = ['--dataset', str(tmp_path), '--cfg', str(DEMO_CFG), '--checkpoints', str(pysot_checkpoints),
-            '--baselines', 'static', '--device', 'cpu']
-    for tool in (ote, vot):
-        names = list(ote.trackers_to_evaluate(tool.parse_args(argv), 'nothing'))
-        assert names == ['checkpoint_e1', 'checkpoint_e2', 'static'], names
+    common = ['--dataset', str(tmp_path), '--cfg', str(DEMO_CFG), '--checkpoints', str(pysot_checkpoints),
+              '--snapshot', str(pysot_checkpoints / 'checkpoint_e2.pth'), '--opts', 'TRACK.LR=0.3',
+              '--device', 'cpu', '--threads', '2', '--batch-size', '3', '--streams', '1', '--quiet']
+    shared = ('cfg', 'opts', 'snapshot', 'checkpoints', 'device', 'threads', 'batch_size', 'streams', 'quiet')
+    a = ote.parse_args(common + ['--baselines', 'static', '--sequential'])
+    b = vot.parse_args(common + ['--baselines', 'static', '--sequential'])
+    c = tune.parse_args(common + ['--report-set', str(tmp_path / 'other'), '--param', 'LR=0.1,0.2'])
+    want = {'cfg': str(DEMO_CFG), 'opts': ['TRACK.LR=0.3'], 'snapshot': [str(pysot_checkpoints / 'checkpoint_e2.pth')],
+            'checkpoints': str(pysot_checkpoints), 'device': 'cpu', 'threads': 2, 'batch_size': 3, 'streams': 1,
+            'quiet': True}
+    for args in (a, b, c):
+        assert {k: getattr(args, k) for k in shared} == want
+    assert a.baselines == b.baselines == ['static'] and a.sequential and b.sequential
+    assert ote.engine_options(a) is None and ote.engine_options(c) == EngineOptions(batch_size=3, streams=1)
+    b.sequential = False
+    assert ote.engine_options(b) == EngineOptions(batch_size=3, streams=1)
+    b.threads = 0  # leave this process's torch threads alone
+    names = list(ote.trackers_to_evaluate(b, 'nothing'))
+    assert names == ['checkpoint_e2', 'checkpoint_e1', 'static'], names  # e2 named first, once

@@ -1,17 +1,15 @@
 """The DALI loader on real LMDB shards (CPU): content, labels, determinism, DDP, resume, skips."""
-import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
+from crop511_fixtures import write_crop511
 from pipeline import build_loader
 from pipeline.anchors import anchor_grid_from_cfg
 from pipeline.ingest import build_dataset
-from pipeline.crop import box_on_crop
 from pipeline.reference import render_pair
 from pipeline.shards import ShardReader, shard_dir
 from shard_damage import overwrite_crop, vouch_for_crop
@@ -23,29 +21,6 @@ VID_TRACKS = [("a/v0", 0, range(12)), ("a/v0", 1, range(3, 10)), ("a/v1", 0, ran
               ("a/v2", 0, range(10)), ("a/v3", 2, range(6)), ("a/v4", 0, range(9))]
 COCO_TRACKS = [(f"train2017/img{i}", t, [0]) for i in range(10) for t in range(1 + i % 2)]
 EPOCH_PAIRS = 16  # >= the 15 video slots (5 VID videos + 10 COCO images): every slot appears
-
-
-def write_crop511(root: Path, tracks, seed: int) -> Path:
-    """PySOT crop511 folder + train.json with textured crops and the object at box_on_crop."""
-    rng = np.random.default_rng(seed)
-    anno = {}
-    for video, track, frames in tracks:
-        for f in frames:
-            w = float(rng.uniform(30, 200))
-            h = w * float(np.exp(rng.uniform(-0.8, 0.8)))
-            x, y = float(rng.uniform(0, 300)), float(rng.uniform(0, 200))
-            box = [x, y, x + w, y + h]
-            anno.setdefault(video, {}).setdefault(f"{track:02d}", {})[f"{f:06d}"] = box
-            img = cv2.resize(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), (511, 511),
-                             interpolation=cv2.INTER_CUBIC)
-            img = cv2.add(img, rng.integers(0, 10, img.shape, dtype=np.uint8))
-            x1, y1, x2, y2 = (int(round(v)) for v in box_on_crop(box))
-            img[y1:y2, x1:x2] = rng.integers(150, 255, 3, dtype=np.uint8)
-            path = root / video / f"{f:06d}.{track:02d}.x.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    (root / "train.json").write_text(json.dumps(anno))
-    return root / "train.json"
 
 
 @pytest.fixture(scope="module")

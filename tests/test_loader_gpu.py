@@ -226,3 +226,61 @@ def test_pinned_cpu_batches(shards):  # noqa: F811
     for key, value in pinned.items():
         assert value.is_pinned(), key
         assert torch.equal(value, plain[key]), key
+
+
+def test_hardware_jpeg_share_per_card():
+    """Cards with hardware JPEG engines decode everything there; others keep DALI's default (the
+    option has no effect without the engine); the config's share wins; the reason is said."""
+    from pipeline.devices import DALI_HW_DECODER_LOAD, jpeg_hardware_share
+
+    for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-40GB", "NVIDIA GH200 480GB",
+                 "NVIDIA B200", "NVIDIA A30"):
+        share, why = jpeg_hardware_share(name, -1.0)
+        assert share == 1.0 and "hardware JPEG" in why, name
+    for name in ("NVIDIA GeForce RTX 4090", "NVIDIA L40S", "Tesla V100-SXM2-16GB", "NVIDIA H20X"):
+        share, why = jpeg_hardware_share(name, -1.0)
+        assert share == DALI_HW_DECODER_LOAD and "no hardware JPEG decoder" in why, name
+    assert jpeg_hardware_share("NVIDIA H100 80GB HBM3", 0.3) == (0.3, "TRAIN.LOADER_HW_DECODER_LOAD=0.3 (config)")
+    with pytest.raises(ValueError, match="must lie in"):
+        jpeg_hardware_share("NVIDIA H100", 1.5)
+
+
+def test_dali_threads_capped_on_the_gpu_path(monkeypatch):
+    from pipeline import devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)   # a 16-core GPU host
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert devices.dali_threads(0, on_gpu=True)[0] == devices.GPU_DALI_THREADS == 4
+    assert devices.dali_threads(0, on_gpu=False)[0] == 17   # the CPU path keeps its measured best
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")               # 8 processes: 2 cores each
+    assert devices.dali_threads(0, on_gpu=True)[0] == 2
+    assert devices.dali_threads(6, on_gpu=True) == (6, "6 DALI threads (TRAIN.LOADER_DALI_THREADS or the caller)")
+
+
+def test_loader_says_how_it_chose_its_threads(shards):  # noqa: F811
+    cfg = make_cfg(**{"TRAIN.LOADER_DALI_THREADS": 3})
+    loader = build_loader(cfg, shards=shards, batch_size=BATCH, device="cpu", crop_kernel=False)
+    assert loader.num_threads == 3 and "TRAIN.LOADER_DALI_THREADS" in loader.threads_why
+    assert loader.hw_decoder_load is None and "libjpeg-turbo" in loader.hw_decoder_why
+    assert loader.ready_event is None  # the device-timeline ready point exists on the GPU only
+
+
+@needs_cuda
+def test_gpu_loader_defaults_and_ready_event(shards):  # noqa: F811
+    """On the GPU: the per-card JPEG share and the capped threads by default; after each batch a
+    timing event on the consumer's stream, recorded where the stream waits for DALI's outputs."""
+    from pipeline.devices import GPU_DALI_THREADS, jpeg_hardware_share
+
+    loader = build_loader(make_cfg(), shards=shards, batch_size=BATCH, device="cuda", seed=3)
+    name = torch.cuda.get_device_name(loader.device)
+    assert (loader.hw_decoder_load, loader.hw_decoder_why) == jpeg_hardware_share(name, -1.0)
+    assert loader.num_threads <= GPU_DALI_THREADS and "GPU path" in loader.threads_why
+    stream = torch.cuda.current_stream(loader.device)
+    for batch in batches(loader, 3):
+        before = torch.cuda.Event(enable_timing=True)
+        before.record(stream)
+        ready = loader.ready_event
+        assert ready is not None
+        before.synchronize()
+        assert ready.query() and ready.elapsed_time(before) >= 0  # recorded earlier on the same stream
+        assert batch["search"].is_cuda

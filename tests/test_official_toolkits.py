@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip('got10k')
 from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # noqa: E402
 
-from track.evaluate import evaluate, make_trackers, score_results  # noqa: E402
-from track.runner import write_results  # noqa: E402
-from track.sequences import load_sequences  # noqa: E402
+from track.datasets import load_sequences  # noqa: E402
+from track.ope import evaluate, score_results  # noqa: E402
+from track.results import write_results  # noqa: E402
+from track.snapshots import make_trackers  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 TOL = 1e-6
@@ -83,7 +84,7 @@ def test_got10k_ao_and_sr_equal_the_official_toolkit_on_the_same_files(got10k_va
     results = tmp_path / 'results'
     for seq in seqs:
         n = len(seq)
-        pred = seq.gt + rng.normal(0, 2, (n, 4))       # near the target, often outside the image
+        pred = seq.groundtruth + rng.normal(0, 2, (n, 4))       # near the target, often outside the image
         pred[1, 2:] = 0                                 # a zero-size prediction
         pred[3] = [W + 5, H + 5, 10, 10]                # entirely outside: clipped to nothing
         pred[-1] = [-40, -30, 200, 150]                 # covers the whole image
@@ -121,7 +122,7 @@ class OurOTB:
         return len(self.seqs)
 
     def __getitem__(self, i):
-        return [str(f) for f in self.seqs[i].frames], np.array(self.seqs[i].gt)
+        return [str(f) for f in self.seqs[i].frames], np.array(self.seqs[i].groundtruth)
 
 
 def test_otb_success_and_precision_equal_the_official_toolkit_on_the_same_files(tmp_path):
@@ -136,8 +137,8 @@ def test_otb_success_and_precision_equal_the_official_toolkit_on_the_same_files(
     seqs = load_sequences(root, 'otb')
     results = tmp_path / 'results'
     for seq in seqs:
-        pred = seq.gt + rng.normal(0, 8, seq.gt.shape)
-        pred[0] = seq.gt[0]
+        pred = seq.groundtruth + rng.normal(0, 8, seq.groundtruth.shape)
+        pred[0] = seq.groundtruth[0]
         write_results(results / 'OTB2015', 'noisy', 'otb', seq.name, pred)
     ours = score_results(seqs, results / 'OTB2015', 'noisy', 'otb')
     experiment = ExperimentOTB.__new__(ExperimentOTB)

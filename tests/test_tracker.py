@@ -1,5 +1,7 @@
 """Tracker geometry against PySOT's formulas (computed independently here, with loops), a
-tracker following a synthetic target, lost mode, and the real network end to end."""
+tracker following a synthetic target, lost mode, the real network against a transcription of
+PySOT's tracker, and SiamMask's mask placement."""
+import copy
 import math
 
 import cv2
@@ -10,10 +12,9 @@ import torch
 import torch.nn as nn
 
 from model import build_model
-from track.tracker import (SiamRPNLTTracker, SiamRPNTracker, StaticTracker, build_tracker,
-                           get_subwindow)
+from track.tracker import (SiamRPNLTTracker, SiamRPNTracker, StaticTracker, build_tracker, crop_patch,
+                           to_batch)
 from train.config import load_config
-
 
 
 def pysot_anchor_wh(stride, ratios, scales):
@@ -89,12 +90,12 @@ def cfg():
     return load_config('configs/siamrpn_alex_dwxcorr.yaml')
 
 
-def test_get_subwindow_matches_pixel_loop_with_mean_padding():
+def test_crop_patch_matches_pixel_loop_with_mean_padding():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     avg = img.mean(axis=(0, 1))
     sz, pos = 9, (2.3, 17.6)  # sticks out on the left
-    patch = get_subwindow(img, pos, sz, sz, avg)[0].numpy().transpose(1, 2, 0)
+    patch = crop_patch(img, pos, sz, sz, avg)
     x0 = math.floor(pos[0] - (sz + 1) / 2 + 0.5)
     y0 = math.floor(pos[1] - (sz + 1) / 2 + 0.5)
     for i in range(sz):
@@ -102,8 +103,9 @@ def test_get_subwindow_matches_pixel_loop_with_mean_padding():
             y, x = y0 + i, x0 + j
             want = img[y, x] if 0 <= y < 20 and 0 <= x < 30 else np.floor(avg)
             np.testing.assert_array_equal(patch[i, j], want)
-    big = get_subwindow(img, pos, 17, sz, avg)
+    big = to_batch([crop_patch(img, pos, 17, sz, avg)])
     assert big.shape == (1, 3, 17, 17) and big.dtype == torch.float32
+    np.testing.assert_array_equal(big[0].numpy().transpose(1, 2, 0), cv2.resize(patch, (17, 17)))
 
 
 def pysot_track_step(cfg, center, size, cls, loc, img_shape):
@@ -149,6 +151,93 @@ def pysot_track_step(cfg, center, size, cls, loc, img_shape):
     cx, cy = min(max(cx, 0), W), min(max(cy, 0), H)
     w, h = min(max(w, 10), W), min(max(h, 10), H)
     return (cx, cy), (w, h), score
+
+
+class PysotSiamRPN:
+    """Test-only transcription of PySOT's SiamRPNTracker (pysot/tracker/siamrpn_tracker.py, with
+    SiameseTracker.get_subwindow from base_tracker.py) for one target, written independently of
+    track/tracker.py: its own anchors, its crop through a padded copy of the whole frame, its
+    score and box read-out in PySOT's (1, 2A, S, S) -> (A*S*S,) order, its float32 arrays."""
+
+    def __init__(self, cfg, model):
+        self.cfg, self.model = cfg, model.eval()
+        t, a = cfg.TRACK, cfg.ANCHOR
+        self.score_size = (t.INSTANCE_SIZE - t.EXEMPLAR_SIZE) // a.STRIDE + 1 + t.BASE_SIZE
+        wh = pysot_anchor_wh(a.STRIDE, a.RATIOS, a.SCALES)
+        self.anchor_num, s = len(wh), self.score_size
+        origin = -(s // 2) * a.STRIDE
+        self.anchors = np.zeros((self.anchor_num * s * s, 4), np.float32)
+        for k, (w, h) in enumerate(wh):
+            for y in range(s):
+                for x in range(s):
+                    self.anchors[k * s * s + y * s + x] = (origin + a.STRIDE * x, origin + a.STRIDE * y, w, h)
+        self.window = np.tile(np.outer(np.hanning(s), np.hanning(s)).flatten(), self.anchor_num)
+
+    @staticmethod
+    def subwindow(img, pos, model_sz, original_sz, avg):
+        c = (original_sz + 1) / 2
+        xmin, ymin = np.floor(pos[0] - c + 0.5), np.floor(pos[1] - c + 0.5)
+        xmax, ymax = xmin + original_sz - 1, ymin + original_sz - 1
+        rows, cols, _ = img.shape
+        left, top = int(max(0., -xmin)), int(max(0., -ymin))
+        right, bottom = int(max(0., xmax - cols + 1)), int(max(0., ymax - rows + 1))
+        padded = np.zeros((rows + top + bottom, cols + left + right, 3), np.uint8)
+        padded[...] = avg  # PySOT fills each border strip with the mean; the same pixels
+        padded[top:top + rows, left:left + cols] = img
+        patch = padded[int(ymin + top):int(ymax + top + 1), int(xmin + left):int(xmax + left + 1)]
+        if model_sz != original_sz:
+            patch = cv2.resize(patch, (model_sz, model_sz))
+        return torch.from_numpy(patch.transpose(2, 0, 1)[None].astype(np.float32))
+
+    def init(self, img, bbox):
+        self.center_pos = np.array([bbox[0] + (bbox[2] - 1) / 2, bbox[1] + (bbox[3] - 1) / 2])
+        self.size = np.array([bbox[2], bbox[3]])
+        t = self.cfg.TRACK
+        context = t.CONTEXT_AMOUNT * np.sum(self.size)
+        s_z = round(np.sqrt((self.size[0] + context) * (self.size[1] + context)))
+        self.channel_average = np.mean(img, axis=(0, 1))
+        self.model.template(self.subwindow(img, self.center_pos, t.EXEMPLAR_SIZE, s_z, self.channel_average))
+
+    @torch.no_grad()
+    def track(self, img):
+        t = self.cfg.TRACK
+        context = t.CONTEXT_AMOUNT * np.sum(self.size)
+        s_z = np.sqrt((self.size[0] + context) * (self.size[1] + context))
+        scale_z = t.EXEMPLAR_SIZE / s_z
+        s_x = s_z * (t.INSTANCE_SIZE / t.EXEMPLAR_SIZE)
+        out = self.model.track(self.subwindow(img, self.center_pos, t.INSTANCE_SIZE, round(s_x),
+                                              self.channel_average))
+        logits = out['cls'].permute(1, 2, 3, 0).contiguous().view(2, -1).permute(1, 0)
+        score = torch.softmax(logits, dim=1)[:, 1].numpy()
+        delta = out['loc'].permute(1, 2, 3, 0).contiguous().view(4, -1).numpy().copy()
+        a = self.anchors
+        delta[0] = delta[0] * a[:, 2] + a[:, 0]
+        delta[1] = delta[1] * a[:, 3] + a[:, 1]
+        delta[2] = np.exp(delta[2]) * a[:, 2]
+        delta[3] = np.exp(delta[3]) * a[:, 3]
+
+        def change(r):
+            return np.maximum(r, 1. / r)
+
+        def context_side(w, h):
+            pad = (w + h) * 0.5
+            return np.sqrt((w + pad) * (h + pad))
+
+        s_c = change(context_side(delta[2], delta[3]) / context_side(self.size[0] * scale_z, self.size[1] * scale_z))
+        r_c = change((self.size[0] / self.size[1]) / (delta[2] / delta[3]))
+        penalty = np.exp(-(r_c * s_c - 1) * t.PENALTY_K)
+        pscore = penalty * score * (1 - t.WINDOW_INFLUENCE) + self.window * t.WINDOW_INFLUENCE
+        best = np.argmax(pscore)
+        box = delta[:, best] / scale_z
+        lr = penalty[best] * score[best] * t.LR
+        cx, cy = box[0] + self.center_pos[0], box[1] + self.center_pos[1]
+        width = self.size[0] * (1 - lr) + box[2] * lr
+        height = self.size[1] * (1 - lr) + box[3] * lr
+        rows, cols = img.shape[:2]
+        cx, cy = max(0, min(cx, cols)), max(0, min(cy, rows))
+        width, height = max(10, min(width, cols)), max(10, min(height, rows))
+        self.center_pos, self.size = np.array([cx, cy]), np.array([width, height])
+        return {'bbox': [cx - width / 2, cy - height / 2, width, height], 'best_score': score[best]}
 
 
 def test_track_step_matches_pysot_formulas(cfg):
@@ -243,21 +332,37 @@ def test_build_tracker_rejects_unknown_type(cfg):
         build_tracker(cfg.replace(['TRACK.TYPE=Nope']), OracleModel(cfg))
 
 
-def test_real_alexnet_model_end_to_end(cfg):
+def damp_box_regression(model, factor=0.01):
+    """Scale the last convolution of the RPN's box branch: a random network's boxes then stay near
+    the anchors and the tracker moves by varied amounts (an undamped head jumps to the clip limits)."""
+    convs = [m for m in model.rpn_head.modules() if isinstance(m, nn.Conv2d)]
+    loc = [m for name, m in model.rpn_head.named_modules() if isinstance(m, nn.Conv2d) and 'loc' in name]
+    with torch.no_grad():
+        (loc or convs)[-1].weight.mul_(factor)
+    return model
+
+
+def test_real_alexnet_model_follows_pysots_tracker(cfg):
+    """The real network (AlexNet, random init) through our tracker and through PySOT's
+    SiamRPNTracker (transcribed below) give the same box and score on every frame."""
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = damp_box_regression(build_model(cfg))
     tracker = build_tracker(cfg, model)
     assert not model.training
-    frames, gts = moving_square_video(n=4)
+    pysot = PysotSiamRPN(cfg, copy.deepcopy(model))
+    frames, gts = moving_square_video(n=8)
     tracker.init(frames[0], gts[0])
-    H, W = frames[0].shape[:2]
+    pysot.init(frames[0], gts[0])
+    boxes = []
     for f in frames[1:]:
-        out = tracker.track(f)
-        x, y, w, h = out['bbox']
-        assert 0 <= x + w / 2 <= W and 0 <= y + h / 2 <= H  # centre clipped into the frame
-        assert 10 <= w <= W and 10 <= h <= H
-        assert 0.0 <= out['best_score'] <= 1.0
-    assert tracker.score_size == 21 and tracker.anchors.shape == (5 * 21 * 21, 4)
+        ours, theirs = tracker.track(f), pysot.track(f)
+        np.testing.assert_allclose(ours['bbox'], theirs['bbox'], rtol=0, atol=1e-3)
+        assert ours['best_score'] == pytest.approx(float(theirs['best_score']), abs=1e-5)
+        boxes.append(ours['bbox'])
+    steps = np.abs(np.diff(np.array([gts[0]] + boxes), axis=0)).max(axis=1)
+    assert steps.min() > 1e-3 and len(set(np.round(steps, 3))) > 3  # it moves, by varied amounts
+    h, w = frames[0].shape[:2]
+    assert all(10 < b[2] < w and 10 < b[3] < h for b in boxes)  # sizes away from the clip limits
 
 
 class FixedMaskModel(FixedOutputModel):
@@ -287,7 +392,7 @@ def test_mask_tracker_pastes_mask_at_the_best_position():
     img = np.zeros((400, 400, 3), np.uint8)
     tracker.init(img, (180, 180, 40, 40))  # centre 199.5, s_z 80
     out = tracker.track(img)
-    assert model.refine_positions == [(10, 12)]
+    assert model.refine_positions == [[(10, 12)]]  # one (row, col) per target of the batch
     # by hand: s_x = round(80 * 255 / 127) = 161, crop starts at 199.5 - 80.5 = 119,
     # s = 161 / 255; sub-window = 119 + (col - 8/2) * 8 * s, side 127 * s
     s = 161 / 255
@@ -303,9 +408,49 @@ def test_mask_tracker_pastes_mask_at_the_best_position():
                                [[x, y], [x + w, y], [x + w, y + h], [x, y + h]], atol=1e-6)
 
 
-def test_mask_tracker_without_refine_uses_the_raw_mask():
-    """SiamMask with REFINE off (the config default) tracks with the mask head's raw vector;
-    it used to call mask_refine() and crash."""
+class FixedRawMaskModel(FixedOutputModel):
+    """FixedOutputModel plus a mask head without refinement: outputs['mask'] is a preset
+    (1, 63*63, S, S) map, one 63x63 mask vector per score-map position."""
+
+    has_mask, has_refine = True, False
+
+    def __init__(self, cls, loc, mask):
+        super().__init__(cls, loc)
+        self.mask = mask
+
+    def track(self, x):
+        return {**super().track(x), 'mask': self.mask}
+
+
+def test_mask_tracker_without_refine_places_the_raw_mask():
+    """SiamMask with REFINE off (the config default) pastes the mask head's raw 63x63 vector of
+    the best position into its sub-window of the frame: a block in the mask lands on the frame
+    where the geometry puts it (it once called mask_refine() and crashed)."""
+    cfg = load_config('configs/siammask_r50_l3.yaml', overrides=['REFINE.REFINE=False'])
+    S, A, M = 25, 5, 63
+    cls = torch.zeros(1, 2 * A, S, S)
+    cls[0, A + 2, 10, 12] = 12.0  # row 10, column 12, square anchor
+    mask = torch.full((1, M * M, S, S), -10.0)
+    block = torch.full((M, M), -10.0)
+    block[8:40, 16:48] = 10.0  # rows 8..39, columns 16..47 of the mask
+    mask[0, :, 10, 12] = block.flatten()
+    model = FixedRawMaskModel(cls, torch.zeros(1, 4 * A, S, S), mask)
+    tracker = build_tracker(cfg, model)
+    img = np.zeros((400, 400, 3), np.uint8)
+    tracker.init(img, (180, 180, 40, 40))  # centre 199.5, s_z 80
+    out = tracker.track(img)
+    # the sub-window of position (10, 12), as in the refine test: side 127 * s, s = 161 / 255
+    s = 161 / 255
+    x0, y0, side = 119 + (12 - 4) * 8 * s, 119 + (10 - 4) * 8 * s, 127 * s
+    px = side / M  # frame pixels per mask pixel
+    ys, xs = np.nonzero(out['mask'] > cfg.TRACK.MASK_THERSHOLD)
+    assert abs(xs.min() - (x0 + 16 * px)) <= 2 and abs(xs.max() + 1 - (x0 + 48 * px)) <= 2
+    assert abs(ys.min() - (y0 + 8 * px)) <= 2 and abs(ys.max() + 1 - (y0 + 40 * px)) <= 2
+    poly = np.array(out['polygon']).reshape(4, 2)
+    assert abs(poly[:, 0].min() - (x0 + 16 * px)) <= 2 and abs(poly[:, 1].max() - (y0 + 40 * px)) <= 2
+
+
+def test_mask_tracker_without_refine_runs_the_real_network():
     cfg = load_config('configs/siammask_r50_l3.yaml', overrides=['REFINE.REFINE=False'])
     torch.manual_seed(0)
     model = build_model(cfg).eval()

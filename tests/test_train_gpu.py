@@ -1,19 +1,24 @@
 """The trainer's GPU path. Every test runs on the CPU too (same logic, no autocast or
 channels_last there), so a first GPU run is unlikely to fail on a test bug; the CUDA variants
-are skipped without a GPU. tools/gpu_check.py runs this file on the GPU host.
+are skipped without a GPU. tools/gpu_check.py runs this file's CUDA tests on the GPU host.
 
 * the trainer across the unfreeze (bf16 + channels_last on CUDA; once with TRAIN.COMPILE) and a
   resume from the epoch checkpoint;
 * no host-device sync in the steady-state step: torch's sync debug mode set to "error" (CUDA)
   and a dispatch mode that fails on any op that reads a tensor on the host (both devices);
+* the data wait on the device timeline (CUDA events); TRAIN.CUDA_GRAPHS;
 * tools/bench_train.py and tools/bench_loader.py end to end;
 * tools/gpu_check.py --cpu-dry-run end to end (CPU only; a benchmark: ``-m benchmark``; the
-  check's stage handling and judging are tested fast in tests/test_train_gpu_check.py).
+  check's stages, budgets, preflight and judging are tested fast in tests/test_train_gpu_check.py).
+
+``gpu_slow`` (compile and end-to-end runs, minutes on a GPU) is left out of the default run and of
+tools/gpu_check.py's fast set: ``python -m pytest -m gpu_slow tests/test_train_gpu.py``.
 """
 import json
 import math
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +31,8 @@ from train.trainer import Trainer
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+# compile and end-to-end runs on the GPU (minutes): python -m pytest -m gpu_slow, beside tools/gpu_check.py
+SLOW_DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=[CUDA, pytest.mark.gpu_slow])]
 TWO_BY_TWO = ["TRAIN.EPOCH=2", "DATASET.VIDEOS_PER_EPOCH=8", "TRAIN.CKPT_INTERVAL=0", "TRAIN.PRINT_FREQ=2"]
 
 
@@ -36,7 +43,7 @@ def _losses(run_dir):
 @pytest.mark.parametrize("device, compile_", [
     pytest.param("cpu", False, id="cpu"),  # cpu + compile: tests/test_train.py::test_compiled_training_matches_eager...
     pytest.param("cuda", False, id="cuda", marks=CUDA),
-    pytest.param("cuda", True, id="cuda-compile", marks=CUDA),
+    pytest.param("cuda", True, id="cuda-compile", marks=[CUDA, pytest.mark.gpu_slow]),
 ])
 def test_trainer_across_the_unfreeze_and_resume(shards, tmp_path, device, compile_):  # noqa: F811
     cfg = _cfg(*TWO_BY_TWO, "TRAIN.AMP=True", "TRAIN.CHANNELS_LAST=True", f"TRAIN.COMPILE={compile_}")
@@ -48,6 +55,8 @@ def test_trainer_across_the_unfreeze_and_resume(shards, tmp_path, device, compil
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == on_cuda
     summary = trainer.fit()
     assert summary["global_step"] == 4 and summary["skipped_steps"] == 0 and trainer.unfrozen
+    assert summary["data_wait_clock"] == ("cuda_events" if on_cuda else "host")
+    assert 0 <= summary["data_wait_frac"] <= 1
     losses = _losses(tmp_path / "run")
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     if compile_:
@@ -130,7 +139,7 @@ def _run(cmd, timeout=600):
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SLOW_DEVICES)
 def test_bench_train_end_to_end(shards, tmp_path, device):  # noqa: F811
     out = tmp_path / "bench.json"
     res = _run([sys.executable, str(ROOT / "tools" / "bench_train.py"), "--cfg", str(DEMO), "--shards", str(shards),
@@ -159,6 +168,7 @@ def test_bench_train_end_to_end(shards, tmp_path, device):  # noqa: F811
 
 
 @CUDA
+@pytest.mark.gpu_slow
 def test_bench_loader_end_to_end_on_cuda(shards, tmp_path):  # noqa: F811
     out = tmp_path / "loader.json"
     res = _run([sys.executable, str(ROOT / "tools" / "bench_loader.py"), "--shards", str(shards), "--device", "cuda",
@@ -167,6 +177,58 @@ def test_bench_loader_end_to_end_on_cuda(shards, tmp_path):  # noqa: F811
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["dali"]["pairs_per_s"] > 0 and result["gpu"]
+
+
+@CUDA
+def test_device_timeline_data_wait():
+    """DeviceWaits counts the time the training stream sits idle until a batch is ready: a batch
+    handed over late (the host sleeps while the stream has nothing queued) is waited for at least
+    that long; one that is ready behind queued work is not waited for."""
+    from train.telemetry import DeviceWaits
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    waits = DeviceWaits(device)
+    torch.cuda.synchronize(device)
+    asked = waits.asked()
+    late = time.perf_counter()
+    time.sleep(0.05)
+    late = time.perf_counter() - late
+    waits.got(asked)
+    waited_late = waits.settle()
+    a = torch.randn(2048, 2048, device=device)
+    for _ in range(20):  # the previous step's work, still queued when the batch is asked for
+        a = a @ a.T / 2048
+    asked = waits.asked()
+    waits.got(asked)     # ready at once: the stream goes on right behind its queue
+    waited_ready = waits.settle()
+    assert waited_late >= 0.9 * late  # events complete only once recorded: the idle time is real
+    assert 0 <= waited_ready < waited_late
+    assert waits.settle() == 0.0  # settled waits are not counted twice
+
+
+def test_cuda_graphs_are_opt_in_and_need_compile():
+    from train.config import ConfigError, load_config
+    from train.trainer import compile_mode
+
+    assert compile_mode(load_config(None), on_cuda=True) is None
+    graphs = load_config(None, ["TRAIN.COMPILE=True", "TRAIN.CUDA_GRAPHS=True"])
+    assert compile_mode(graphs, on_cuda=True) == "reduce-overhead"
+    assert compile_mode(graphs, on_cuda=False) is None  # the CPU compiles without graphs
+    with pytest.raises(ConfigError, match="TRAIN.CUDA_GRAPHS=True needs TRAIN.COMPILE=True"):
+        load_config(None, ["TRAIN.CUDA_GRAPHS=True"])
+
+
+@CUDA
+@pytest.mark.gpu_slow
+def test_cuda_graphs_training(shards, tmp_path):  # noqa: F811
+    """TRAIN.CUDA_GRAPHS: the compiled steps replay CUDA graphs; across the unfreeze (a new graph
+    for the new trainable set) the losses stay finite and no step is skipped."""
+    cfg = _cfg(*TWO_BY_TWO, "TRAIN.AMP=True", "TRAIN.CHANNELS_LAST=True", "TRAIN.COMPILE=True",
+               "TRAIN.CUDA_GRAPHS=True")
+    trainer = Trainer(cfg, shards=shards, out_dir=tmp_path / "run", device="cuda", show_progress=False)
+    summary = trainer.fit()
+    assert summary["global_step"] == 4 and summary["skipped_steps"] == 0
+    assert all(math.isfinite(v) for v in _losses(tmp_path / "run"))
 
 
 @pytest.mark.benchmark  # ~60-80 s on 2 busy cores: every stage builds its own DALI loader
@@ -179,8 +241,12 @@ def test_gpu_check_cpu_dry_run_end_to_end(shards, tmp_path):  # noqa: F811
     result = json.loads(report.read_text())
     assert result["mode"] == "cpu-dry-run"
     assert {s: v["status"] for s, v in result["stages"].items()} == {
-        "card": "ok", "shards": "given", "gpu_tests": "ok", "loader": "ok", "train_bench": "ok", "train_run": "ok"}
+        "shards": "given", "gpu_tests": "ok", "loader": "ok", "train_bench": "ok", "train_run": "ok",
+        "loader_host": "ok", "profile_loader": "ok"}  # the dry run exercises the loader diagnosis too
+    assert [c["name"] for c in result["preflight"]] == ["CUDA device", "pytest"]
     rows = {r["name"]: r for r in result["rows"]}
-    assert rows["loader pairs/s"]["value"] > 0 and rows["frozen MFU"]["status"] == "n/a"
-    assert rows["unfrozen ms/step"]["value"] > 0
+    assert rows["loader pairs/s"]["value"] > 0 and rows["unfrozen MFU"]["status"] == "n/a"
+    assert rows["unfrozen ms/step"]["value"] > 0 and rows["loader host side alone"]["value"] > 0
+    counts = result["stages"]["gpu_tests"]["counts"]  # on the CPU the CUDA tests are collected and skip
+    assert counts["collected"] > 0 and counts["skipped"] == counts["collected"] and rows["GPU tests"]["status"] == "n/a"
     assert "| loader pairs/s" in res.stdout  # the printed table

@@ -3,6 +3,7 @@ stored as it finishes and a rerun resumes, the ranked report, heatmap and winner
 tools/eval.py), and the refusal to tune on the report set."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,9 +13,9 @@ from pipeline.synthetic import make_eval
 from tools.eval import main as eval_main
 from tools.tune import main as tune_main
 from track.protocol import OnePassProtocol, run_sequential
-from track.runner import frame_reader
-from track.sequences import load_sequences
+from track.datasets import load_sequences
 from track.tracker import build_tracker
+from track.metrics import score_tracker
 from track.tune import Search, parse_space, sample_settings, setting_config, setting_id
 from train.config import load_config
 
@@ -57,7 +58,7 @@ def test_settings_batched_with_sequences_resume_and_the_winner_config(tuning, tm
         model.load_state_dict(torch.load(row['checkpoint_path'], weights_only=True)['state_dict'])
         tracker = build_tracker(setting_config(cfg, row['setting']), model)
         for seq in seqs:
-            want = run_sequential(OnePassProtocol(seq), tracker, frame_reader(seq)).boxes
+            want = run_sequential(OnePassProtocol(seq), tracker, seq.read_frame).boxes
             got = search.load(row['checkpoint_key'], row['setting_id'], seq.name)
             np.testing.assert_allclose(got, want, atol=1e-3)
     # an interrupted search: results that never got written are tracked again, the rest reused
@@ -124,3 +125,40 @@ def test_parameter_space_grid_and_random_sample():
                          ('INSTANCE_SIZE=25.5', 'ints'), ('LR', 'KEY=v1')):
         with pytest.raises(ValueError, match=message):
             parse_space([bad], track)
+
+
+def write_got10k_sequence(folder, frames: int, boxes: int):
+    """A GOT-10k sequence folder: a square moving 3 px a frame; `boxes` ground-truth lines
+    (1: the test split's first box only)."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i in range(frames):
+        img = np.full((96, 128, 3), 50, np.uint8)
+        img[30:54, 20 + 3 * i:44 + 3 * i] = (40, 200, 230)
+        cv2.imwrite(str(folder / f'{i + 1:08d}.jpg'), img)
+        lines.append(f'{20 + 3 * i},30,24,24\n')
+    (folder / 'groundtruth.txt').write_text(''.join(lines[:boxes]))
+
+
+def test_tuning_scores_only_sequences_with_full_ground_truth(tuning, tmp_path):
+    """A first-box-only sequence (GOT-10k's test split) is neither tracked nor scored (it once
+    was tracked, then stopped the scoring); a set of only such sequences is refused."""
+    root = tmp_path / 'got'
+    write_got10k_sequence(root / 'GOT-10k_Val_000001', 5, 5)
+    write_got10k_sequence(root / 'GOT-10k_Test_000001', 5, 1)
+    out = tmp_path / 'search'
+    args = ['--snapshot', str(tuning / 'checkpoint_e1.pth'), '--dataset', str(root), '--format', 'got10k',
+            '--report-set', str(tuning / 'test_set'), '--param', 'PENALTY_K=0.05,0.3', '--quiet']
+    report = tune_main(args + ['--out', str(out)])
+    assert report['computed'] == 2 and report['sequences'] == 1 and report['metric'] == 'ao'
+    assert not list((out / 'runs').rglob('GOT-10k_Test_000001.json'))
+    scored = [s for s in load_sequences(root, 'got10k') if s.has_full_gt]
+    search = Search(out, root, 'got10k', load_config(DEMO_CFG).TRACK)
+    for row in report['ranked']:
+        boxes = search.load(row['checkpoint_key'], row['setting_id'], 'GOT-10k_Val_000001')
+        want = score_tracker(scored, {'GOT-10k_Val_000001': {'boxes': boxes}}, 'got10k')
+        assert row['auc'] == want['overall']['auc'] and row['ao'] == want['got10k']['overall']['ao']
+        assert 0 <= row['ao'] <= 1 and not np.isnan(row['auc'])
+    (root / 'GOT-10k_Val_000001' / 'groundtruth.txt').write_text('20,30,24,24\n')
+    with pytest.raises(SystemExit, match='no sequence has ground truth beyond its first box'):
+        tune_main(args + ['--out', str(tmp_path / 'none')])

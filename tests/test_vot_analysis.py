@@ -15,7 +15,7 @@ from track.vot.evaluate import evaluate_vot, score_stored
 from track.vot.protocol import SupervisedProtocol
 from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN
 from track.vot.results import trajectory_path, write_trajectory
-from track.vot.sequences import VOTSequence, load_vot
+from track.vot.datasets import VOTSequence, load_vot
 from vot_synthetic import polygon_of, toolkit_scores, write_dataset, write_workspace
 
 # vot-toolkit's class registry warns about its own deprecated calls
@@ -27,7 +27,7 @@ HALF, FULL = np.array([0, 0, 10, 5.0]), GT.copy()  # overlaps 0.5 and 1 with GT
 
 
 def one_sequence(n):
-    return [VOTSequence('s', [], [GT] * n, 20, 20)]
+    return [VOTSequence('s', [], [GT] * n, (20, 20))]
 
 
 def test_scores_by_hand():
@@ -67,7 +67,7 @@ def test_eao_variants_on_a_reinitialised_run():
 
 
 def test_pysot_eao_keeps_a_failure_exactly_five_frames_before_the_end():
-    seqs = [VOTSequence('a', [], [GT] * 8, 20, 20), VOTSequence('b', [], [GT] * 12, 20, 20)]
+    seqs = [VOTSequence('a', [], [GT] * 8, (20, 20)), VOTSequence('b', [], [GT] * 12, (20, 20))]
     runs = {'a': [[INITIALIZATION, HALF, FULL, FAILURE] + [UNKNOWN] * 4],
             'b': [[INITIALIZATION] + [FULL] * 11]}
     # a's fragment [0,.5,1,0,0,0,0,0] is zero-padded to 12 (failure kept: 3 + 5 <= 8) with
@@ -130,7 +130,7 @@ def static_runs(ws, sequences, name='static', trackers=(StaticTracker(),)) -> di
     for seq in sequences:
         runs[seq.name] = []
         for rep, trk in enumerate(trackers, 1):
-            p = run_sequential(SupervisedProtocol(seq.groundtruth, seq.size), trk, lambda i: BLANK)
+            p = run_sequential(SupervisedProtocol(seq), trk, lambda i: BLANK)
             write_trajectory(trajectory_path(ws / 'results', name, seq.name, rep), p.regions, p.times)
             runs[seq.name].append(p.regions)
     return runs

@@ -15,9 +15,11 @@ from train.config import load_config
 from track.tracker import build_tracker
 from track.vot.analysis import analyse
 from track.engine import EngineOptions
-from track.vot.evaluate import batched_driver, evaluate_vot, run_supervised
+from track.protocol import run_sequential
+from track.vot.evaluate import batched_driver, evaluate_vot
+from track.vot.protocol import SupervisedProtocol
 from track.vot.results import read_runs
-from track.vot.sequences import load_vot
+from track.vot.datasets import load_vot
 from vot_synthetic import toolkit_scores, write_dataset, write_workspace
 
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning:class_registry.*')
@@ -76,7 +78,7 @@ def test_toolkit_analysis_of_its_run_equals_ours(toolkit_run):
 
 def _sequential_runs(seqs):
     tracker = build_tracker(load_config(DEMO_CFG), damped_demo_model())
-    return {s.name: [run_supervised(tracker, s).regions] for s in seqs}
+    return {s.name: [run_sequential(SupervisedProtocol(s), tracker, s.read_frame).regions] for s in seqs}
 
 
 def _batched_runs(seqs, root, out):

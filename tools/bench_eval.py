@@ -40,12 +40,13 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from model import build_model  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
 from pipeline.synthetic import make_eval  # noqa: E402
-from train.config import load_config  # noqa: E402
+from tools.eval import add_engine_options  # noqa: E402
+from train.eval_setup import eval_setup  # noqa: E402
 from track.engine import EngineOptions, Job, default_batch_size, run_batched  # noqa: E402
-from track.evaluate import load_snapshot  # noqa: E402
+from track.datasets import load_sequences  # noqa: E402
+from track.ope import run_tracker  # noqa: E402
 from track.protocol import OnePassProtocol  # noqa: E402
-from track.runner import frame_reader, run_tracker  # noqa: E402
-from track.sequences import load_sequences  # noqa: E402
+from track.snapshots import load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.tune import setting_config  # noqa: E402
 
@@ -60,8 +61,7 @@ def parse_args(argv=None):
     p.add_argument('--frames', type=int, default=40, help='frames per synthetic sequence')
     p.add_argument('--settings', type=int, default=6, help='tracker settings in the tuning comparison (0: skip)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--batch-size', type=int, default=0, help='engine batch size per stream (0: default)')
-    p.add_argument('--streams', type=int, default=0, help='engine CPU streams (0: default)')
+    add_engine_options(p)
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
     p.add_argument('--skip', nargs='*', default=[], help='modes to leave out')
     p.add_argument('--repeat', type=int, default=1, help='rounds over all modes; the best of each is kept')
@@ -115,11 +115,10 @@ def max_diff(a: dict, b: dict) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.cfg, overrides=args.opts)
+    setup = eval_setup(args.cfg, args.opts, [args.snapshot] if args.snapshot else [], None, args.device, args.threads)
+    cfg = setup.cfg
     if args.snapshot:
-        model = load_snapshot(cfg, args.snapshot, args.device)
+        model = load_snapshot(cfg, setup.snapshots[0], args.device)
     else:
         torch.manual_seed(0)
         model = build_model(cfg).to(args.device).eval()
@@ -158,7 +157,7 @@ def main(argv=None):
             settings = [setting_config(cfg, {'PENALTY_K': round(float(k), 6)}).TRACK for k in ks]
 
             def jobs(variants):
-                return [Job(OnePassProtocol(s), frame_reader(s), s.name, v, len(s)) for s in seqs for v in variants]
+                return [Job(OnePassProtocol(s), s.read_frame, s.name, v, len(s)) for s in seqs for v in variants]
 
             for round_ in range(args.repeat):
                 for name, runs in (('tune_batched', [settings]), ('tune_one_by_one', [[v] for v in settings])):

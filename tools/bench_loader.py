@@ -5,11 +5,28 @@
                                  [--min-seconds S] [--json out.json]
     python tools/bench_loader.py --mask-cost --cfg configs/siammask_r50_l3.yaml --shards DIR ...
 
+    python tools/bench_loader.py --host-only --shards DIR [--batch-size B] [--min-seconds S]
+                                 [--cold] [--cfg CFG] [--opts ...]
+
+--host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no
+CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
+(`pipeline.read_ahead` with TRAIN.LOADER_READ_THREADS readers), the GPU graph's external_source
+values, the label inputs, the hand-over of each prepared batch to the consumer (one batch per run
+as on a GPU) and the feeding of DALI: every value fed to a DALI pipeline of the GPU graph's
+external sources, each followed by a shape query instead of the decoder and operators.
+Measures process CPU seconds (getrusage: every thread) and wall seconds of a window and each
+thread's CPU seconds; reports host CPU us per pair and the pairs/s one core and two cores can
+feed (two: also bounded by the busiest thread, which cannot use a second core); warm (the shard
+files read into the page cache first) and, with --cold, with the shards evicted from the page
+cache before the window.  Not counted: the host work of the GPU operators themselves (nvJPEG's
+JPEG parsing, kernel launches) and the launches of the label kernels, which need the GPU.
+
 DALI: `pipeline.loader.build_loader` on --device.  Reference: `pipeline.reference.
 ReferenceDataset` in a torch DataLoader with one worker per core (PySOT style; pinned memory
 and a host->device copy on cuda).  Both run the same config (default: PySOT's 8-GPU recipe,
 search blur 0.2) on the same shards.  Each measured window holds at least --batches batches
-and lasts at least --min-seconds.  On CUDA the window is timed with CUDA events recorded on
+and lasts at least --min-seconds (--progress: its pairs/s so far go to stderr every 2 s, so a
+run stopped by a time budget still gives a figure).  On CUDA the window is timed with CUDA events recorded on
 the consumer's stream (the host never synchronises the device inside it, so DALI keeps
 rendering ahead as in training).  --cold evicts the shard files from the page cache
 (posix_fadvise DONTNEED) before each round's first window and measures a warm window of the
@@ -26,22 +43,37 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from nvidia.dali import fn, pipeline_def  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from pipeline.crop_source import CropSource  # noqa: E402
+from pipeline.dali_graph import PairGraph  # noqa: E402
+from pipeline.devices import dali_threads  # noqa: E402
 from pipeline.fileio import atomic_write  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
+from pipeline.prepare import BatchPreparer, LabelInputs  # noqa: E402
+from pipeline.read_ahead import ReadAhead  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
+from pipeline.sampling import PairSampler  # noqa: E402
 from pipeline.shards import evict_page_cache, open_shard_readers, shard_dir  # noqa: E402
+from pipeline.targets import AnchorTargets  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 DEFAULT_CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
+# The host side's target on the GPU path: 10,000 pairs/s fed by at most 2 cores (<= 200 us per pair).
+HOST_TARGET_PAIRS_S = 10_000
+HOST_TARGET_CORES = 2
+PROGRESS_EVERY_S = 2.0  # --progress: a line on stderr this often in a measured window
 
 
 def _cpu_seconds() -> float:
@@ -84,16 +116,21 @@ def _endless(loader):
         yield from loader
 
 
-def _measure(loader, device, batches: int, warmup: int, min_seconds: float) -> dict:
+def _measure(loader, device, batches: int, warmup: int, min_seconds: float, progress: bool = False) -> dict:
     it = _endless(loader)
     for _ in range(warmup):
         next(it)
     window = _Window(device)
     window.start()
-    n = 0
+    n, shown = 0, 0.0
     while n < batches or window.elapsed() < min_seconds:
         next(it)
         n += 1
+        if progress and window.elapsed() - shown >= PROGRESS_EVERY_S:
+            shown = window.elapsed()  # host clock: a figure for a run stopped before the window ends
+            print("bench_loader progress " + json.dumps({"batches": n, "pairs": n * loader.batch_size,
+                                                         "seconds": shown, "pairs_per_s": n * loader.batch_size / shown}),
+                  file=sys.stderr, flush=True)
     wall, cpu = window.stop()
     it.close()
     pairs = n * loader.batch_size
@@ -118,13 +155,15 @@ def _read_files(folders) -> int:
 
 
 def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=False,
-               min_seconds=5.0, **options):
+               min_seconds=5.0, progress=False, **options):
     loader = build_loader(cfg, shards=shards, batch_size=batch_size, device=str(device), **options)
     if batches < 4 * loader.run_batches:
         # up to IN_FLIGHT runs are rendered ahead of the window and behind it
         print(f"warning: {batches} batches span fewer than 4 DALI runs of {loader.run_batches} "
               f"batches: the DALI figures are unreliable", file=sys.stderr)
-    result = {"num_threads": loader.num_threads, "read_threads": loader.read_threads,
+    result = {"num_threads": loader.num_threads, "threads_why": loader.threads_why,
+              "hw_decoder_load": loader.hw_decoder_load, "hw_decoder_why": loader.hw_decoder_why,
+              "read_threads": loader.read_threads,
               "read_ahead": loader.read_ahead, "roi_decode": loader.roi_decode,
               "crop_kernel": getattr(loader.graph, "kernel", None),
               "batches_per_dali_run": loader.run_batches}
@@ -132,15 +171,174 @@ def bench_dali(cfg, shards, device, batch_size, batches, warmup, epoch=0, cold=F
     if cold:  # nothing of the shards is mapped yet: the readers open their files lazily
         result["evicted_bytes"] = sum(evict_page_cache(f) for f in folders)
         loader.set_epoch(epoch)
-        result["cold"] = _measure(loader, device, batches, warmup, min_seconds)
+        result["cold"] = _measure(loader, device, batches, warmup, min_seconds, progress)
         _read_files(folders)
     loader.set_epoch(epoch)
-    result.update(_measure(loader, device, batches, warmup, min_seconds))
+    result.update(_measure(loader, device, batches, warmup, min_seconds, progress))
     result["skipped"] = loader.skipped
     loader.close()
     for reader in loader.readers:  # unmap the shards, so the next eviction can drop them
         reader.close()
     return result
+
+
+# ---- --host-only: the GPU path's host side ---------------------------------------------------
+def _process_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (getrusage)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _thread_cpu_seconds(ident: int) -> float:
+    """CPU seconds of one live thread of this process (its CPU-time clock; `Thread.ident`)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, ValueError):  # the thread has ended
+        return 0.0
+
+
+class FeedOnly:
+    """The GPU graph's external sources, each followed by a shape query (a trivial CPU operator)
+    in place of the GPU operators: DALI's host work of feeding a run (feed_input of every value,
+    scheduling it, taking its outputs), with the GPU path's default thread count.  Built from the
+    first run's values (their names and batch sizes), so it follows the graph's inputs."""
+
+    def __init__(self):
+        self.threads = dali_threads(0, on_gpu=True)[0]
+        self.pipe = None
+
+    def _build(self, values: dict) -> None:
+        names = list(values)
+
+        @pipeline_def
+        def feed_only():
+            return tuple(fn.external_source(name=n, no_copy=n == "jpeg").shape() for n in names)
+
+        self.pipe = feed_only(batch_size=max(len(v) for v in values.values()), num_threads=self.threads,
+                              device_id=None, prefetch_queue_depth=1)
+        self.pipe.build()
+
+    def __call__(self, values: dict) -> None:
+        if self.pipe is None:
+            self._build(values)
+        for name, value in values.items():
+            self.pipe.feed_input(name, value)
+        self.pipe.schedule_run()
+        self.pipe.outputs()
+
+
+class HostSide:
+    """What the GPU loader's host runs, with the GPU operators replaced by nothing: the sampler,
+    validated crop reads, the GPU graph's external_source values (`PairGraph.inputs` of the
+    native-operator graph, whole-crop decoding: the GPU graph's fields) and the label inputs
+    (pinned when CUDA is there), prepared by `pipeline.read_ahead` one batch per run."""
+
+    def __init__(self, cfg, shards, batch_size: int, read_threads=None, read_ahead=None, seed=0):
+        tr, ds = cfg.TRAIN, cfg.DATASET
+        self.batch_size = int(batch_size)
+        self.read_threads = int(tr.LOADER_READ_THREADS if read_threads is None else read_threads)
+        self.read_ahead = int(tr.LOADER_READ_AHEAD if read_ahead is None else read_ahead)
+        self.readers = open_shard_readers(cfg, shards)
+        sampler = PairSampler(cfg, self.readers, seed)
+        self.source = CropSource(self.readers, sampler.names, [sampler.crop_size] * len(self.readers))
+        # a CPU graph with the GPU graph's operators (its inputs are the GPU graph's); never run
+        inputs = PairGraph(self.batch_size, int(tr.EXEMPLAR_SIZE), int(tr.SEARCH_SIZE), "cpu",
+                           num_threads=1, image_size=sampler.crop_size, roi_decode=False,
+                           gray=bool(ds.GRAY), template_blur=bool(ds.TEMPLATE.BLUR),
+                           search_blur=bool(ds.SEARCH.BLUR), kernel=False,
+                           mask=bool(cfg.MASK.MASK)).inputs
+        self.feed = FeedOnly()
+        labels = LabelInputs(seed, 0, AnchorTargets(cfg).anchor_count, pinned=torch.cuda.is_available(),
+                             masks=bool(cfg.MASK.MASK))
+        self.indices = sampler.rank_indices(0, 1)
+        self.preparer = BatchPreparer(sampler, self.source, self.indices, self.batch_size, inputs, labels)
+        self.pool = ThreadPoolExecutor(self.read_threads) if self.read_threads > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    def stage(self, epoch: int, first: int = 0) -> ReadAhead:
+        return ReadAhead(self.preparer, self.source, epoch, first, len(self), 1, self.read_ahead, self.pool,
+                         self.read_threads)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for reader in self.readers:
+            reader.close()
+
+
+def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_seconds: float) -> dict:
+    """One window of the consumer's loop on `host`: every prepared batch taken as the GPU
+    loader's consumer takes it (refresh, hand-over), nothing rendered."""
+    stage = host.stage(epoch)
+    consumer = threading.get_ident()
+
+    def threads():
+        ids = [stage._thread.ident, consumer] + [t.ident for t in getattr(host.pool, "_threads", ())]
+        return {i: _thread_cpu_seconds(i) for i in ids}
+
+    total, taken = len(host), 0
+    pairs = nbytes = 0
+    try:
+        for _ in range(min(warmup, total)):
+            host.feed(host.preparer.refresh(epoch, stage.get()).values)
+            taken += 1
+        t0, c0, th0 = time.perf_counter(), _process_cpu_seconds(), threads()
+        n = 0
+        while taken < total and (n < batches or time.perf_counter() - t0 < min_seconds):
+            run = host.preparer.refresh(epoch, stage.get())
+            host.feed(run.values)
+            for prepared in run.batches:
+                pairs += len(prepared.plans)
+                nbytes += sum(map(len, prepared.template_jpegs)) + sum(map(len, prepared.search_jpegs))
+            taken += len(run.batches)
+            n += len(run.batches)
+        wall, cpu, th1 = time.perf_counter() - t0, _process_cpu_seconds() - c0, threads()
+    finally:
+        stage.close()
+    per_thread = {i: th1.get(i, 0.0) - th0.get(i, 0.0) for i in th1}
+    thread_cpu = {"read_ahead": per_thread.pop(stage._thread.ident, 0.0),
+                  "consumer": per_thread.pop(consumer, 0.0), "readers": sum(per_thread.values())}
+    thread_cpu["dali_and_other"] = max(0.0, cpu - sum(thread_cpu.values()))  # DALI's own threads
+    busiest = max(thread_cpu["read_ahead"], thread_cpu["consumer"],
+                  max(per_thread.values(), default=0.0))
+    us = 1e6 * cpu / pairs if pairs else float("nan")
+    return {"epoch": epoch, "first_batch": min(warmup, total), "batches": n, "pairs": pairs,
+            "jpeg_bytes": nbytes, "wall_s": wall, "cpu_s": cpu,
+            "pairs_per_s": pairs / wall if wall > 0 else float("nan"),
+            "cpu_cores_busy": cpu / wall if wall > 0 else float("nan"),
+            "host_us_per_pair": us, "thread_cpu_s": thread_cpu,
+            "busiest_thread_us_per_pair": 1e6 * busiest / pairs if pairs else float("nan"),
+            "one_core_pairs_per_s": 1e6 / us if pairs and us > 0 else float("nan"),
+            "two_cores_pairs_per_s": (min(2e6 / us, pairs / busiest if busiest > 0 else float("inf"))
+                                      if pairs and us > 0 else float("nan"))}
+
+
+def bench_host_only(cfg, shards, batch_size, batches, warmup, epoch=0, cold=False, min_seconds=5.0,
+                    read_threads=None, read_ahead=None) -> dict:
+    """--host-only: a warm window (and a cold one first with `cold`) of the GPU path's host work."""
+    host = HostSide(cfg, shards, batch_size, read_threads, read_ahead)
+    result = {"read_threads": host.read_threads, "read_ahead": host.read_ahead,
+              "label_inputs_pinned": torch.cuda.is_available(), "epoch_batches": len(host)}
+    folders = _shard_folders(cfg, shards)
+    try:
+        if cold:
+            result["evicted_bytes"] = sum(evict_page_cache(f) for f in folders)
+            result["cold"] = _measure_host(host, epoch, batches, warmup, min_seconds)
+        _read_files(folders)  # warm: every shard byte in the page cache
+        result.update(_measure_host(host, epoch + 1, batches, warmup, min_seconds))
+    finally:
+        host.close()
+    return result
+
+
+def _print_host(label: str, r: dict) -> None:
+    print(f"{label}: {r['host_us_per_pair']:7.1f} host CPU us/pair ({r['cpu_s']:.2f} CPU s, "
+          f"{r['wall_s']:.2f} wall s, {r['pairs']} pairs, {r['cpu_cores_busy']:.2f} cores busy); "
+          f"one core feeds {r['one_core_pairs_per_s']:8.0f} pairs/s, two cores "
+          f"{r['two_cores_pairs_per_s']:8.0f} pairs/s (busiest thread {r['busiest_thread_us_per_pair']:.1f} "
+          f"us/pair); measured {r['pairs_per_s']:8.0f} pairs/s", flush=True)
 
 
 class _Counted(Dataset):
@@ -193,7 +391,7 @@ def _median_run(runs: list, key: str = "pairs_per_s") -> dict:
     """The run with the median pairs/s, plus every round's pairs/s."""
     ranked = sorted(runs, key=lambda r: r[key])
     best = dict(ranked[len(ranked) // 2])
-    best["rounds_pairs_per_s"] = [round(r[key], 1) for r in runs]
+    best[f"rounds_{key}"] = [round(r[key], 1) for r in runs]
     return best
 
 
@@ -225,6 +423,32 @@ def mask_cost_main(args, cfg, device, options, result) -> dict:
     cost = result["mask_cost"]
     print(f"SiamMask / SiamRPN, same config and shards (median of {args.rounds} rounds): CPU ms per "
           f"pair {cost['cpu_ms_per_pair']:.3f}x, pairs/s {cost['pairs_per_s']:.3f}x")
+    atomic_write(args.json, json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return result
+
+
+def host_only_main(args, cfg, result) -> dict:
+    """--host-only rounds; the round with the median host us/pair is reported (warm, and cold)."""
+    runs = []
+    for r in range(args.rounds):
+        runs.append(bench_host_only(cfg, args.shards, args.batch_size, args.batches, args.warmup, epoch=2 * r,
+                                    cold=args.cold, min_seconds=args.min_seconds,
+                                    read_threads=args.read_threads, read_ahead=args.read_ahead))
+        _print_host(f"round {r} warm", runs[-1])
+        if args.cold:
+            _print_host(f"round {r} cold", runs[-1]["cold"])
+    result["mode"] = "host-only"
+    result["host_only"] = _median_run(runs, "host_us_per_pair")
+    if args.cold:
+        result["host_only_cold"] = _median_run([run["cold"] for run in runs], "host_us_per_pair")
+    result["target"] = {"pairs_per_s": HOST_TARGET_PAIRS_S, "cores": HOST_TARGET_CORES,
+                        "host_us_per_pair": 1e6 * HOST_TARGET_CORES / HOST_TARGET_PAIRS_S}
+    for key in ("host_only", "host_only_cold"):
+        if key in result:
+            r = result[key]
+            r["meets_target"] = bool(r["two_cores_pairs_per_s"] >= HOST_TARGET_PAIRS_S)
+            _print_host(f"{'cold' if key.endswith('cold') else 'warm'} (median)", r)
     atomic_write(args.json, json.dumps(result, indent=2))
     print(f"wrote {args.json}")
     return result
@@ -262,6 +486,11 @@ def main(argv=None):
                         help="a SiamMask --cfg against itself as SiamRPN (MASK.MASK false), "
                              "alternating windows: the cost of the masks")
     parser.add_argument("--json", default="runs/bench_loader.json")
+    parser.add_argument("--progress", action="store_true",
+                        help=f"print the window's pairs/s so far (host clock) to stderr every {PROGRESS_EVERY_S:g} s")
+    parser.add_argument("--host-only", action="store_true",
+                        help="the GPU path's host work alone (GPU operators replaced by nothing): host CPU "
+                             "us per pair and the pairs/s one and two cores can feed")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.cfg, overrides=args.opts)
@@ -276,6 +505,8 @@ def main(argv=None):
         "cpu_cores": cores, "cold": args.cold,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
+    if args.host_only:
+        return host_only_main(args, cfg, result)
     options = dict(num_threads=args.num_threads, read_threads=args.read_threads,
                    read_ahead=args.read_ahead,
                    roi_decode={"auto": None, "on": True, "off": False}[args.roi_decode],
@@ -286,7 +517,7 @@ def main(argv=None):
     for r in range(args.rounds):
         dali_runs.append(bench_dali(cfg, args.shards, device, args.batch_size, args.batches,
                                     args.warmup, epoch=r, cold=args.cold,
-                                    min_seconds=args.min_seconds, **options))
+                                    min_seconds=args.min_seconds, progress=args.progress, **options))
         run = dali_runs[-1]
         line = f"round {r}: DALI {run['pairs_per_s']:7.1f} pairs/s ({run['cpu_cores_busy']:.2f} cores)"
         if args.cold:

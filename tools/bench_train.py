@@ -5,8 +5,11 @@
 
 Each phase runs the real loader feeding the model, then the same number of steps on one batch
 held in device memory (the compute ceiling). GPU time from CUDA events; MFU against the card's
-own dense peak (train/gpu_peaks.py). One JSON object on stdout (and --json); --profile-dir also
-writes a torch.profiler summary of 5 steps per phase.
+own dense peak (train/gpu_peaks.py); data wait on the device timeline on CUDA (train/bench.py).
+--max-seconds ends a timed window early (at least one step), so the figures fit a time budget.
+One JSON object on stdout (and --json); each phase's figures also go to stderr as soon as they
+are complete (a line "bench_train phase NAME {json}"); --profile-dir also writes a
+torch.profiler summary of 5 steps per phase.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from train.distributed import parse_device, shutdown_distributed  # noqa: E402
 from train.preflight import PreflightError  # noqa: E402
 
 
+def _report_phase(name: str, entry: dict) -> None:
+    print(f"bench_train phase {name} {json.dumps(entry)}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", required=True)
@@ -31,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=30, help="timed steps per phase and source")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="end a timed window after this many seconds (at least one step)")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--profile-dir", default=None, help="write profile_{frozen,unfrozen}.txt (torch.profiler)")
     p.add_argument("--profile-steps", type=int, default=5, help="steps in each profile (default 5)")
@@ -40,7 +49,7 @@ def main(argv=None) -> int:
         parse_device(args.device)
         cfg = load_config(args.cfg, args.opts)
         result = bench_training(cfg, args.shards, args.device, args.steps, args.warmup, args.profile_dir,
-                                args.profile_steps)
+                                args.profile_steps, max_seconds=args.max_seconds, on_phase=_report_phase)
     except (ConfigError, PreflightError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

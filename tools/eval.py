@@ -14,36 +14,52 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from train.checkpoint import load_checkpoint  # noqa: E402
-from train.config import config_from_dict, load_config  # noqa: E402
+from train.eval_setup import eval_setup  # noqa: E402
 from track.engine import EngineOptions  # noqa: E402
-from track.evaluate import BASELINES, epoch_checkpoints, evaluate, make_trackers  # noqa: E402
+from track.datasets import FORMATS  # noqa: E402
 from track.metrics import ABSENT_POLICIES, DEFAULT_ABSENT  # noqa: E402
-from track.sequences import FORMATS  # noqa: E402
+from track.ope import evaluate  # noqa: E402
+from track.snapshots import BASELINES, make_trackers  # noqa: E402
 
 
-def add_tracker_options(p, checkpoints_help: str) -> None:
-    """The options `trackers_to_evaluate` reads (shared with tools/eval_vot.py)."""
+def add_tracker_options(p, checkpoints_help: str, baselines: bool = True) -> None:
+    """The options `eval_setup` reads (shared with tools/eval_vot.py and tools/tune.py), and
+    --baselines (not for tuning)."""
     p.add_argument('--cfg', help='model/tracker config YAML (default: the config saved in the first '
                    'snapshot, if it is one of our training checkpoints)')
     p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
-    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat to compare')
+    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat for several')
     p.add_argument('--checkpoints', help=checkpoints_help)
-    p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES,
-                   help='static: never moves its first box; untrained: the network at random init')
+    if baselines:
+        p.add_argument('--baselines', nargs='*', default=[], choices=BASELINES,
+                       help='static: never moves its first box; untrained: the network at random init')
     p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
 
 
-def add_run_options(p) -> None:
-    """How sequences are run and shown (shared with tools/eval_vot.py)."""
+def add_engine_options(p, batch_help: str = 'sequences') -> None:
+    """The batched engine's options (`engine_options`), shared by every tool that tracks."""
     p.add_argument('--batch-size', type=int, default=0,
-                   help='sequences per network forward and stream (default: 8 on CPU, 64 on CUDA)')
-    p.add_argument('--sequential', action='store_true',
-                   help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
+                   help=f'{batch_help} per network forward and stream (default: 8 on CPU, 64 on CUDA)')
+    p.add_argument('--streams', type=int, default=0,
+                   help='CPU only: sub-batches run concurrently, torch threads split between them (default 2)')
+
+
+def add_run_options(p, sequential: bool = True, batch_help: str = 'sequences') -> None:
+    """How sequences are run and shown (shared with tools/eval_vot.py and tools/tune.py): the
+    engine's options, --sequential where the tool can also run PySOT's way, --quiet."""
+    add_engine_options(p, batch_help)
+    if sequential:
+        p.add_argument('--sequential', action='store_true',
+                       help='one sequence at a time, frame by frame (PySOT\'s way) instead of the batched engine')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def engine_options(args) -> EngineOptions | None:
+    """The engine options `add_run_options`' options give (None: --sequential)."""
+    if getattr(args, 'sequential', False):
+        return None
+    return EngineOptions(batch_size=args.batch_size, streams=args.streams)
 
 
 def parse_args(argv=None):
@@ -62,43 +78,22 @@ def parse_args(argv=None):
                         'exclude = left out (the GOT-10k rule). Default: '
                         + ', '.join(f'{k} {v}' for k, v in DEFAULT_ABSENT.items()))
     add_run_options(p)
-    p.add_argument('--streams', type=int, default=0,
-                   help='CPU only: sub-batches run concurrently, torch threads split between them (default 2)')
     return p.parse_args(argv)
 
 
-def saved_config(snapshots, overrides):
-    """The config stored in the first snapshot by train/run.py, or None (PySOT files carry none)."""
-    if not snapshots:
-        return None
-    ckpt = load_checkpoint(snapshots[0])  # CheckpointError (a ValueError) names the file
-    saved = ckpt.get('config') if isinstance(ckpt, dict) else None
-    if not isinstance(saved, dict):
-        sys.exit(f'{snapshots[0]} carries no config (a PySOT checkpoint?): give --cfg')
-    print(f'using the config saved in {snapshots[0]}')
-    return config_from_dict(saved, f'{snapshots[0]}:config', overrides)
-
-
 def trackers_to_evaluate(args, nothing: str) -> dict:
-    """{name: tracker} for what `add_tracker_options`' options name (the config: --cfg, else the one
-    saved in the first snapshot); exits with the message ``nothing`` when they name none."""
-    snapshots = list(args.snapshot)
-    if args.checkpoints:
-        snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
-    if not snapshots and not args.baselines:
+    """{name: tracker} for what `add_tracker_options`' options name (`train.eval_setup`: the
+    snapshots, the config, the device); exits with the message ``nothing`` when they name none."""
+    if not args.snapshot and not args.checkpoints and not args.baselines:
         sys.exit(nothing)
-    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ('cuda' if cfg is not None and cfg.CUDA and torch.cuda.is_available() else 'cpu')
-    return make_trackers(cfg, snapshots, args.baselines, device)
+    setup = eval_setup(args.cfg, args.opts, args.snapshot, args.checkpoints, args.device, args.threads)
+    return make_trackers(setup.cfg, setup.snapshots, args.baselines, setup.device)
 
 
 def run(args):
     trackers = trackers_to_evaluate(args, 'nothing to evaluate: give --snapshot, --checkpoints or --baselines')
-    engine = None if args.sequential else EngineOptions(batch_size=args.batch_size, streams=args.streams)
     evaluate(trackers, args.dataset, args.format, args.out, plot=args.plot, absent=args.absent,
-             progress=not args.quiet, index=args.index, engine=engine)
+             progress=not args.quiet, index=args.index, engine=engine_options(args))
 
 
 def main(argv=None):

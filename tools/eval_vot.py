@@ -14,9 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval import add_run_options, add_tracker_options, trackers_to_evaluate  # noqa: E402
-from track.vot.analysis import EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
-from track.engine import EngineOptions  # noqa: E402
+from tools.eval import add_run_options, add_tracker_options, engine_options, trackers_to_evaluate  # noqa: E402
+from track.vot.analysis import DEFAULT_EAO_CHALLENGE, DEFAULT_EAO_INTERVAL, EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
 from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot, score_stored  # noqa: E402
 
 
@@ -41,8 +40,9 @@ def parse_args(argv=None):
     p.add_argument('--out', default='results/vot', help='output folder')
     p.add_argument('--eao', default='vot', choices=EAO_VARIANTS,
                    help="vot: vot-toolkit's EAO (default); pysot: PySOT toolkit's variant")
-    p.add_argument('--interval', type=parse_interval, default=EAO_INTERVALS['vot2018'],
-                   help=f'EAO interval: {", ".join(sorted(EAO_INTERVALS))} or LOW,HIGH (default vot2018: 100,356)')
+    p.add_argument('--interval', type=parse_interval, default=DEFAULT_EAO_INTERVAL,
+                   help=f'EAO interval: {", ".join(sorted(EAO_INTERVALS))} or LOW,HIGH (default '
+                   f'{DEFAULT_EAO_CHALLENGE}: {",".join(map(str, DEFAULT_EAO_INTERVAL))})')
     p.add_argument('--restart', action='store_true', help='rerun sequences whose runs are stored')
     add_run_options(p)
     return p.parse_args(argv)
@@ -57,7 +57,7 @@ def run(args):
         return
     trackers = trackers_to_evaluate(args, 'nothing to evaluate: give --snapshot, --checkpoints, --baselines '
                                           'or --results')
-    drive = drive_sequential if args.sequential else batched_driver(EngineOptions(batch_size=args.batch_size))
+    drive = drive_sequential if args.sequential else batched_driver(engine_options(args))
     evaluate_vot(trackers, args.dataset, args.out, low, high, args.eao, restart=args.restart,
                  progress=not args.quiet, drive=drive)
 

@@ -24,11 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from train.config import load_config  # noqa: E402
-from tools.eval import saved_config  # noqa: E402
-from track.evaluate import load_snapshot  # noqa: E402
+from train.eval_setup import eval_setup  # noqa: E402
+from track.snapshots import load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.vot.trax_server import serve  # noqa: E402
 
@@ -48,11 +45,8 @@ def parse_args(argv=None, environ=os.environ):
 
 def build(args):
     """The tracker the settings name (a SiamRPN/SiamMask tracker on a loaded checkpoint)."""
-    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config([args.snapshot], args.opts)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ('cuda' if cfg.CUDA and torch.cuda.is_available() else 'cpu')
-    return build_tracker(cfg, load_snapshot(cfg, args.snapshot, device))
+    setup = eval_setup(args.cfg, args.opts, [args.snapshot], None, args.device, args.threads)
+    return build_tracker(setup.cfg, load_snapshot(setup.cfg, setup.snapshots[0], setup.device))
 
 
 def main(argv=None):

@@ -18,24 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from tools.eval import saved_config  # noqa: E402
-from train.config import load_config  # noqa: E402
-from track.engine import EngineOptions  # noqa: E402
-from track.evaluate import epoch_checkpoints, load_snapshot  # noqa: E402
-from track.sequences import FORMATS, load_sequences  # noqa: E402
+from tools.eval import add_run_options, add_tracker_options, engine_options  # noqa: E402
+from train.eval_setup import eval_setup  # noqa: E402
+from track.datasets import FORMATS, load_sequences  # noqa: E402
+from track.snapshots import load_snapshot  # noqa: E402
 from track.tracker import build_tracker  # noqa: E402
 from track.tune import (METRICS, Search, checkpoint_key, overlapping_folders, parse_space,  # noqa: E402
-                        sample_settings, setting_config, track_settings, write_report)
+                        sample_settings, scored_sequences, setting_config, track_settings, write_report)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', help='model/tracker config (default: the config saved in the first checkpoint)')
-    p.add_argument('--opts', nargs='*', default=[], help='config overrides KEY=VALUE')
-    p.add_argument('--snapshot', action='append', default=[], help='checkpoint file; repeat for several')
-    p.add_argument('--checkpoints', help='run folder: every checkpoint_e*.pth in it')
+    add_tracker_options(p, 'run folder: every checkpoint_e*.pth in it', baselines=False)
     p.add_argument('--dataset', required=True, help='the tuning set (root folder of its sequences)')
     p.add_argument('--format', default='otb', choices=FORMATS)
     p.add_argument('--index', help='PySOT-toolkit index JSON for the tuning set (see tools/eval.py)')
@@ -51,29 +45,21 @@ def parse_args(argv=None):
     p.add_argument('--heatmap', nargs=2, metavar=('X', 'Y'), help='two parameters for heatmap.png '
                    '(default: the first two --param keys)')
     p.add_argument('--out', default='results/tune', help='search folder (results, report, winner.yaml)')
-    p.add_argument('--device', default=None, help='cpu | cuda (default: cuda if cfg.CUDA and available)')
-    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave default)')
-    p.add_argument('--batch-size', type=int, default=0, help='(setting, sequence) pairs per forward and stream')
-    p.add_argument('--streams', type=int, default=0, help='CPU sub-batches run concurrently (default 2)')
     p.add_argument('--top', type=int, default=20, help='rows of the text table (0: all)')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    add_run_options(p, sequential=False, batch_help='(setting, sequence) pairs')
     return p.parse_args(argv)
 
 
 def run(args) -> dict:
-    snapshots = list(args.snapshot)
-    if args.checkpoints:
-        snapshots += [str(p) for p in epoch_checkpoints(args.checkpoints)]
-    if not snapshots:
+    if not args.snapshot and not args.checkpoints:
         raise ValueError('nothing to tune: give --snapshot or --checkpoints')
     tuned_on_report_set = overlapping_folders(args.dataset, args.report_set)
     if tuned_on_report_set and not args.allow_test_tuning:
         raise ValueError(f'the tuning set {args.dataset} and the report set {args.report_set} are the same folder '
                          '(or one holds the other): tuning on the set you report on inflates its figures; '
                          'tune on another set, or give --allow-test-tuning (the report will say so)')
-    cfg = load_config(args.cfg, overrides=args.opts) if args.cfg else saved_config(snapshots, args.opts)
-    if cfg is None:
-        raise ValueError('a config is needed: give --cfg')
+    setup = eval_setup(args.cfg, args.opts, args.snapshot, args.checkpoints, args.device, args.threads)
+    cfg, device = setup.cfg, setup.device
     space = parse_space(args.param, cfg.TRACK)
     settings = sample_settings(space, args.samples, args.seed)
     variants = [setting_config(cfg, s).TRACK for s in settings]
@@ -82,16 +68,13 @@ def run(args) -> dict:
     if unknown:
         raise ValueError(f'--heatmap {unknown}: not among the searched parameters {list(space)}')
     metric = args.metric or ('ao' if args.format == 'got10k' else 'auc')
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ('cuda' if cfg.CUDA and torch.cuda.is_available() else 'cpu')
-    sequences = load_sequences(args.dataset, args.format, index=args.index)
+    sequences = scored_sequences(load_sequences(args.dataset, args.format, index=args.index), args.dataset)
     if tuned_on_report_set:
         print(f'WARNING: tuning on the report set {args.report_set} (--allow-test-tuning)')
     search = Search(args.out, args.dataset, args.format, cfg.TRACK)
-    engine = EngineOptions(batch_size=args.batch_size, streams=args.streams)
+    engine = engine_options(args)
     checkpoints, counts = {}, {'computed': 0, 'reused': 0}
-    for path in dict.fromkeys(Path(p).resolve() for p in snapshots):
+    for path in setup.snapshots:
         key = checkpoint_key(path)
         checkpoints[key] = path
         tracker = build_tracker(cfg, load_snapshot(cfg, path, device), device)

@@ -24,8 +24,9 @@ Two opt-in CPU speed-ups change the float rounding more than batching does (trac
 to ~1e-3 px within 8 frames of a random network, ~1e-4 px with batching alone; see
 tests/test_engine.py): NHWC crops (`channels_last`) and BatchNorm folded into the preceding
 convolutions of a copy of the model (`fuse_bn`).
-Trackers without a batched path (SiamMask, the static baseline) run one job at a time through
-the same loop.
+SiamMask is batched too: one search forward, then one refine forward with each target's own
+score-map position.  Trackers without a batched path (the static baseline) run one job at a time
+through the same loop.
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def inference_model(model: nn.Module, fuse_bn: bool = True, blocked: bool = Fals
 
 
 class _OneAtATime:
-    """The batch interface over a tracker without one (SiamMask, the static baseline)."""
+    """The batch interface over a tracker without one (the static baseline)."""
 
     def __init__(self, tracker):
         self.tracker = tracker
@@ -202,9 +203,9 @@ class _Lane:
                 if nxt not in upcoming:
                     upcoming[nxt] = cache.get(nxt) or pool.submit(a.job.read_frame, frame + 1)
             cache = upcoming
-            start = time.perf_counter()
+            start = self.shared.clock()
             self._step(active, [frames[k] for k in keys])
-            seconds = (time.perf_counter() - start) / len(active)
+            seconds = (self.shared.clock() - start) / len(active)  # each frame's share of the step
             for a in active:
                 a.job.protocol.timed(a.request, seconds)
             self.shared.advance(len(active))
@@ -243,9 +244,9 @@ class _Lane:
 class _Shared:
     """What the lanes share: the job queue, the reader pool, progress, completion and errors."""
 
-    def __init__(self, jobs, pool, bar, on_done, lanes: int = 1):
+    def __init__(self, jobs, pool, bar, on_done, lanes: int = 1, clock=time.perf_counter):
         self.queue = deque(jobs)
-        self.pool, self.bar, self.on_done = pool, bar, on_done
+        self.pool, self.bar, self.on_done, self.clock = pool, bar, on_done, clock
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors = []
@@ -299,11 +300,13 @@ def _lanes(tracker, options: EngineOptions) -> list:
 
 
 def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: bool = False,
-                desc: str = 'track', on_done: Callable[[Job], None] | None = None) -> list:
+                desc: str = 'track', on_done: Callable[[Job], None] | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> list:
     """Run every job's protocol to its end with `tracker` (a batchable tracker is served in
     batches, any other one job at a time).  `on_done(job)` is called as each job finishes (under
-    a lock, from the engine's threads).  Returns the protocols, in job order.  The tracker's
-    weights are never changed (folding works on a copy)."""
+    a lock, from the engine's threads).  Each step is timed with `clock` (frame reading
+    excluded) and every frame it served is `timed` with an equal share.  Returns the
+    protocols, in job order.  The tracker's weights are never changed (folding works on a copy)."""
     jobs = list(jobs)
     options = options or EngineOptions()
     lanes = _lanes(tracker, options)
@@ -312,7 +315,7 @@ def run_batched(jobs, tracker, options: EngineOptions | None = None, progress: b
     threads = torch.get_num_threads()
     with ThreadPoolExecutor(workers, thread_name_prefix='track-read') as pool, \
             tqdm(total=total, desc=desc, unit='frame', disable=not progress, dynamic_ncols=True) as bar:
-        shared = _Shared(jobs, pool, bar, on_done, len(lanes))
+        shared = _Shared(jobs, pool, bar, on_done, len(lanes), clock)
         runners = []
         for lane_tracker, batch_size in lanes:
             if len(lanes) == 1:

@@ -16,7 +16,7 @@ One-pass evaluation (OPE; OTB toolkit, PySOT's toolkit, the `got10k` package's O
   scores only visible frames but keeps every frame in the denominator, so absent frames are
   misses for every tracker; `absent='exclude'` drops them from numerator and denominator (the
   GOT-10k rule, which our success AUC follows on GOT-10k).  `DEFAULT_ABSENT` gives the default
-  of each dataset format.
+  of each dataset format; `absent_policy` resolves and checks a choice.
 - Deviations from the toolkits: PySOT's and LaSOT's precision mark frames with a GT coordinate
   <= 0 as distance -1, which counts as a *hit*, and `got10k` measures centre errors of zero-size
   ground truth; here any invalid GT frame is a miss for all metrics.
@@ -42,6 +42,18 @@ ABSENT_POLICIES = ('miss', 'exclude')
 DEFAULT_ABSENT = {'otb': 'exclude', 'got10k': 'exclude', 'lasot': 'miss'}  # per dataset format
 GOT10K_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # the got10k package's success-curve bins
 GOT10K_SR = {'sr50': GOT10K_THRESHOLDS[50], 'sr75': GOT10K_THRESHOLDS[75]}
+
+
+def absent_policy(fmt: str, absent: str | None = None) -> str:
+    """The absent-frame policy to use: `absent`, or the dataset format's official rule
+    (`DEFAULT_ABSENT`) when None; a ValueError for anything else."""
+    if absent is None:
+        if fmt not in DEFAULT_ABSENT:
+            raise ValueError(f'unknown dataset format {fmt!r}; expected one of {sorted(DEFAULT_ABSENT)}')
+        return DEFAULT_ABSENT[fmt]
+    if absent not in ABSENT_POLICIES:
+        raise ValueError(f'absent={absent!r}; expected one of {ABSENT_POLICIES}')
+    return absent
 
 
 def _as_boxes(boxes, what: str) -> np.ndarray:
@@ -219,3 +231,40 @@ def got10k_summary(overlaps_by_sequence: dict) -> dict:
     pooled = np.concatenate([np.asarray(v, np.float64) for v in overlaps_by_sequence.values()] or [np.zeros(0)])
     return {'overall': _ao_sr(pooled),
             'sequences': {name: _ao_sr(v) for name, v in overlaps_by_sequence.items()}}
+
+
+def fps(results: dict) -> float | None:
+    """Frames per second over all tracked frames (frame 0 = init included); None without times."""
+    t = sum(float(np.sum(r['times'])) for r in results.values())
+    n = sum(len(r['times']) for r in results.values())
+    if n == 0:
+        return None
+    return n / t if t > 0 else float('inf')
+
+
+def score_tracker(sequences, results: dict, fmt: str = 'otb', absent: str | None = None,
+                  reports_speed: bool = True) -> dict:
+    """Per-sequence and overall metrics of one tracker's results ({seq: {'boxes', 'times'}};
+    'times' may be left out) on `sequences` of dataset format `fmt`; the one scorer of the
+    one-pass experiment and of tuning.
+
+    `absent`: see `absent_policy` (None: the format's rule).  GOT-10k adds the official AO /
+    SR0.50 / SR0.75 (`got10k`).  Sequences without full ground truth (GOT-10k's test split) are
+    left out of the scores (`sequences` counts those scored).  `fps` is None for a tracker whose
+    speed means nothing (the static baseline) or without times.
+    """
+    absent = absent_policy(fmt, absent)
+    per_seq, overlaps = {}, {}
+    for seq in sequences:
+        if not seq.has_full_gt:
+            continue
+        boxes = results[seq.name]['boxes']
+        per_seq[seq.name] = evaluate_sequence(seq.groundtruth, boxes, seq.visible, absent)
+        if fmt == 'got10k':
+            overlaps[seq.name] = got10k_overlaps(seq.groundtruth, boxes, seq.frame_size(), seq.cover)
+    timed = {k: r for k, r in results.items() if 'times' in r}
+    out = {'overall': evaluate_overall(per_seq), 'sequences': per_seq,
+           'fps': fps(timed) if reports_speed else None}
+    if fmt == 'got10k':
+        out['got10k'] = got10k_summary(overlaps)
+    return out

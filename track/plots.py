@@ -23,26 +23,34 @@ PLOTS = {
 }
 
 
+def curve_figure(scores: dict, kind: str, title: str = ''):
+    """The matplotlib Figure of one OPE plot (`kind`: a key of PLOTS) for {tracker:
+    score_tracker(...)}: one line per tracker with a curve, best first, its headline number in
+    the legend."""
+    curve_key, xs, value_key, xlabel, ylabel, name, short = PLOTS[kind]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    order = sorted(scores, key=lambda n: -(scores[n]['overall'][value_key] or 0.0))
+    for tracker in order:
+        o = scores[tracker]['overall']
+        if not o[curve_key]:
+            continue
+        ax.plot(xs, o[curve_key], linewidth=2, label=f'{tracker} [{short} {o[value_key]:.3f}]')
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f'{name}{" - " + title if title else ""}',
+           xlim=(xs[0], xs[-1]), ylim=(0, 1.02))
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc='lower left' if kind == 'success' else 'lower right', fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(scores: dict, out_dir, title: str = '') -> list:
-    """Write success.png, precision.png and norm_precision.png for {tracker: score_tracker(...)};
-    legends give each tracker's headline number, best first.  Returns the written paths."""
+    """Write success.png, precision.png and norm_precision.png (`curve_figure`); returns the
+    written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind, (curve_key, xs, value_key, xlabel, ylabel, name, short) in PLOTS.items():
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        order = sorted(scores, key=lambda n: -(scores[n]['overall'][value_key] or 0.0))
-        for tracker in order:
-            o = scores[tracker]['overall']
-            if not o[curve_key]:
-                continue
-            ax.plot(xs, o[curve_key], linewidth=2, label=f'{tracker} [{short} {o[value_key]:.3f}]')
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=f'{name}{" - " + title if title else ""}',
-               xlim=(xs[0], xs[-1]), ylim=(0, 1.02))
-        ax.grid(True, alpha=0.4)
-        ax.legend(loc='lower right' if kind == 'precision' or kind == 'norm_precision' else 'lower left',
-                  fontsize=8)
-        fig.tight_layout()
+    for kind in PLOTS:
+        fig = curve_figure(scores, kind, title)
         path = out_dir / f'{kind}.png'
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -50,12 +58,10 @@ def plot_curves(scores: dict, out_dir, title: str = '') -> list:
     return written
 
 
-def plot_heatmap(points, x_key: str, y_key: str, metric: str, path, title: str = '') -> Path:
-    """PNG of `metric` over two parameters from [(x, y, value)]: a grid of cells (the best value
-    per cell when other parameters vary) when each axis has at most 12 distinct values, else a
-    scatter coloured by value (random search)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def heatmap_figure(points, x_key: str, y_key: str, metric: str, title: str = ''):
+    """The Figure of `metric` over two parameters from [(x, y, value)]: a grid of cells (the best
+    value per cell when other parameters vary) when each axis has at most 12 distinct values,
+    else a scatter coloured by value (random search)."""
     xs, ys = sorted({p[0] for p in points}), sorted({p[1] for p in points})
     fig, ax = plt.subplots(figsize=(6.5, 5))
     if len(xs) <= 12 and len(ys) <= 12:
@@ -79,6 +85,14 @@ def plot_heatmap(points, x_key: str, y_key: str, metric: str, path, title: str =
     fig.colorbar(image, ax=ax, label=metric)
     ax.set(xlabel=x_key, ylabel=y_key, title=title or f'{metric} over {x_key} x {y_key}')
     fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(points, x_key: str, y_key: str, metric: str, path, title: str = '') -> Path:
+    """Write `heatmap_figure` as a PNG at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = heatmap_figure(points, x_key, y_key, metric, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

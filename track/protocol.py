@@ -7,6 +7,10 @@ VOT's supervised protocol re-initialises after failures.  `run_sequential` drive
 with one tracker; the batched engine (`track.engine.run_batched`) drives many protocols with one
 network forward per step.  Both call, for each request, exactly one of `report` (the frame was
 read and processed) or `unreadable` (the frame could not be read), then `timed`.
+
+The driver owns the clock: `timed` gets the seconds the tracker spent on the request (in a batch,
+the step's time divided by the frames it served), so every protocol reports frame times the
+same way under either driver.  Both drivers take `clock` (default `time.perf_counter`).
 """
 from __future__ import annotations
 
@@ -96,12 +100,13 @@ class OnePassProtocol(Protocol):
         return {"boxes": self.boxes, "scores": self.scores, "times": self.times, "skipped": self.skipped}
 
 
-def run_sequential(protocol: Protocol, tracker, read_frame) -> Protocol:
+def run_sequential(protocol: Protocol, tracker, read_frame, clock=time.perf_counter) -> Protocol:
     """Drive `protocol` with `tracker` (init/track API); `read_frame(i)` returns frame i (BGR
-    uint8), or None when it cannot be read."""
+    uint8), or None when it cannot be read.  Each request is timed with `clock` (frame reading
+    excluded)."""
     while (req := protocol.next_request()) is not None:
         img = read_frame(req.frame)
-        start = time.perf_counter()
+        start = clock()
         if img is None:
             protocol.unreadable(req)
         elif req.kind == "init":
@@ -111,5 +116,5 @@ def run_sequential(protocol: Protocol, tracker, read_frame) -> Protocol:
             protocol.report(req, tracker.track(img))
         else:
             raise ValueError(f"unknown request kind {req.kind!r}")
-        protocol.timed(req, time.perf_counter() - start)
+        protocol.timed(req, clock() - start)
     return protocol

@@ -21,10 +21,8 @@ import numpy as np
 
 from pipeline.fileio import atomic_write, write_json
 from track.engine import EngineOptions, Job, run_batched
-from track.metrics import DEFAULT_ABSENT, evaluate_overall, evaluate_sequence, got10k_overlaps, got10k_summary
+from track.metrics import score_tracker
 from track.protocol import OnePassProtocol
-from track.report import image_size
-from track.runner import frame_reader
 
 METRICS = ('auc', 'precision', 'norm_precision', 'ao', 'sr50', 'sr75')
 UNTUNABLE = ('TYPE', 'MASK_THERSHOLD', 'MASK_OUTPUT_SIZE')
@@ -154,7 +152,7 @@ def track_settings(search: Search, tracker, ckpt: str, settings: list, variants:
             sid = setting_id(setting)
             if search.result_path(ckpt, sid, seq.name).is_file():
                 continue
-            job = Job(OnePassProtocol(seq), frame_reader(seq), seq.name, track, len(seq))
+            job = Job(OnePassProtocol(seq), seq.read_frame, seq.name, track, len(seq))
             meta[id(job)] = (sid, setting)
             jobs.append(job)
 
@@ -167,23 +165,30 @@ def track_settings(search: Search, tracker, ckpt: str, settings: list, variants:
     return {'computed': len(jobs), 'reused': len(settings) * len(sequences) - len(jobs)}
 
 
+def scored_sequences(sequences, dataset) -> list:
+    """The sequences with ground truth on every frame (the only ones a setting can be scored
+    on; GOT-10k's test split has the first box only); a ValueError when there are none."""
+    scored = [seq for seq in sequences if seq.has_full_gt]
+    if not scored:
+        raise ValueError(f'{dataset}: no sequence has ground truth beyond its first box (a test split?): '
+                         'nothing to tune on')
+    return scored
+
+
 def score_setting(search: Search, ckpt, setting, sequences, fmt, absent=None) -> dict | None:
-    """Overall figures of one (checkpoint, setting) from its stored boxes; None if incomplete."""
-    absent = DEFAULT_ABSENT[fmt] if absent is None else absent
+    """Overall figures of one (checkpoint, setting) from its stored boxes (`score_tracker`, the
+    one-pass experiment's scorer); None if incomplete."""
     sid = setting_id(setting)
-    per_seq, overlaps = {}, {}
+    results = {}
     for seq in sequences:
-        boxes = search.load(ckpt, sid, seq.name)
-        if boxes is None:
-            return None
-        per_seq[seq.name] = evaluate_sequence(seq.gt, boxes, seq.visible, absent)
-        if fmt == 'got10k':
-            overlaps[seq.name] = got10k_overlaps(seq.gt, boxes, seq.resolution or image_size(seq.frames[0]),
-                                                 seq.cover)
-    overall = evaluate_overall(per_seq)
-    out = {k: overall[k] for k in ('auc', 'precision', 'norm_precision')}
+        if seq.has_full_gt:
+            results[seq.name] = {'boxes': search.load(ckpt, sid, seq.name)}
+            if results[seq.name]['boxes'] is None:
+                return None
+    scores = score_tracker(sequences, results, fmt, absent, reports_speed=False)
+    out = {k: scores['overall'][k] for k in ('auc', 'precision', 'norm_precision')}
     if fmt == 'got10k':
-        out.update({k: v for k, v in got10k_summary(overlaps)['overall'].items() if k != 'frames'})
+        out.update({k: v for k, v in scores['got10k']['overall'].items() if k != 'frames'})
     return out
 
 

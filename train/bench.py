@@ -6,9 +6,14 @@
 * MFU: achieved FLOP/s (FlopCounterMode's count of a training forward+backward per pair, in the
   live freeze state) over the card's own dense peak (:mod:`train.gpu_peaks`): bf16 with AMP,
   TF32 without.
-* Data wait: on CUDA the step time lost to the loader, 1 - (in-memory step time / real-loader
-  step time); on the CPU, where a step is synchronous, the share of wall time spent waiting for
-  the next batch. ``host_wait_frac`` (time the host blocked in ``next``) is reported too.
+* Data wait: on CUDA on the device timeline (:class:`train.telemetry.DeviceWaits`): the time
+  the training stream waits for each batch to be ready (CUDA events), as a share of the step's
+  GPU time; the loader's own GPU work (DALI's decoding and operators, the copies, the label
+  kernels) is compute shared with training, reported as its own column ``loader_gpu_frac``:
+  1 - in-memory step time / real-loader step time - data wait. On the CPU, where a step is
+  synchronous, the host clock: the share of wall time spent in ``next`` (``host_wait_frac``).
+* Windows: at most ``steps`` timed steps, fewer when ``max_seconds`` of host time pass first (a
+  slow card or loader still gives figures inside a time budget); ``steps`` says how many ran.
 * Memory: torch's allocator peak and the device-wide used memory (``cudaMemGetInfo``, sampled
   after every step: DALI's pools, nvJPEG and the CUDA contexts included; other processes on the
   same GPU too).
@@ -33,6 +38,7 @@ from pipeline.batch import SEARCH
 
 from .freeze import set_train_mode
 from .gpu_peaks import card_peak
+from .telemetry import DeviceWaits
 from .trainer import Trainer
 
 __all__ = ["device_peak", "train_flops_per_pair", "bench_training", "profile_steps", "xcorr_round_trips",
@@ -119,22 +125,33 @@ class _Clock:
         return self.begin.elapsed_time(end) / 1e3
 
 
-def _time_steps(trainer, batches, steps, warmup, memory: MemoryMeter):
-    """Run warmup+steps training steps from ``batches``; returns (timed seconds, host wall seconds,
-    host seconds waiting for batches) of the last ``steps``."""
+def _time_steps(trainer, batches, steps, warmup, memory: MemoryMeter, ready=None, max_seconds=None) -> dict:
+    """``warmup`` untimed steps, then up to ``steps`` timed ones from ``batches`` (fewer once
+    ``max_seconds`` of host time have passed, at least one). ``ready()``: the ready event of the
+    batch just taken (the loader's), else the hand-over point. Returns steps, seconds (GPU time
+    on CUDA, else wall), host wall seconds, host seconds blocked in ``next`` and, on CUDA, the
+    device-timeline data wait in seconds."""
+    for _ in range(warmup):
+        trainer.train_step(next(batches))
+        memory.sample()
     clock = _Clock(trainer.device)
-    wait = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            clock.start()
-            wait = 0.0
+    waits = DeviceWaits(trainer.device) if trainer.device.type == "cuda" else None
+    clock.start()
+    host_wait, n = 0.0, 0
+    while n < steps and (n == 0 or max_seconds is None or time.perf_counter() - clock.t0 < max_seconds):
+        asked = waits.asked() if waits is not None else None
         t0 = time.perf_counter()
         batch = next(batches)
-        wait += time.perf_counter() - t0
+        host_wait += time.perf_counter() - t0
+        if waits is not None:
+            waits.got(asked, ready() if ready is not None else None)
         trainer.train_step(batch)
         memory.sample()
+        n += 1
     wall = time.perf_counter() - clock.t0
-    return clock.stop(), wall, wait
+    seconds = clock.stop()
+    return {"steps": n, "seconds": seconds, "wall_s": wall, "host_wait_s": host_wait,
+            "device_wait_s": waits.settle() if waits is not None else None}
 
 
 def _loader_batches(trainer):
@@ -214,23 +231,37 @@ def xcorr_round_trips(trainer, batch, reps: int = 20) -> dict:
             "contiguous_ms": 1e3 * contiguous, "round_trip_ms_per_step": 1e3 * max(0.0, channels_last - contiguous)}
 
 
-def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profile_steps_n=5) -> dict:
+def _loader_settings(loader) -> dict:
+    """The loader's thread and decoder choices, with the reasons it gives."""
+    keys = ("num_threads", "threads_why", "read_threads", "read_ahead", "hw_decoder_load", "hw_decoder_why")
+    return {k: getattr(loader, k) for k in keys if hasattr(loader, k)}
+
+
+def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profile_steps_n=5, max_seconds=None,
+                   on_phase=None) -> dict:
     """Measure both phases; returns a JSON-ready dict (see tools/bench_train.py). With
-    ``profile_dir``, also writes a torch.profiler summary of ``profile_steps_n`` steps per phase there."""
+    ``profile_dir``, also writes a torch.profiler summary of ``profile_steps_n`` steps per phase there.
+    ``max_seconds``: host time after which a timed window stops early. ``on_phase(name, entry)``
+    is called as each phase's figures are complete."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, shards=shards, out_dir=tmp, device=device, show_progress=False)
         memory = MemoryMeter(trainer.device)
+        on_cuda = trainer.device.type == "cuda"
         pairs_per_step = cfg.TRAIN.BATCH_SIZE * trainer.ctx.world_size
         card = device_peak(trainer.device, trainer.amp)
         peak = card["peak_tflops"]
         result = {**card, "batch_size": cfg.TRAIN.BATCH_SIZE,
-                  "world_size": trainer.ctx.world_size, "steps": steps, "warmup": warmup,
+                  "world_size": trainer.ctx.world_size, "steps": steps, "warmup": warmup, "max_seconds": max_seconds,
                   "amp_bf16": trainer.amp, "channels_last": trainer.channels_last, "compile": cfg.TRAIN.COMPILE,
-                  "timing": "cuda_events" if trainer.device.type == "cuda" else "wall",
+                  "cuda_graphs": bool(cfg.TRAIN.COMPILE and cfg.TRAIN.CUDA_GRAPHS and on_cuda),
+                  "timing": "cuda_events" if on_cuda else "wall",
+                  "data_wait_clock": "cuda_events" if on_cuda else "host",
+                  "loader": _loader_settings(trainer.loader),
                   "model_forward_gflop_per_pair": count_flops(trainer.model, cfg.TRAIN.EXEMPLAR_SIZE,
                                                               cfg.TRAIN.SEARCH_SIZE) / 1e9,
                   "phases": {}}
         batches = _loader_batches(trainer)
+        loader_ready = None if trainer.host_loader else (lambda: getattr(trainer.loader, "ready_event", None))
         for phase in ("frozen", "unfrozen"):
             if phase == "unfrozen" and not trainer.unfrozen:
                 trainer.unfreeze()
@@ -241,18 +272,24 @@ def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profi
             fixed = {k: v.to(trainer.device) for k, v in next(batches).items()}
             flops = train_flops_per_pair(trainer, fixed)
             entry = {"train_gflop_per_pair": flops / 1e9}
-            for source, it in (("real_loader", batches), ("synthetic_in_memory", _repeat(fixed))):
-                seconds, wall, wait = _time_steps(trainer, it, steps, warmup, memory)
-                rate = steps * pairs_per_step / seconds
+            for source, it, ready in (("real_loader", batches, loader_ready),
+                                      ("synthetic_in_memory", _repeat(fixed), None)):
+                timed = _time_steps(trainer, it, steps, warmup, memory, ready, max_seconds)
+                rate = timed["steps"] * pairs_per_step / timed["seconds"]
                 tflops = rate * flops / 1e12
-                entry[source] = {"pairs_per_s": rate, "step_ms": 1e3 * seconds / steps,
-                                 "host_wait_frac": wait / wall, "achieved_tflops": tflops,
+                entry[source] = {"steps": timed["steps"], "pairs_per_s": rate,
+                                 "step_ms": 1e3 * timed["seconds"] / timed["steps"], "achieved_tflops": tflops,
                                  "mfu": (tflops / trainer.ctx.world_size / peak) if peak else None}
+                if on_cuda:
+                    entry[source]["data_wait_frac"] = timed["device_wait_s"] / timed["seconds"]
+                else:  # the host clock, for the CPU path only
+                    entry[source]["host_wait_frac"] = timed["host_wait_s"] / timed["wall_s"]
             real, synth = entry["real_loader"], entry["synthetic_in_memory"]
             entry["real_over_synthetic"] = real["pairs_per_s"] / synth["pairs_per_s"]
-            entry["data_wait_frac"] = (max(0.0, 1.0 - synth["step_ms"] / real["step_ms"])
-                                       if trainer.device.type == "cuda" else real["host_wait_frac"])
-            if trainer.device.type == "cuda" and trainer.channels_last:
+            entry["data_wait_frac"] = real["data_wait_frac"] if on_cuda else real["host_wait_frac"]
+            if on_cuda:  # the loader's GPU work on the step: compute shared with training, not waiting
+                entry["loader_gpu_frac"] = max(0.0, 1.0 - synth["step_ms"] / real["step_ms"] - entry["data_wait_frac"])
+            if on_cuda and trainer.channels_last:
                 xc = xcorr_round_trips(trainer, fixed)
                 xc["share_of_step"] = xc["round_trip_ms_per_step"] / synth["step_ms"]
                 entry["xcorr_layout"] = xc
@@ -260,6 +297,8 @@ def bench_training(cfg, shards, device, steps, warmup=5, profile_dir=None, profi
                 entry["profile"] = str(profile_steps(trainer, batches, profile_steps_n,
                                                      Path(profile_dir) / f"profile_{phase}.txt"))
             result["phases"][phase] = entry
+            if on_phase is not None:
+                on_phase(phase, entry)
         result["peak_memory"] = memory.result()
         result["skipped_steps"] = trainer.skipped_steps
     return result

@@ -118,7 +118,10 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "LOADER_DEVICE": "",  # where the data pipeline runs: '' = the training device, or 'cpu' / 'cuda'
         "LOADER_READ_AHEAD": 8,  # batches whose plans and crop reads run ahead of rendering (off the training thread)
         "LOADER_READ_THREADS": 8,  # concurrent crop readers per process (I/O-bound: measured cold/warm 0.88 with 4, 0.93 with 8 at 1M crops)
-        "LOADER_HW_DECODER_LOAD": 0.65,  # GPU loader: share of JPEG decodes on the hardware decoder (DALI's default)
+        # GPU defaults that leave the host's cores to training (docs/training.md, the GPU run):
+        "LOADER_HW_DECODER_LOAD": -1.0,  # GPU loader: share of JPEGs for the hardware decoder; < 0: per card (1.0 on A100/H100/H200/..., else DALI's 0.65)
+        "LOADER_DALI_THREADS": 0,  # DALI threads per process; 0: min(4, cores share) on the GPU path, cores share + 1 on the CPU path
+        "CUDA_GRAPHS": False,  # with TRAIN.COMPILE on CUDA: torch.compile mode "reduce-overhead" (CUDA graphs of forward and backward)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
         "RESET_MOMENTUM_EACH_EPOCH": False,  # SGD momentum restarts at every epoch (the SiamMask authors' refine stage rebuilds its optimizer each epoch)
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
@@ -330,6 +333,12 @@ def _validate(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: TRAIN.THR_LOW={tr['THR_LOW']} must not exceed TRAIN.THR_HIGH={tr['THR_HIGH']}")
     if not 0 <= tr["POS_NUM"] <= tr["TOTAL_NUM"]:
         raise ConfigError(f"{source}: TRAIN.POS_NUM={tr['POS_NUM']} must be within [0, TRAIN.TOTAL_NUM={tr['TOTAL_NUM']}]")
+    if tr["CUDA_GRAPHS"] and not tr["COMPILE"]:
+        raise ConfigError(f"{source}: TRAIN.CUDA_GRAPHS=True needs TRAIN.COMPILE=True (the graphs are torch.compile's "
+                          f"reduce-overhead mode)")
+    if tr["LOADER_HW_DECODER_LOAD"] > 1 or tr["LOADER_DALI_THREADS"] < 0:
+        raise ConfigError(f"{source}: TRAIN.LOADER_HW_DECODER_LOAD={tr['LOADER_HW_DECODER_LOAD']} must be <= 1 "
+                          f"(< 0: per card) and TRAIN.LOADER_DALI_THREADS={tr['LOADER_DALI_THREADS']} >= 0 (0: auto)")
     if tr["BATCH_SIZE"] < 1:
         raise ConfigError(f"{source}: TRAIN.BATCH_SIZE must be at least 1, got {tr['BATCH_SIZE']}")
     for key in ("NEG", "GRAY"):

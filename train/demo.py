@@ -40,7 +40,8 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     from pipeline.shards import CONFIG_TO_FOLDER
     from pipeline.synthetic import make_dataset, make_eval
 
-    from track.evaluate import evaluate, make_trackers
+    from track.ope import evaluate
+    from track.snapshots import make_trackers
     from .trainer import Trainer
 
     work = Path(work)

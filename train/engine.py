@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from pipeline.batch import IMAGES
 
+from .telemetry import DeviceWaits
+
 __all__ = ["train_one_epoch", "device_batches"]
 
 
@@ -87,14 +89,19 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
                desc=f"epoch {trainer.epoch + 1}/{tr.EPOCH}", disable=not trainer.show_progress)
     shown_loss = "-"  # read from the device once per PRINT_FREQ steps, not before
     it = trainer.batches()
+    # data wait: on CUDA on the device timeline (the host runs ahead of the GPU), else the host clock
+    waits = DeviceWaits(trainer.device) if trainer.on_cuda else None
     t0 = time.perf_counter()
     while trainer.epoch_step < trainer.steps_per_epoch:
+        asked = waits.asked() if waits is not None else None
         try:
             batch = next(it)
         except StopIteration:
             raise RuntimeError(f"loader ended after {trainer.epoch_step} of {trainer.steps_per_epoch} "
                                f"batches in epoch {trainer.epoch + 1}") from None
         t1 = time.perf_counter()
+        if waits is not None:
+            waits.got(asked, None if trainer.host_loader else getattr(trainer.loader, "ready_event", None))
         if record is not None:
             _record_batch(record, trainer.epoch, trainer.global_step, batch)
         contrib = trainer.train_step(batch)
@@ -104,11 +111,18 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
             metrics.tensorboard_scalars(trainer.last_param_grads, trainer.global_step)
         t2 = time.perf_counter()
         for meter in (trainer.interval, trainer.epoch_meter):
-            meter.update(contrib, pairs_per_step, t1 - t0, t2 - t0, trainer.last_grad_stats)
+            meter.update(contrib, pairs_per_step, t1 - t0 if waits is None else 0.0, t2 - t0, trainer.last_grad_stats)
         t0 = t2
         # Intervals are aligned to the epoch's steps, so a resumed run (which restores the
         # unfinished interval's sums) writes the records an uninterrupted run would.
-        if trainer.epoch_step % tr.PRINT_FREQ == 0 or trainer.epoch_step == trainer.steps_per_epoch:
+        record_step = trainer.epoch_step % tr.PRINT_FREQ == 0 or trainer.epoch_step == trainer.steps_per_epoch
+        checkpoint_step = bool(tr.CKPT_INTERVAL and trainer.global_step % tr.CKPT_INTERVAL == 0
+                               and trainer.epoch_step < trainer.steps_per_epoch)
+        if waits is not None and (record_step or checkpoint_step):
+            waited = waits.settle()
+            for meter in (trainer.interval, trainer.epoch_meter):
+                meter.add_wait(waited)
+        if record_step:
             if metrics is not None:  # rank 0: the one device read of an interval
                 shown_loss = f'{trainer.epoch_meter.means()["total_loss"]:.4f}'  # epoch so far: steadier
                 metrics.write({"epoch": trainer.epoch, "step": trainer.global_step, "lr": lr,
@@ -122,7 +136,6 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
                             pairs_s=f"{meter.pairs / max(meter.step_s, 1e-9):.1f}",
                             wait=f"{100 * meter.wait_s / max(meter.step_s, 1e-9):.0f}%",
                             replaced=trainer.replaced_crops, refresh=False)
-        if tr.CKPT_INTERVAL and trainer.global_step % tr.CKPT_INTERVAL == 0 \
-                and trainer.epoch_step < trainer.steps_per_epoch:
+        if checkpoint_step:
             trainer.save("latest.pth")
     bar.close()

@@ -1,13 +1,16 @@
 """Checks run before any training step, each failing with a message that names the bad input."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from model.checkpoint import read_state_dict
 from pipeline.crop import shard_crop_geometry
 from pipeline.shards import ShardError, ShardReader, shard_dir
 
-__all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits", "check_compile"]
+__all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits", "check_compile",
+           "triton_c_compiler"]
 
 
 class PreflightError(ValueError):
@@ -94,6 +97,9 @@ def check_compile(device_type: str) -> None:
         if not has_triton():
             raise PreflightError("TRAIN.COMPILE=True on CUDA needs triton (pip install triton); "
                                  "or set TRAIN.COMPILE=False")
+        if triton_c_compiler() is None:
+            raise PreflightError("TRAIN.COMPILE=True on CUDA needs a host C compiler for triton's launchers "
+                                 "(none of $CC, gcc, clang found; install gcc); or set TRAIN.COMPILE=False")
         return
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
@@ -105,3 +111,12 @@ def check_compile(device_type: str) -> None:
         raise PreflightError(f"TRAIN.COMPILE=True on CPU needs a C++ compiler for inductor's kernels (none found: "
                              f"{type(err).__name__}; install g++ or point the CXX environment variable at one); "
                              f"or set TRAIN.COMPILE=False") from None
+
+
+def triton_c_compiler() -> str | None:
+    """The host C compiler triton builds its kernel launchers with, searched as triton does on
+    Linux ($CC, else gcc, else clang); None when there is none."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("clang")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["IntervalMeter", "MetricsWriter", "setup_logger", "bound_verdict", "INPUT_BOUND_FRAC"]
+__all__ = ["IntervalMeter", "DeviceWaits", "MetricsWriter", "setup_logger", "bound_verdict", "INPUT_BOUND_FRAC"]
 
 # Above this fraction of step time spent waiting for data, an epoch is called input-bound (the
 # project target is < 2% data wait on a GPU).
@@ -16,7 +16,8 @@ INPUT_BOUND_FRAC = 0.02
 
 
 class IntervalMeter:
-    """Sums since the last ``reset``: timings on the host, losses on the device.
+    """Sums since the last ``reset``: step timings on the host, losses on the device; data wait on
+    the host clock on the CPU, on the device timeline on CUDA (:class:`DeviceWaits`, ``add_wait``).
 
     ``keys``: what a step's values are (default SiamRPN's three losses; SiamMask adds its mask
     loss and IoU figures). ``update`` takes a step's contribution as a device tensor, float64
@@ -52,6 +53,10 @@ class IntervalMeter:
             acc[0] += v
             acc[1] += 1
 
+    def add_wait(self, seconds: float) -> None:
+        """Data wait measured after the steps it belongs to (:class:`DeviceWaits`, settled once per interval)."""
+        self.wait_s += seconds
+
     def loss_sums(self) -> list[float]:
         """[*values, applied steps] (one device-to-host read)."""
         return self.sums.tolist() if self.sums is not None else [0.0] * (len(self.keys) + 1)
@@ -75,6 +80,44 @@ class IntervalMeter:
         self.wait_s, self.step_s = float(state["wait_s"]), float(state["step_s"])
         self.sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
         self.extra = {k: [float(v[0]), int(v[1])] for k, v in state["extra"].items()}
+
+
+class DeviceWaits:
+    """Data wait on the device timeline (CUDA): for each batch, how long the training stream waits
+    from the end of the work queued before the batch was asked for until the batch is ready.
+
+    ``asked()`` records an event on the stream before the loader is asked; ``got(asked, ready)``
+    pairs it with the batch's ready point: the loader's ``ready_event`` (recorded where the stream
+    has waited for DALI's outputs, before the copies and label kernels) or, without one, an event
+    recorded when the batch is handed over. The stream sits idle between the two only when the
+    data (or the host feeding it) is late; the GPU work of the loader itself (DALI's kernels, the
+    copies, the label kernels) is compute shared with training, not waiting, and is not counted.
+    The host never waits per step: ``settle()`` reads the events, once per interval.
+    """
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.current_stream(device)
+        self._pending: list = []
+
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def asked(self):
+        return self._event()
+
+    def got(self, asked, ready=None) -> None:
+        self._pending.append((asked, ready if ready is not None else self._event()))
+
+    def settle(self) -> float:
+        """Seconds waited by the batches got since the last call (waits for their ready points)."""
+        if not self._pending:
+            return 0.0
+        self._pending[-1][1].synchronize()
+        seconds = sum(a.elapsed_time(r) for a, r in self._pending) / 1e3
+        self._pending.clear()
+        return seconds
 
 
 class MetricsWriter:

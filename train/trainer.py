@@ -48,6 +48,12 @@ def _resolve(path: str) -> Path:
     return p if p.exists() or p.is_absolute() else _REPO_ROOT / p
 
 
+def compile_mode(cfg, on_cuda: bool) -> str | None:
+    """torch.compile's mode for TRAIN.COMPILE: "reduce-overhead" (CUDA graphs of the forward and
+    backward; the batch's shapes are static) with TRAIN.CUDA_GRAPHS on CUDA, else the default."""
+    return "reduce-overhead" if on_cuda and cfg.TRAIN.CUDA_GRAPHS else None
+
+
 class RunStopped(RuntimeError):
     """Training stopped for a reason already logged (train.log and stderr), e.g. a full disk."""
 
@@ -281,7 +287,7 @@ class Trainer:
         if self.ctx.distributed:  # PySOT never syncs BN buffers (rank 0's are saved): rank-local here too
             self.net = wrap_ddp(self.model, device_ids=[self.device.index] if self.on_cuda else None)
         if self.cfg.TRAIN.COMPILE:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode=compile_mode(self.cfg, self.on_cuda))
 
     def unfreeze(self):
         self.log.info(f"epoch {self.epoch + 1}: start training backbone layers {list(self.cfg.BACKBONE.TRAIN_LAYERS)} "
@@ -367,6 +373,8 @@ class Trainer:
         (means over ranks: total, cls, loc(, mask loss, mask IoU figures)) for an applied step and
         zeros for a skipped one.
         """
+        if self.on_cuda and self.cfg.TRAIN.CUDA_GRAPHS:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free to reuse
         self.buffers.snapshot()
         self.grads.zero_()
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
@@ -470,6 +478,7 @@ class Trainer:
             "replaced_crops": self.replaced_crops,
             "pairs_per_s": t["pairs"] / t["step_s"] if t["step_s"] else math.nan,
             "data_wait_frac": t["wait_s"] / t["step_s"] if t["step_s"] else math.nan,
+            "data_wait_clock": "cuda_events" if self.on_cuda else "host",
             "world_size": self.ctx.world_size, "device": str(self.device), "verdicts": list(self.verdicts),
         }
 

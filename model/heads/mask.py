@@ -6,6 +6,8 @@ score-map position plus the backbone's shallow search features into 127×127 mas
 position for tracking (``forward``, PySOT's), or at every position for training
 (``forward_all``, the authors' refine stage, ``experiments/siammask_sharp/custom.py``).
 """
+import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -74,14 +76,26 @@ class Refine(nn.Module):
         return out.reshape(-1, OUT_SIZE * OUT_SIZE)
 
     def forward(self, f, corr_feature, pos):
-        """Tracking: ``pos`` = (row, col) on the score map; returns (B, 127*127) mask logits.
+        """Tracking: ``pos`` = one (row, col) on the score map for the whole batch, or a (row, col)
+        per sample; returns (B, 127*127) mask logits.
 
-        Each level is padded and a window aligned with ``pos`` is cut at its stride relative to
-        the score map (×4 for f0, ×2 for f1, ×1 for f2)."""
-        r, c = int(pos[0]), int(pos[1])
-        p0, p1, p2 = (F.pad(x, [pad] * 4)[:, :, s * r:s * r + size, s * c:s * c + size]
-                      for x, (size, s, pad) in zip(f, _WINDOWS))
-        p3 = corr_feature[:, :, r, c].reshape(-1, self.corr_channels, 1, 1)
+        Each level is padded and a window aligned with the position is cut at its stride relative
+        to the score map (×4 for f0, ×2 for f1, ×1 for f2)."""
+        batch = corr_feature.shape[0]
+        cells = [tuple(pos)] * batch if np.ndim(pos) == 1 else [tuple(p) for p in pos]
+        if len(cells) != batch:
+            raise ValueError(f'{len(cells)} positions for a batch of {batch}')
+        rows = [int(r) for r, _ in cells]
+        cols = [int(c) for _, c in cells]
+
+        def windows(level, size, scale, pad):
+            padded = F.pad(level, [pad] * 4)
+            return torch.stack([padded[i, :, scale * r:scale * r + size, scale * c:scale * c + size]
+                                for i, (r, c) in enumerate(zip(rows, cols))])
+
+        p0, p1, p2 = (windows(x, *window) for x, window in zip(f, _WINDOWS))
+        index = torch.arange(batch, device=corr_feature.device)
+        p3 = corr_feature[index, :, rows, cols].reshape(-1, self.corr_channels, 1, 1)
         return self._decode(p0, p1, p2, p3)
 
     def forward_all(self, f, corr_feature):

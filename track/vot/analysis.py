@@ -13,8 +13,8 @@ exp(-30 * failures / mean length) is the toolkit's AR-plot value.
 segment, row i holds segment i's overlaps, zero-filled; the curve at length L is the mean over
 rows of the average overlap of frames 1..L (the initialisation frame itself is left out), where
 rows of segments that failed count at every length and the others only up to their length.
-EAO = mean of the curve over [low, high] (indices, inclusive; VOT2017/2018: 100, 356; VOT2019:
-46, 291; VOT2016: 108, 371); NaN when the curve is shorter than `low`.
+EAO = mean of the curve over [low, high] (indices, inclusive; each challenge's in `EAO_INTERVALS`,
+the default `DEFAULT_EAO_INTERVAL` = VOT2018's); NaN when the curve is shorter than `low`.
 
 **EAO, PySOT's toolkit** (`eao_benchmark.py`; `eao='pysot'`): fragments start at frame 0 and at
 each failure + 5 (a failure less than 5 frames before the end is ignored: its fragment runs to the
@@ -34,6 +34,8 @@ import numpy as np
 from track.vot.regions import FAILURE, INITIALIZATION, is_special, overlaps as region_overlaps
 
 EAO_INTERVALS = {'vot2016': (108, 371), 'vot2017': (100, 356), 'vot2018': (100, 356), 'vot2019': (46, 291)}
+DEFAULT_EAO_CHALLENGE = 'vot2018'
+DEFAULT_EAO_INTERVAL = EAO_INTERVALS[DEFAULT_EAO_CHALLENGE]
 EAO_VARIANTS = ('vot', 'pysot')
 
 
@@ -118,7 +120,8 @@ def pysot_eao(runs, low: int, high: int, skip: int = 5) -> float:
     return float(np.sum(curve[valid] * window[valid]) / np.sum(window[valid] + 1e-6))
 
 
-def analyse(sequences, runs: dict, low: int = 100, high: int = 356, eao: str = 'vot',
+def analyse(sequences, runs: dict, low: int = DEFAULT_EAO_INTERVAL[0], high: int = DEFAULT_EAO_INTERVAL[1],
+            eao: str = 'vot',
             burnin: int = 10, sensitivity: float = 30.0, skip_initialize: int = 5) -> dict:
     """Scores of one tracker: `runs` = {sequence name: [trajectory (list of regions), ...]}.
 

@@ -3,6 +3,7 @@ score them (`tools/eval_vot.py` calls `evaluate_vot` and `score_stored`)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -10,31 +11,26 @@ from tqdm import tqdm
 from pipeline.fileio import atomic_write, write_json
 from track.engine import EngineOptions, Job, run_batched
 from track.protocol import run_sequential
-from track.vot.analysis import analyse
+from track.vot.analysis import DEFAULT_EAO_INTERVAL, analyse
 from track.vot.protocol import SupervisedProtocol
 from track.vot.results import read_runs, trajectory_path, write_trajectory
-from track.vot.sequences import load_vot
+from track.vot.datasets import load_vot
 
 
-def run_supervised(tracker, seq, skip_initialize: int = 5) -> SupervisedProtocol:
-    """One sequential supervised run of `tracker` (init/track API) over `seq`."""
-    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
-    return run_sequential(protocol, tracker, seq.read_frame)
-
-
-def drive_sequential(tracker, jobs, finished) -> None:
+def drive_sequential(tracker, jobs, finished, clock=time.perf_counter) -> None:
     """Run each (protocol, read_frame) job to its end, one after the other (PySOT's way), calling
-    `finished(protocol)` after each."""
+    `finished(protocol)` after each; frames timed with `clock`."""
     for protocol, read_frame in jobs:
-        finished(run_sequential(protocol, tracker, read_frame))
+        finished(run_sequential(protocol, tracker, read_frame, clock))
 
 
-def batched_driver(options: EngineOptions | None = None):
+def batched_driver(options: EngineOptions | None = None, clock=time.perf_counter):
     """A `drive` that runs all jobs through the batched engine (`track.engine.run_batched`): one
-    network forward per step over every sequence's search crop, re-initialisations included."""
+    network forward per step over every sequence's search crop, re-initialisations included;
+    each frame is charged its share of the step (`clock`)."""
     def drive(tracker, jobs, finished) -> None:
         run_batched([Job(protocol, read_frame, source=protocol.name) for protocol, read_frame in jobs],
-                    tracker, options, on_done=lambda job: finished(job.protocol))
+                    tracker, options, on_done=lambda job: finished(job.protocol), clock=clock)
     return drive
 
 
@@ -69,8 +65,8 @@ class _Counting:
         return img
 
 
-def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int = 100, high: int = 356,
-                 eao: str = 'vot', skip_initialize: int = 5, restart: bool = False,
+def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int = DEFAULT_EAO_INTERVAL[0],
+                 high: int = DEFAULT_EAO_INTERVAL[1], eao: str = 'vot', skip_initialize: int = 5, restart: bool = False,
                  progress: bool = True, log=print, drive=None) -> dict:
     """Run every tracker once over every sequence (a run already stored under
     `out_dir/results/<tracker>/baseline/` is reused unless `restart`), score, write
@@ -93,7 +89,7 @@ def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int =
                     runs[seq.name] = [stored]
                     bar.update(len(seq))
                 else:
-                    protocol = SupervisedProtocol(seq.groundtruth, seq.size, skip_initialize, name=seq.name)
+                    protocol = SupervisedProtocol(seq, skip_initialize)
                     counter = _Counting(seq.read_frame, bar)
                     counters[seq.name] = (counter, len(seq))
                     jobs.append((protocol, counter))
@@ -114,8 +110,8 @@ def evaluate_vot(trackers: dict, dataset_root, out_dir='results/vot', low: int =
     return _report(scores, dataset_root, len(sequences), out_dir, log)
 
 
-def score_stored(results_root, tracker_names, dataset_root, out_dir=None, low: int = 100,
-                 high: int = 356, eao: str = 'vot', skip_initialize: int = 5, log=print) -> dict:
+def score_stored(results_root, tracker_names, dataset_root, out_dir=None, low: int = DEFAULT_EAO_INTERVAL[0],
+                 high: int = DEFAULT_EAO_INTERVAL[1], eao: str = 'vot', skip_initialize: int = 5, log=print) -> dict:
     """Score runs already stored in vot-toolkit's layout (ours, or a workspace's `results/`,
     every repetition found); images are not needed when the `sequence` files give the sizes."""
     sequences = load_vot(dataset_root, need_images=False)

@@ -5,19 +5,18 @@ initialise on frame 0; track each following frame; a frame whose region overlaps
 by 0 (`region_overlap`, bounded by the image) is a failure, the tracker is re-initialised on the
 ground truth `skip_initialize` (5) frames later and the frames between are skipped.  The record
 is vot-toolkit's trajectory: 1 on initialisation frames, 2 on failures, 0 on skipped frames, the
-tracker's region elsewhere, plus the seconds each frame took (`times`, None where skipped).
+tracker's region elsewhere, plus the seconds each frame took (`times`, None where skipped), as
+the driver measures them (`timed`: under the batched engine, the frame's share of its step).
 
 The region scored is the tracker's `polygon` (SiamMask) when it returns one, else its `bbox`.
 Initialisation boxes come from the ground truth by PySOT's rule (`regions.init_box`).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from track.protocol import Protocol, Request
-from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, is_special, region_overlap
+from track.vot.regions import FAILURE, INITIALIZATION, UNKNOWN, init_box, region_overlap
 
 
 def tracked_region(result: dict) -> np.ndarray:
@@ -29,24 +28,24 @@ def tracked_region(result: dict) -> np.ndarray:
 
 
 class SupervisedProtocol(Protocol):
-    """Reset-based protocol over one sequence's ground truth; image `size` = (width, height)."""
+    """Reset-based protocol over one `VOTSequence` (its ground truth, image size and name; its
+    frames are read by the driver).  A frame that cannot be read stops the run with an error
+    naming it (vot-toolkit has no rule for it)."""
 
-    def __init__(self, groundtruth, size, skip_initialize: int = 5, failure_overlap: float = 0.0,
-                 name: str = '', clock=time.perf_counter):
+    def __init__(self, sequence, skip_initialize: int = 5, failure_overlap: float = 0.0):
         if skip_initialize < 1:
             raise ValueError(f'skip_initialize must be >= 1, got {skip_initialize}')
-        self.groundtruth = list(groundtruth)
-        self.size = tuple(size)
+        self.sequence = sequence
+        self.groundtruth = list(sequence.groundtruth)
+        self.size = tuple(sequence.size)
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
-        self.name = name
-        self._clock = clock
+        self.name = sequence.name
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
         self._frame = 0
         self._initialised = False
         self._pending = None
-        self._started = 0.0
 
     def next_request(self) -> Request | None:
         if self._frame >= len(self.groundtruth):
@@ -61,7 +60,6 @@ class SupervisedProtocol(Protocol):
                 except ValueError as e:
                     raise ValueError(f'sequence {self.name!r}, frame {f}: {e}') from None
                 self._pending = Request('init', f, box)
-            self._started = self._clock()
         return self._pending
 
     def report(self, request: Request, result: dict | None) -> None:
@@ -69,7 +67,6 @@ class SupervisedProtocol(Protocol):
             raise ValueError(f'sequence {self.name!r}: report for {request}, '
                              f'but the pending request is {self._pending}')
         f = request.frame
-        self.times[f] = self._clock() - self._started
         self._pending = None
         if request.kind == 'init':
             self.regions[f] = INITIALIZATION
@@ -85,10 +82,10 @@ class SupervisedProtocol(Protocol):
             self.regions[f] = region
             self._frame = f + 1
 
-    @property
-    def done(self) -> bool:
-        return self._frame >= len(self.groundtruth)
+    def unreadable(self, request: Request) -> None:
+        frames = self.sequence.frames
+        where = f' ({frames[request.frame]})' if request.frame < len(frames) else ''
+        raise ValueError(f'sequence {self.name!r}: cannot read frame {request.frame}{where}')
 
-    @property
-    def failures(self) -> int:
-        return sum(1 for r in self.regions if is_special(r) and r == FAILURE)
+    def timed(self, request: Request, seconds: float) -> None:
+        self.times[request.frame] = seconds

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from track.datasets import read_image
 from track.vot.regions import parse_region
 
 DEFAULT_PATTERN = 'color/%08d.jpg'
@@ -25,25 +26,20 @@ _PATTERN_RE = re.compile(r'%0?\d*d')
 
 @dataclass
 class VOTSequence:
+    """One VOT sequence: frame paths (frame 0 first), one ground-truth region per frame (see
+    `track.vot.regions`) and the image size (width, height) that bounds overlaps.  The same field
+    names as the one-pass `track.datasets.Sequence` (name, frames, groundtruth, size, read_frame)."""
     name: str
-    frames: list          # image paths, frame 0 first
-    groundtruth: list     # one region per frame (see track.vot.regions)
-    width: int
-    height: int
+    frames: list
+    groundtruth: list
+    size: tuple
 
     def __len__(self) -> int:
         return len(self.groundtruth)
 
-    @property
-    def size(self) -> tuple:
-        return self.width, self.height
-
-    def read_frame(self, i: int) -> np.ndarray:
-        """Frame i as BGR uint8; a clear error if the file cannot be read."""
-        img = cv2.imread(str(self.frames[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f'sequence {self.name!r}: cannot read frame {i} ({self.frames[i]})')
-        return img
+    def read_frame(self, i: int) -> np.ndarray | None:
+        """Frame i as BGR uint8, None if it cannot be read (as `track.datasets.Sequence`)."""
+        return read_image(self.frames[i])
 
 
 def read_properties(path: Path) -> dict:
@@ -118,7 +114,7 @@ def load_sequence(folder, need_images: bool = True) -> VOTSequence:
         if img is None:
             raise ValueError(f'sequence {folder.name!r}: cannot read {frames[0]}')
         height, width = img.shape[:2]
-    return VOTSequence(folder.name, frames, groundtruth, width, height)
+    return VOTSequence(folder.name, frames, groundtruth, (width, height))
 
 
 def sequence_names(root) -> list:

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 FORMATS = ('otb', 'got10k', 'lasot')
@@ -40,31 +41,57 @@ OTB_FRAME_RANGES = {
 }
 
 
+def read_image(path) -> np.ndarray | None:
+    """A frame as BGR uint8, or None when the file cannot be read or decoded (the protocol
+    decides what that means: OPE repeats the previous box, VOT stops with an error)."""
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+def image_size(path) -> tuple:
+    """(width, height) of an image file."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'cannot read {path} to find the image size')
+    return img.shape[1], img.shape[0]
+
+
 @dataclass
 class Sequence:
-    """One video: frame paths, ground truth (N, 4) x,y,w,h and optional visibility flags.
+    """One video of a one-pass dataset: frame paths, ground truth (N, 4) x,y,w,h (GOT-10k's test
+    split: the first box only) and optional visibility flags.
 
-    `init_source` says where the first box was read ("file:line"), for error messages; GOT-10k
-    sequences also carry `cover` (0..8 per frame) and `resolution` (w, h) for its official figures.
+    The same field names as `track.vot.datasets.VOTSequence` (name, frames, groundtruth, size,
+    read_frame).  `init_source` says where the first box was read ("file:line"), for error
+    messages; GOT-10k sequences also carry `cover` (0..8 per frame) and `size` (width, height,
+    from meta_info.ini) for its official figures; `frame_size()` reads the first frame when the
+    layout records no size.
     """
     name: str
     frames: list
-    gt: np.ndarray
+    groundtruth: np.ndarray
     visible: np.ndarray | None = None
     init_source: str = ''
     cover: np.ndarray | None = None
-    resolution: tuple | None = None
+    size: tuple | None = None
 
     @property
     def init_box(self):
-        return [float(v) for v in self.gt[0]]
+        return [float(v) for v in self.groundtruth[0]]
 
     @property
     def has_full_gt(self) -> bool:
-        return len(self.gt) == len(self.frames)
+        return len(self.groundtruth) == len(self.frames)
 
     def __len__(self):
         return len(self.frames)
+
+    def read_frame(self, i: int) -> np.ndarray | None:
+        """Frame i as BGR uint8, None if it cannot be read (`read_image`)."""
+        return read_image(self.frames[i])
+
+    def frame_size(self) -> tuple:
+        """(width, height): `size`, else that of the first frame."""
+        return self.size or image_size(self.frames[0])
 
 
 def read_boxes(path) -> np.ndarray:
@@ -97,7 +124,7 @@ def read_boxes_with_lines(path) -> tuple:
 def check_init_box(seq: Sequence) -> Sequence:
     """`seq` unchanged if its first box can start a tracker (finite, w and h > 0), else a
     ValueError naming the file, line and sequence."""
-    box = np.asarray(seq.gt[0], dtype=np.float64)
+    box = np.asarray(seq.groundtruth[0], dtype=np.float64)
     if not (np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0):
         shown = ','.join(f'{v:g}' for v in box)
         raise ValueError(f'{seq.init_source or seq.name}: sequence {seq.name!r}: first box {shown} cannot '
@@ -277,7 +304,7 @@ def load_got10k(root) -> list:
         frames = list_images(d)
         gt, lines = read_boxes_with_lines(gt_path)
         _check_lengths(name, frames, gt, gt_path, allow_first_only=True)
-        visible = cover = resolution = None
+        visible = cover = size = None
         if len(gt) == len(frames):
             if (d / 'cover.label').is_file():
                 cover = _frame_flags(d / 'cover.label', frames, integer=True)
@@ -285,8 +312,8 @@ def load_got10k(root) -> list:
             elif (d / 'absence.label').is_file():
                 visible = ~_frame_flags(d / 'absence.label', frames)
         if (d / 'meta_info.ini').is_file():
-            resolution = read_resolution(d / 'meta_info.ini')
-        seqs.append(Sequence(name, frames, gt, visible, f'{gt_path}:{lines[0]}', cover, resolution))
+            size = read_resolution(d / 'meta_info.ini')
+        seqs.append(Sequence(name, frames, gt, visible, f'{gt_path}:{lines[0]}', cover, size))
     return seqs
 
 
@@ -311,9 +338,10 @@ def load_lasot(root) -> list:
 LOADERS = {'otb': load_otb, 'got10k': load_got10k, 'lasot': load_lasot}
 
 
-def load_sequences(root, fmt: str, index=None) -> list:
-    """Sequences under `root` in layout `fmt` (otb | got10k | lasot), or from the index JSON
-    chosen by `resolve_index` (explicit `index`, or auto-detected for OTB)."""
+def load_dataset(root, fmt: str, index=None) -> tuple:
+    """(sequences, the index JSON they came from or None): the sequences under `root` in layout
+    `fmt` (otb | got10k | lasot), or from the index JSON chosen by `resolve_index` (explicit
+    `index`, or auto-detected for OTB), each with a usable first box."""
     if fmt not in LOADERS:
         raise ValueError(f'unknown dataset format {fmt!r}; expected one of {FORMATS}')
     root = Path(root)
@@ -323,4 +351,9 @@ def load_sequences(root, fmt: str, index=None) -> list:
     seqs = load_index(root, index) if index is not None else LOADERS[fmt](root)
     if not seqs:
         raise ValueError(f'no {fmt} sequences found under {root}')
-    return [check_init_box(seq) for seq in seqs]
+    return [check_init_box(seq) for seq in seqs], index
+
+
+def load_sequences(root, fmt: str, index=None) -> list:
+    """The sequences of `load_dataset`."""
+    return load_dataset(root, fmt, index)[0]
