@@ -123,9 +123,16 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "LOADER_DALI_THREADS": 0,  # DALI threads per process; 0: min(4, cores share) on the GPU path, cores share + 1 on the CPU path
         "CUDA_GRAPHS": False,  # with TRAIN.COMPILE on CUDA: torch.compile mode "reduce-overhead" (CUDA graphs of forward and backward)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
+        "RESET_MOMENTUM_EACH_EPOCH": False,  # SGD momentum restarts at every epoch (the SiamMask authors' refine stage rebuilds its optimizer each epoch)
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
         # run reliability (docs/reliability.md)
         "MAX_REPLACED_FRAC": 0.01,  # stop when an epoch drew more replacement pairs (for unusable crops) than this share of its pairs (-1: no limit)
+    },
+    "REFINE": {"KWARGS": {}},  # Refine's channels (model/heads/mask.py); PySOT has none: ResNet-50's
+    "BACKBONE": {
+        # true: backbone BN stays in eval mode after the unfreeze too (the SiamMask authors' base stage never
+        # switches unfrozen layers back to train mode); false: PySOT's build_opt_lr puts TRAIN_LAYERS' BN in train mode
+        "FREEZE_BN": False,
     },
 }
 

@@ -161,6 +161,8 @@ class Trainer:
     def _build_model(self, ckpt, resume_path):
         """The network on the device; a checkpoint to resume must fit it, else BACKBONE.PRETRAINED loads."""
         self.model = build_model(self.cfg)
+        # What a step reports: the losses (all must be finite for the step to apply), then figures.
+        self.loss_keys, self.log_keys = self.model.loss_keys, self.model.loss_keys + self.model.figure_keys
         if ckpt is not None:
             check_checkpoint_fits(ckpt, self.model, self.cfg, resume_path)
         elif self.cfg.BACKBONE.PRETRAINED:
@@ -190,7 +192,7 @@ class Trainer:
         self.epoch_step = 0
         self.global_step = self.epoch * self.steps_per_epoch
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # read lazily: skipped_steps
-        self.interval, self.epoch_meter = IntervalMeter(), IntervalMeter()
+        self.interval, self.epoch_meter = IntervalMeter(self.log_keys), IntervalMeter(self.log_keys)
         self.totals = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
         self.verdicts: list[str] = []
         self.unfrozen = backbone_unfrozen_at(self.cfg, self.epoch)
@@ -405,8 +407,9 @@ class Trainer:
         """Forward, all-rank validity vote, backward, then an update that every rank applies or
         cancels together, decided on the device: no host-device sync (TRAIN.LOG_GRADS excepted).
 
-        Returns the step's loss contribution, a float64 device tensor [total, cls, loc, 1]
-        (means over ranks) for an applied step and zeros for a skipped one.
+        Returns the step's contribution, a float64 device tensor [*values of ``log_keys``, 1]
+        (means over ranks: total, cls, loc(, mask loss, mask IoU figures)) for an applied step and
+        zeros for a skipped one.
         """
         if self.on_cuda and self.cfg.TRAIN.CUDA_GRAPHS:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free to reuse
@@ -415,12 +418,13 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
         with autocast:
             out = self.net(batch)
-        vals = torch.stack([out["total_loss"].detach(), out["cls_loss"].detach(), out["loc_loss"].detach()]).float()
-        ok = torch.isfinite(vals).all() & (vals[0] <= MAX_VALID_LOSS)
+        vals = torch.stack([out[k].detach().float() for k in self.log_keys])
+        losses = vals[:len(self.loss_keys)]
+        ok = torch.isfinite(losses).all() & (vals[0] <= MAX_VALID_LOSS)
         packed = torch.cat([torch.where(ok, vals, torch.zeros_like(vals)), ok.float().reshape(1)])
-        if self.ctx.distributed:  # one collective per step: loss sums and the count of valid ranks
+        if self.ctx.distributed:  # one collective per step: value sums and the count of valid ranks
             dist.all_reduce(packed)
-        apply = packed[3] == self.ctx.world_size  # every rank's loss was valid: the same flag on every rank
+        apply = packed[-1] == self.ctx.world_size  # every rank's loss was valid: the same flag on every rank
         (out["total_loss"] * self.grad_scale).backward()  # DDP averages; x world_size restores PySOT's SUM
         self.buffers.keep_if(apply)  # a skipped forward leaves no trace in the BN statistics
         self.grads.keep_if(apply)
@@ -536,6 +540,8 @@ class Trainer:
         self.sched.set_epoch(self.epoch)
         if self.epoch_step == 0:
             self.loader.set_epoch(self.epoch)
+            if tr.RESET_MOMENTUM_EACH_EPOCH:  # the SiamMask authors' refine stage: a new optimizer every epoch
+                self.optimizer.state.clear()
         set_train_mode(self.model, cfg, self.unfrozen)
         lr = self.sched.lr_at(self.epoch)
         self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
@@ -549,6 +555,8 @@ class Trainer:
         ep = self.epoch_meter
         verdict = bound_verdict(self.epoch, ep.pairs, ep.wait_s, ep.step_s)
         self.verdicts.append(verdict)
+        means = ep.means()
+        self.log.info(f"epoch {self.epoch + 1} means: " + ", ".join(f"{k} {means[k]:.4f}" for k in self.log_keys))
         self.log.info(f"{verdict}; {self.skipped_steps} skipped steps, {self.replaced_crops} replaced crops so far")
         self.totals["pairs"] += ep.pairs
         self.totals["wait_s"] += ep.wait_s
