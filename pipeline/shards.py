@@ -329,8 +329,10 @@ def lmdb_value_offset(value: memoryview, key_len: int, psize: int) -> int:
 
 # ---- the index (loaded once per process, shared by the node through the page cache) -------------------
 def _index_identity(path: Path):
+    # ctime too: a folder replaced by a copy that keeps mtimes (shutil.copytree) can reuse the old
+    # index file's inode, and only ctime then tells the new file from the one the cache holds.
     st = path.stat()
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
 
 def _require_index(folder: Path) -> Path:
