@@ -1,9 +1,10 @@
 """The loader's background stage: plans the next batches and reads their crops ahead of rendering.
 
-One thread per iteration walks the iteration's batches in order.  For each batch it computes
-the plans (`BatchPreparer.first_plans`) up to 2 x `read_ahead` batches ahead of the consumer and
-passes their crops to the shard readers' `prefetch` hint; up to `read_ahead` batches ahead it
-reads the crops, split over a pool of reader threads (`read_threads`; 0 reads in this thread);
+One thread per iteration walks the iteration's batches in order.  It computes the plans
+(`BatchPreparer.first_plans_of`, PLAN_PAIRS pairs or more in one call) up to 2 x `read_ahead`
+batches ahead of the consumer and passes their crops to the shard readers' `prefetch` hint; up to
+`read_ahead` batches ahead it reads each batch's crops, split over a pool of reader threads
+(`read_threads`, tasks of MIN_READ_CHUNK crops or more; 0 reads in this thread);
 then it finishes the batches in order (replacing pairs with unusable crops), groups them into
 DALI runs with their input values and queues the runs for the consumer (`get`).  Nothing here
 decides content: a run is the same whatever the threads and timing (`pipeline.prepare`).
