@@ -5,6 +5,10 @@
 comes after BN on purpose: in train mode BN statistics are taken over the full 15×15 map.
 ``AdjustAllLayer``: one AdjustLayer per level, named ``downsample`` for a single level
 (SiamMask) or ``downsample2``, ``downsample3``, ... for several (SiamRPN++).
+
+A caller may ask for another crop side (``center_size``): SiamMask's refine stage searches at
+143, whose 17×17 features the authors' neck (``ResDownS``) trims by 4 px a side to 9×9 (a 3×3
+score map), where PySOT's centre 7 would leave 1×1; for the 15×15 template both give 7×7.
 """
 import torch.nn as nn
 
@@ -23,11 +27,12 @@ class AdjustLayer(nn.Module):
         )
         self.center_size = center_size
 
-    def forward(self, x):
+    def forward(self, x, center_size=None):
         x = self.downsample(x)
         if x.shape[3] < CROP_BELOW_WIDTH:
-            left = (x.shape[3] - self.center_size) // 2
-            right = left + self.center_size
+            size = self.center_size if center_size is None else int(center_size)
+            left = (x.shape[3] - size) // 2
+            right = left + size
             x = x[:, :, left:right, left:right]
         return x
 
@@ -48,12 +53,12 @@ class AdjustAllLayer(nn.Module):
                 self.add_module(f'downsample{i + 2}',
                                 AdjustLayer(in_channels[i], out_channels[i], center_size))
 
-    def forward(self, features):
+    def forward(self, features, center_size=None):
         if self.num == 1:
-            return self.downsample(features)
+            return self.downsample(features, center_size)
         if len(features) != self.num:
             raise ValueError(f'AdjustAllLayer built for {self.num} levels got {len(features)}')
-        return [getattr(self, f'downsample{i + 2}')(f) for i, f in enumerate(features)]
+        return [getattr(self, f'downsample{i + 2}')(f, center_size) for i, f in enumerate(features)]
 
 
 NECKS = {'AdjustLayer': AdjustLayer, 'AdjustAllLayer': AdjustAllLayer}

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,6 +29,7 @@ from pipeline.shards import CorruptCropError
 
 log = logging.getLogger("pipeline.loader")
 
+LISTED = 10  # unusable crops of each kind named in the log one by one; the rest are counted (damaged_shards)
 MASK_TAG = 1    # third element of a mask's ref: (dataset, entry, MASK_TAG)
 # The graph input of a pair without a mask label (negatives, datasets without masks) and of an
 # empty mask: one background pixel at the crop's origin.
@@ -68,6 +71,7 @@ class CropSource:
         self.readers, self.names = list(readers), list(names)
         self.crop_sizes = [int(s) for s in crop_sizes]
         self.bad = set()              # refs known to be unusable
+        self._listed = Counter()      # unusable refs logged, per kind of fault
         self._lock = threading.Lock()
 
     def read(self, ref):
@@ -81,11 +85,11 @@ class CropSource:
         try:
             data = self.readers[ref[0]].jpeg_at(ref[1])
         except CorruptCropError as err:
-            self.mark_bad(ref, str(err))
+            self.mark_bad(ref, str(err), kind="stored bytes")
             return None
         problem = crop_problem(data, self.crop_sizes[ref[0]])
         if problem is not None:
-            self.mark_bad(ref, problem)
+            self.mark_bad(ref, problem, kind="not a crop")
             return None
         return data
 
@@ -95,11 +99,11 @@ class CropSource:
         try:
             png, box = self.readers[ref[0]].mask_at(ref[1])
         except CorruptCropError as err:
-            self.mark_bad(ref, str(err))
+            self.mark_bad(ref, str(err), kind="stored bytes")
             return None
         mask = decode_mask_region(png, box, self.crop_sizes[ref[0]])
         if isinstance(mask, str):
-            self.mark_bad(ref, mask)
+            self.mark_bad(ref, mask, kind="not a mask")
             return None
         return mask
 
@@ -110,17 +114,33 @@ class CropSource:
     def is_bad(self, ref) -> bool:
         return tuple(int(v) for v in ref) in self.bad
 
-    def mark_bad(self, ref, why: str) -> bool:
-        """Record crop (or mask) `ref` as unusable (logged the first time); True if it was not
-        known."""
+    def mark_bad(self, ref, why: str, kind: str = "") -> bool:
+        """Record crop (or mask) `ref` as unusable (logged the first time, up to LISTED of each
+        `kind` of fault); True if it was not known."""
         ref = tuple(int(v) for v in ref)
+        kind = kind or why
         with self._lock:
             if ref in self.bad:
                 return False
             self.bad.add(ref)
-        log.warning("unusable %s, skipped: dataset %s entry %d (%s)",
-                    "mask" if is_mask_ref(ref) else "crop", self.names[ref[0]], ref[1], why)
+            self._listed[kind] += 1
+            listed = self._listed[kind]
+        if listed <= LISTED:
+            log.warning("unusable %s, skipped: dataset %s entry %d (%s)%s", "mask" if is_mask_ref(ref) else "crop",
+                        self.names[ref[0]], ref[1], why,
+                        f"; further ones ({kind}) are counted, not listed" if listed == LISTED else "")
         return True
+
+    def damaged_shards(self) -> dict:
+        """{shard folder: unusable crops (and masks) found in it so far}, in folder order."""
+        with self._lock:
+            bad = sorted(self.bad)
+        counts = defaultdict(int)
+        for d, e, *_ in bad:  # crops and masks
+            reader = self.readers[d]
+            shard = reader.meta["shards"][int(reader.entry_shard[e])]["name"]
+            counts[str(Path(reader.folder) / shard)] += 1
+        return dict(sorted(counts.items()))
 
     def prefetch(self, refs) -> None:
         """Advisory read-ahead of crops needed soon, for readers that offer `prefetch(entries)`:
@@ -133,3 +153,13 @@ class CropSource:
             hint = getattr(self.readers[d], "prefetch", None)
             if hint is not None:
                 hint(np.unique(refs[refs[:, 0] == d, 1]))
+
+
+def describe_damage(shards: dict) -> str:
+    """'cache/VID/shard-00000 (12 unusable crops), ...; check them with build_lmdb.py --verify-only'."""
+    if not shards:
+        return "no damaged shard known"
+    listed = ", ".join(f"{k} ({v} unusable crop{'s' * (v != 1)})" for k, v in shards.items())
+    folders = sorted({Path(k).parent for k in shards})
+    checks = "; ".join(f"python tools/build_lmdb.py --dataset {f.name} --out {f.parent} --verify-only" for f in folders)
+    return f"{listed}; check them with {checks}"

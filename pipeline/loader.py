@@ -193,6 +193,7 @@ class PairLoader:
         self._probe = _DecodeProbe(self.dali_device, self.device_id,
                                    self._graph_options["hw_decoder_load"])
         self.skipped = 0           # pairs replaced because a crop was unusable
+        self.epoch_skipped = 0     # ... of them in the current epoch (TRAIN.MAX_REPLACED_FRAC)
         self.epoch = 0
         self.next_batch = 0
         # This rank's global indices: the same for every epoch (the epoch's order is applied
@@ -223,13 +224,17 @@ class PairLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` from its first batch at the next iteration."""
-        self.epoch, self.next_batch = int(epoch), 0
+        self.epoch, self.next_batch, self.epoch_skipped = int(epoch), 0, 0
+
+    def damaged_shards(self) -> dict:
+        """{shard folder: unusable crops found in it so far} (pipeline.crop_source)."""
+        return self.source.damaged_shards()
 
     def state_dict(self) -> dict:
         """Position of the consumer: the next batch an iteration would yield."""
         return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,
                 "rank": self.rank, "world_size": self.world_size,
-                "batch_size": self.batch_size, "skipped": self.skipped}
+                "batch_size": self.batch_size, "skipped": self.skipped, "epoch_skipped": self.epoch_skipped}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at exactly the batch `state_dict()` pointed to (same seed/world/batch size)."""
@@ -239,6 +244,7 @@ class PairLoader:
                                  f"{getattr(self, key)}: batches would not line up")
         self.epoch, self.next_batch = int(state["epoch"]), int(state["next_batch"])
         self.skipped = int(state.get("skipped", self.skipped))
+        self.epoch_skipped = int(state.get("epoch_skipped", 0))
 
     def close(self) -> None:
         """Stop the background threads (read-ahead stages and crop readers) and discard the
@@ -411,6 +417,7 @@ class PairLoader:
                 current, images = ready.popleft()
                 batch = self._add_labels(images, current)
                 self.skipped += current.replaced
+                self.epoch_skipped += current.replaced
                 self.next_batch = b + 1
                 if self.next_batch == total:
                     self.epoch, self.next_batch = epoch + 1, 0

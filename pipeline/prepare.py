@@ -16,13 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.crop_source import NO_MASK, mask_ref
+from pipeline.crop_source import NO_MASK, describe_damage, mask_ref
 from pipeline.sampling import PlanBatch
 from pipeline.targets import random_keys
 
 log = logging.getLogger("pipeline.loader")
 
 MAX_ATTEMPTS = 100  # replacement pairs tried for one index before giving up
+
+
+class UnusableCropsError(RuntimeError):
+    """No usable pair for an index in MAX_ATTEMPTS tries: the shards are (almost) all damaged."""
 
 
 @dataclass
@@ -140,12 +144,13 @@ class BatchPreparer:
             attempt, plan = 0, plans
             while z is None or x is None or m is None:
                 replaced += 1
-                log.warning("epoch %d index %d attempt %d: replacing the pair (template %s, "
-                            "search %s)", epoch, rows[i], attempt, pair[0], pair[1])
+                log.debug("epoch %d index %d attempt %d: replacing the pair (template %s, "
+                          "search %s)", epoch, rows[i], attempt, pair[0], pair[1])
                 attempt += 1
                 if attempt == MAX_ATTEMPTS:
-                    raise RuntimeError(f"epoch {epoch} index {rows[i]}: {MAX_ATTEMPTS} replacement "
-                                       f"pairs in a row were unusable; the shards look corrupt")
+                    raise UnusableCropsError(
+                        f"no usable crops: epoch {epoch} index {rows[i]} found none in {MAX_ATTEMPTS} pairs "
+                        f"in a row; damaged shards: {describe_damage(self.source.damaged_shards())}")
                 plan = self.sampler.plan_batch(epoch, rows[i:i + 1], attempt)
                 pair = _pair_refs(plan)[0]
                 z, x, m = self._pair(crop, *pair)

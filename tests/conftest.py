@@ -1,10 +1,13 @@
 """Fixtures shared by several test modules: small real file systems and synthetic VID shards."""
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.fileio import DISK_LIMIT_ENV, open_for_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,29 +22,56 @@ def _mount_tmpfs(where: Path, size: int, remount: bool = False):
     return run_quiet(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(where)])
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(size) mounts a tmpfs of `size` bytes (again: resizes it in place); unmounted at teardown."""
-    where = tmp_path / 'tmpfs'
+def skip_unless_ci(reason: str):
+    """Skip, except under CI (the CI environment variable set): there a test that cannot run fails."""
+    if os.environ.get('CI'):
+        pytest.fail(f'{reason} (a skip under CI is a failure)', pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=['tmpfs', 'injected'])
+def small_disk(request, tmp_path, monkeypatch):
+    """size -> a folder on a file system of `size` bytes in all (called again: resized in place).
+
+    tmpfs: a real small tmpfs (needs mount rights; without them the test is skipped, and fails
+    under CI); injected: the disk simulated at the write seam of pipeline/fileio.py
+    (SIAMTRAIN_DISK_LIMIT, inherited by subprocesses): the project's own writes (shard
+    transactions, index, checkpoints, atomic files) fail with ENOSPC past `size`; runs anywhere.
+    """
+    where = tmp_path / request.param
     where.mkdir()
     mounted = []
 
+    def injected(size: int) -> Path:
+        monkeypatch.setenv(DISK_LIMIT_ENV, f'{int(size)}:{where}')
+        return where
+
     def mount(size: int) -> Path:
         if shutil.which('mount') is None:
-            pytest.skip('no mount command: cannot make a small real filesystem')
+            skip_unless_ci('no mount command: cannot make a small real filesystem')
         r = _mount_tmpfs(where, size, remount=bool(mounted))
         if r.returncode != 0:
             if not mounted:
-                pytest.skip(f'cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}')
+                skip_unless_ci(f'cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}')
             raise RuntimeError(f'tmpfs resize failed: {r.stderr.strip()}')
         mounted.append(size)
         return where
 
-    yield mount
+    yield mount if request.param == 'tmpfs' else injected
     if mounted:
         r = run_quiet(['umount', str(where)])
         if r.returncode != 0:
             run_quiet(['umount', '-l', str(where)])
+
+
+def fill_disk(folder: Path) -> Path:
+    """Use up every free byte of the (real or simulated) small disk at `folder`; returns the filler."""
+    filler = folder / 'filler'
+    with open_for_write(filler, buffering=0) as f:
+        with pytest.raises(OSError, match='No space left'):
+            while True:
+                f.write(b'\0' * (1 << 16))
+    return filler
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,6 @@
-"""Shard builder on a really full disk (a small tmpfs): a clear error instead of a traceback, and
-"free space and rerun" resumes into shards identical to an uninterrupted build."""
+"""Shard builder on a full disk (a small tmpfs, and the same disk simulated at the write seam where
+no tmpfs can be mounted): a clear error instead of a traceback, and "free space and rerun" resumes
+into shards identical to an uninterrupted build."""
 import json
 import shutil
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline.ingest import verify_shards
 from pipeline.shards import INDEX_NAME, ShardError, ShardReader
-from conftest import run_quiet as _run
+from conftest import fill_disk as _fill, run_quiet as _run
 from pipeline.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,9 +59,9 @@ def _assert_same_as_ref(out_dir: Path, ref: Path):
     assert not list(out_dir.rglob('*.tmp'))
 
 
-def test_disk_full_mid_build_then_free_space_and_rerun(raw_and_ref, tmpfs):
+def test_disk_full_mid_build_then_free_space_and_rerun(raw_and_ref, small_disk):
     raw, ref = raw_and_ref
-    mnt = tmpfs(_du(ref) // 2)  # room for part of the shard data only
+    mnt = small_disk(_du(ref) // 2)  # room for part of the shard data only
     out_dir = mnt / 'VID'
     r = _build(raw, mnt)
     _assert_clean_disk_full_error(r, out_dir)
@@ -68,7 +69,7 @@ def test_disk_full_mid_build_then_free_space_and_rerun(raw_and_ref, tmpfs):
     with pytest.raises(ShardError, match='incomplete'):
         ShardReader(out_dir)
 
-    tmpfs(4 * _du(ref))  # free space (grow the same filesystem), then rerun the same command
+    small_disk(4 * _du(ref))  # free space (grow the same filesystem), then rerun the same command
     r = _build(raw, mnt)
     assert r.returncode == 0, r.stderr
     report = json.loads((out_dir / 'build_report.json').read_text())
@@ -76,20 +77,10 @@ def test_disk_full_mid_build_then_free_space_and_rerun(raw_and_ref, tmpfs):
     _assert_same_as_ref(out_dir, ref)
 
 
-def _fill(mnt: Path) -> Path:
-    """Use up every free byte of the filesystem at `mnt`; returns the filler file."""
-    filler = mnt / 'filler'
-    with open(filler, 'wb', buffering=0) as f:
-        with pytest.raises(OSError, match='No space left'):
-            while True:
-                f.write(b'\0' * (1 << 16))
-    return filler
-
-
-def test_disk_full_when_a_new_shard_starts(raw_and_ref, tmpfs):
+def test_disk_full_when_a_new_shard_starts(raw_and_ref, small_disk):
     """LMDB maps a new shard's lock file: on a full disk that must be a clear error, not a SIGBUS."""
     raw, ref = raw_and_ref
-    mnt = tmpfs(4 * _du(ref))
+    mnt = small_disk(4 * _du(ref))
     out_dir = mnt / 'VID'
     out_dir.mkdir()
     shutil.copy(ref / 'build_params.json', out_dir)  # the build started, then the disk filled up
@@ -103,10 +94,10 @@ def test_disk_full_when_a_new_shard_starts(raw_and_ref, tmpfs):
     _assert_same_as_ref(out_dir, ref)
 
 
-def test_disk_full_at_index_write_then_rerun(raw_and_ref, tmpfs):
+def test_disk_full_at_index_write_then_rerun(raw_and_ref, small_disk):
     """All videos committed, but the disk fills up before the index is written."""
     raw, ref = raw_and_ref
-    mnt = tmpfs(4 * _du(ref))
+    mnt = small_disk(4 * _du(ref))
     out_dir = mnt / 'VID'
     shutil.copytree(ref, out_dir, ignore=shutil.ignore_patterns(INDEX_NAME, 'build_report.json'))
     filler = _fill(mnt)

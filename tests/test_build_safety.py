@@ -2,6 +2,7 @@
 worker, and an import of crops of the wrong size.  Real processes, real signals, real LMDB."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,9 +106,25 @@ def _assert_one_clean_line(proc, err: str):
     assert 'rerun' in lines[0]
 
 
+def _stalled_copy(raw, where: Path, video: int = 5) -> tuple:
+    """A copy of `raw` whose video `video` starts with a named pipe instead of its first JPEG: the
+    crop worker that opens it waits for a writer that never comes, so the build commits the videos
+    before it and can never finish, however late a signal arrives.  Returns (root, the JPEG's path,
+    its bytes) to put back before the rerun."""
+    root = where / 'raw'
+    shutil.copytree(raw, root)
+    jpeg = sorted((root / 'Data/VID/train/a').glob(f'v{video:02d}/*.JPEG'))[0]
+    data = jpeg.read_bytes()
+    jpeg.unlink()
+    os.mkfifo(jpeg)
+    return root, jpeg, data
+
+
 @pytest.mark.parametrize('how', ['ctrl-c', 'sigterm', 'worker-killed'])
 def test_interrupted_build_ends_in_one_line_and_resumes(raw, ref, tmp_path, how):
-    proc = _start(raw, tmp_path, '--workers', '2')
+    stalled, jpeg, data = _stalled_copy(raw, tmp_path)
+    out = tmp_path / 'out'
+    proc = _start(stalled, out, '--workers', '2')
     _wait_commits(proc)
     workers = _children(proc.pid)
     if how == 'ctrl-c':
@@ -117,17 +134,19 @@ def test_interrupted_build_ends_in_one_line_and_resumes(raw, ref, tmp_path, how)
     else:
         assert workers, 'no crop worker processes found'
         os.kill(workers[-1], signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     _assert_one_clean_line(proc, err)
     deadline = time.time() + 10
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), 'crop workers outlived the build'
-    assert not (tmp_path / 'VID' / INDEX_NAME).exists()
-    again = run_build_cli(*_args(raw, tmp_path, '--workers', '2'))
+    assert not (out / 'VID' / INDEX_NAME).exists()
+    jpeg.unlink()
+    jpeg.write_bytes(data)
+    again = run_build_cli(*_args(stalled, out, '--workers', '2'))
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / 'VID/build_report.json').read_text())['videos_resumed'] >= 1
-    _same_as_ref(tmp_path / 'VID', ref)
+    assert json.loads((out / 'VID/build_report.json').read_text())['videos_resumed'] >= 1
+    _same_as_ref(out / 'VID', ref)
 
 
 def test_import_of_crops_of_another_size_is_refused(tmp_path):

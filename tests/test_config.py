@@ -1,4 +1,6 @@
 """Config loading: PySOT's schema and defaults, shipped recipes, and clear errors for bad files."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +8,8 @@ import yaml
 
 from train.config import ConfigError, config_from_dict, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"
 
 
@@ -125,6 +128,31 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "TRAIN: [unclosed\n"))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    cases = {  # text -> (line:column of the problem, what the parser expected)
+        "TRAIN:\n  EPOCH: 3\n  BATCH_SIZE: [4\nRPN:\n  TYPE: x\n":
+            ("4:4", "expected ',' or ']', but got ':' (while parsing a flow sequence begun at line 3)"),
+        "TRAIN:\n\tEPOCH: 3\n": ("2:1", "found character '\\t' that cannot start any token"),
+        "TRAIN:\n  EPOCH: 3\n   BASE_LR: 0.1\n": ("3:11", "mapping values are not allowed here"),
+    }
+    for text, (where, what) in cases.items():
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert "\n" not in str(err.value)
+        assert str(err.value).startswith(f"{path}:{where}: not valid YAML: {what}"), str(err.value)
+    res = subprocess.run([sys.executable, str(ROOT / "train" / "run.py"), "--cfg", str(path), "--shards", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {err.value}"]
+
+
+def test_max_replaced_frac_is_a_share_or_no_limit():
+    assert load_config(None, ["TRAIN.MAX_REPLACED_FRAC=-1"]).TRAIN.MAX_REPLACED_FRAC == -1
+    assert load_config(None, ["TRAIN.MAX_REPLACED_FRAC=2.5"]).TRAIN.MAX_REPLACED_FRAC == 2.5
+    with pytest.raises(ConfigError, match="MAX_REPLACED_FRAC=-0.5 must be a share"):
+        load_config(None, ["TRAIN.MAX_REPLACED_FRAC=-0.5"])
 
 
 def test_config_is_immutable_and_replace_derives_a_copy():

@@ -1,6 +1,8 @@
 """tools/bench_loader.py and tools/show_pairs.py run end to end on small synthetic shards."""
 import importlib.util
 import json
+import os
+import time
 from pathlib import Path
 
 import cv2
@@ -24,6 +26,54 @@ def shards(tmp_path_factory):
     return build_test_shards(tmp_path_factory.mktemp("tools"))
 
 
+class _Observed:
+    """The real loader, with the time each batch left it and when it was closed noted."""
+
+    def __init__(self, loader, log):
+        self._loader, self._log = loader, log
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __iter__(self):
+        for batch in self._loader:
+            self._log.append((time.perf_counter(), len(batch["template"])))
+            yield batch
+
+    def close(self):
+        self._log.append((time.perf_counter(), None))
+        self._loader.close()
+
+
+def _observed_data_loader(log):
+    """torch's DataLoader, with the time each batch left it and when its iterator ended noted."""
+    from torch.utils.data import DataLoader
+
+    class Observed(DataLoader):
+        def __iter__(self):
+            try:
+                for batch in super().__iter__():
+                    log.append((time.perf_counter(), len(batch["template"])))
+                    yield batch
+            finally:
+                log.append((time.perf_counter(), None))
+
+    return Observed
+
+
+def _window_bounds(log, warmup: int, batches: int):
+    """(pairs, shortest, longest wall time) a window of `batches` batches after `warmup` can have,
+    from the times the batches left the loader: it starts after batch warmup-1 left and before
+    batch warmup did, and stops after its last batch left and before the iteration ended."""
+    left = [t for t, n in log if n is not None]
+    end = next(t for t, n in log if n is None)
+    pairs = sum(n for _, n in log[warmup:warmup + batches] if n is not None)
+    return pairs, left[warmup + batches - 1] - left[warmup], end - left[warmup - 1]
+
+
 @pytest.mark.parametrize("native", [False, True], ids=["kernel", "native-ops"])
 def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
     out = tmp_path / "bench.json"
@@ -31,19 +81,33 @@ def test_bench_loader_writes_json(shards, tmp_path, native, capsys):
     argv = ["--shards", str(shards), "--device", "cpu", "--batch-size", "8", "--batches", "32",
             "--warmup", "8", "--rounds", "1", "--min-seconds", "0", "--json", str(out),
             "--opts", *overrides(**{"DATASET.SEARCH.BLUR": 0.2, "DATASET.VIDEOS_PER_EPOCH": 400})]
-    load_tool("bench_loader").main(argv + (["--native-ops"] if native else []))
+    tool = load_tool("bench_loader")
+    dali_log, ref_log = [], []
+    real_build = tool.build_loader
+    tool.build_loader = lambda *a, **kw: _Observed(real_build(*a, **kw), dali_log)  # the real loader, watched
+    tool.DataLoader = _observed_data_loader(ref_log)
+    t0 = time.perf_counter()
+    tool.main(argv + (["--native-ops"] if native else []))
+    total = time.perf_counter() - t0
     result = json.loads(out.read_text())
     assert result["dali"]["crop_kernel"] is (not native)
     assert result["dali"]["num_threads"] >= 2 and result["dali"]["skipped"] == 0
     assert result["dali"]["batches_per_dali_run"] == 8
-    for side in ("dali", "reference"):
+    for side, log in (("dali", dali_log), ("reference", ref_log)):
         window = result[side]
-        assert window["batches"] >= 32 and window["cpu_cores_busy"] > 0  # --batches 32 at least
-        # the rate is the window's pairs (batches of 8) over its own wall time
-        assert window["pairs_per_s"] == pytest.approx(8 * window["batches"] / window["wall_s"])
+        assert window["batches"] == 32  # --min-seconds 0: exactly --batches
+        assert sum(n is not None for _, n in log) >= 8 + 32
+        # the rate against the clock of this test: the pairs that left the loader in the window,
+        # over a wall time between the shortest and the longest the window can have had
+        pairs, shortest, longest = _window_bounds(log, 8, 32)
+        assert pairs == 8 * 32
+        assert shortest <= window["wall_s"] <= longest, (side, shortest, window["wall_s"], longest)
+        assert pairs / longest <= window["pairs_per_s"] <= pairs / shortest
+        assert 0 < window["cpu_cores_busy"] * window["wall_s"] <= total * os.cpu_count()
+    assert result["dali"]["wall_s"] + result["reference"]["wall_s"] <= total
     # the speedup compares what each loader delivered per second in its window
     dali, ref = result["dali"], result["reference"]
-    assert result["speedup"] == pytest.approx((dali["batches"] / dali["wall_s"]) / (ref["batches"] / ref["wall_s"]))
+    assert result["speedup"] == pytest.approx(dali["pairs_per_s"] / ref["pairs_per_s"])
     assert result["gpu"] is None and result["search_blur"] == 0.2
     assert "speedup (median pairs/s)" in capsys.readouterr().out
 

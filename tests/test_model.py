@@ -89,9 +89,9 @@ def test_training_config_forward_on_meta(name):
     assert all(v.shape == () for v in losses.values())
 
 
-def test_siammask_training_is_refused_clearly():
+def test_siammask_training_needs_the_mask_labels():
     model = meta_model(cfg_of('siammask_r50_l3.yaml'))
-    with pytest.raises(NotImplementedError, match='mask'):
+    with pytest.raises(KeyError, match='label_mask'):
         model(fake_batch(1, 25, device='meta'))
 
 

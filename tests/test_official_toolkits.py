@@ -8,14 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip('got10k')
-from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # noqa: E402
+from got10k.experiments import ExperimentGOT10k, ExperimentOTB  # the test extra installs got10k (setup.cfg)
 
-from track.datasets import load_sequences  # noqa: E402
-from track.ope import evaluate, score_results  # noqa: E402
-from track.results import write_results  # noqa: E402
-from track.snapshots import make_trackers  # noqa: E402
-from train.config import load_config  # noqa: E402
+from track.datasets import load_sequences
+from track.ope import evaluate, score_results
+from track.results import write_results
+from track.snapshots import make_trackers
+from train.config import load_config
 
 TOL = 1e-6
 W, H = 96, 64

@@ -154,3 +154,31 @@ def test_altered_commit_marker_is_caught(copy, source):
     proc = run_build_cli(*_import_args(source, copy))
     _no_signal_no_traceback(proc)
     assert proc.returncode == 2 and 'shard-00001' in proc.stderr and 'digest' in proc.stderr
+
+
+def test_verify_lists_each_damaged_crop_once(copy):
+    """Crops whose bytes fail their checksum are found by the crop walk and again by the decode
+    sample; each is listed once (here the sample takes every crop)."""
+    from pipeline.ingest import verify_shards
+    from pipeline.shards import entry_key, release_read_env
+    from shard_damage import overwrite_crop
+
+    folder = copy / 'VID'
+    reader = ShardReader(folder)
+    damaged = [3, 10, 11]
+    keys = [entry_key(*reader.entry_location(e)).decode() for e in damaged]
+    for e in damaged:
+        overwrite_crop(reader, e, b'\xff\xd8 damaged on disk')
+    total = len(reader)
+    reader.close()
+    release_read_env(folder)
+    problems = verify_shards(folder, sample=total)
+    def mentions(text, key):  # 'crop KEY: ...' (the crop walk) or 'crop KEY (entry N)' (a read)
+        return text.count(f'crop {key}:') + text.count(f'crop {key} (')
+
+    for key in keys:
+        assert sum(mentions(p, key) for p in problems) == 1, (key, problems)
+    proc = run_build_cli('--dataset', 'VID', '--out', copy, '--verify-only')
+    assert proc.returncode == 1
+    for key in keys:
+        assert mentions(proc.stderr, key) == 1, proc.stderr

@@ -392,7 +392,7 @@ def test_mask_tracker_pastes_mask_at_the_best_position():
     img = np.zeros((400, 400, 3), np.uint8)
     tracker.init(img, (180, 180, 40, 40))  # centre 199.5, s_z 80
     out = tracker.track(img)
-    assert model.refine_positions == [(10, 12)]
+    assert model.refine_positions == [[(10, 12)]]  # one (row, col) per target of the batch
     # by hand: s_x = round(80 * 255 / 127) = 161, crop starts at 199.5 - 80.5 = 119,
     # s = 161 / 255; sub-window = 119 + (col - 8/2) * 8 * s, side 127 * s
     s = 161 / 255

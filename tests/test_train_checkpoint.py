@@ -104,12 +104,12 @@ def test_text_or_empty_checkpoint_is_one_clear_line(tmp_path, content):
     assert str(path) in msg and "not a torch checkpoint" in msg and "\n" not in msg and "weights_only" not in msg
 
 
-def test_disk_full_keeps_previous_checkpoint_and_says_so(tmpfs):
+def test_disk_full_keeps_previous_checkpoint_and_says_so(small_disk):
     """A real small file system: the second checkpoint does not fit next to the first."""
     from train.checkpoint import DiskFullError
 
     payload = {"epoch": 1, "w": torch.arange(50_000, dtype=torch.float32)}  # ~200 kB
-    mnt = tmpfs(300 * 1024)
+    mnt = small_disk(300 * 1024)
     save_checkpoint(mnt / "latest.pth", payload)
     with pytest.raises(DiskFullError) as err:
         save_checkpoint(mnt / "latest.pth", {**payload, "epoch": 2})

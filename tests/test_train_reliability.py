@@ -1,6 +1,7 @@
 """The trainer under hostile-but-fair use (issue 12): a reused run folder, a lost or broken
 latest.pth, a kill between a checkpoint and the next metrics record, a full disk, a finished run
-resumed, files that are not checkpoints, and damaged crops. Real shards, real files, a real tmpfs.
+resumed, files that are not checkpoints, and damaged crops. Real shards, real files, a small disk
+(a real tmpfs, or one simulated at the write seam: tests/conftest.py).
 """
 import io
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.fileio import DISK_LIMIT_ENV
 from test_train import ENV, _cfg, _cmd, _EachBatch
 from train.checkpoint import CheckpointError
 from train.trainer import Trainer
@@ -29,7 +31,8 @@ def _without_timing(records):
 
 
 def _run(cmd):
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    env = {**ENV, **{k: os.environ[k] for k in (DISK_LIMIT_ENV,) if k in os.environ}}  # a small_disk's
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _train(shards, out, *opts, **kw):  # noqa: F811
@@ -146,12 +149,12 @@ def _checkpoint_bytes(shards):  # noqa: F811
         return buf.tell()
 
 
-def test_disk_full_while_saving_a_checkpoint(shards, tmpfs):  # noqa: F811
+def test_disk_full_while_saving_a_checkpoint(shards, small_disk):  # noqa: F811
     """Room for one checkpoint (latest.pth at step 2), not for the next one (checkpoint_e1.pth at
     step 4): one line 'no space left on <folder>', also in train.log; exit status 1; no traceback;
     latest.pth intact."""
     size = _checkpoint_bytes(shards)
-    mnt = tmpfs(int(1.6 * size) + 256 * 1024)
+    mnt = small_disk(int(1.6 * size) + 256 * 1024)
     out = mnt / "run"
     res = _run(_cmd(shards, out))
     assert res.returncode == 1, res.stderr[-3000:]
@@ -197,7 +200,8 @@ def test_replaced_crops_are_visible_in_bar_log_metrics_and_summary(shards, tmp_p
         _corrupt(vid, reader, e, b"\xff\xd8 not a jpeg any more")
     reader.close()
     out = tmp_path / "run"
-    cmd = [c for c in _cmd(root, out, opts=["TRAIN.EPOCH=2"]) if c != "--no-progress"]
+    # a third of the crops damaged: far above the default ceiling (TRAIN.MAX_REPLACED_FRAC, tests/test_train_stop.py)
+    cmd = [c for c in _cmd(root, out, opts=["TRAIN.EPOCH=2", "TRAIN.MAX_REPLACED_FRAC=-1"]) if c != "--no-progress"]
     res = _run(cmd)
     assert res.returncode == 0, res.stderr[-3000:]
     replaced = int(torch.load(out / "latest.pth", weights_only=True)["loader"]["skipped"])
@@ -207,3 +211,47 @@ def test_replaced_crops_are_visible_in_bar_log_metrics_and_summary(shards, tmp_p
     recs = _records(out)
     assert recs[-1]["replaced_crops"] == replaced and all("replaced_crops" in r for r in recs)
     assert json.loads((out / "summary.json").read_text())["replaced_crops"] == replaced
+
+
+def test_free_space_is_checked_against_the_checkpoint_size_before_training(shards, small_disk):  # noqa: F811
+    """No room for one checkpoint: a one-line error before anything trains (not a failed save an
+    epoch later); room for one but not for every epoch checkpoint: a warning, and the run starts."""
+    from train.preflight import PreflightError
+
+    size = _checkpoint_bytes(shards)
+    mnt = small_disk(size // 2)
+    with pytest.raises(PreflightError) as err:
+        Trainer(_cfg(*THREE), shards=shards, out_dir=mnt / "run", device="cpu", show_progress=False)
+    assert str(err.value).startswith(f"{mnt / 'run'}: ") and "MiB free, but one checkpoint takes about" in str(err.value)
+    assert not (mnt / "run" / "metrics.jsonl").exists()
+    small_disk(int(2.5 * size))  # room for two checkpoints; the run writes three epoch checkpoints and latest.pth
+    t = Trainer(_cfg(*THREE), shards=shards, out_dir=mnt / "run", device="cpu", show_progress=False)
+    t.close()
+    assert "holds fewer than the 3 epoch checkpoints and latest.pth this run writes" in (mnt / "run" / "train.log").read_text()
+
+
+def test_resume_with_other_shards_says_so(shards, finished, tmp_path):  # noqa: F811
+    """The checkpoint records the shards it was trained on: the same shards moved elsewhere resume
+    (and the log says they moved); other shards are a one-line error naming both folders."""
+    from sampling_fixtures import VID_TRACKS, write_crop511
+    from pipeline.ingest import build_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    moved = tmp_path / "moved"
+    shutil.copytree(shards, moved)
+    t = Trainer(_cfg(*THREE[:-1], "TRAIN.EPOCH=4"), shards=moved, out_dir=run, device="cpu", show_progress=False,
+                resume=True)
+    t.close()
+    assert f"--resume: the shards moved from {Path(shards).resolve()} to {moved.resolve()} (same content)" in \
+        (run / "train.log").read_text()
+
+    other = tmp_path / "other"
+    anno = write_crop511(tmp_path / "crop511", VID_TRACKS, seed=1)
+    build_dataset("VID", out_root=other, from_crop511=tmp_path / "crop511", anno=anno, progress=False)
+    res = _run(_cmd(other, run, "--resume", opts=THREE[:-1] + ["TRAIN.EPOCH=4"]))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()  # the log of the resume point, then the error
+    assert "Traceback" not in res.stderr and lines[-1].startswith(f"error: --resume: {run / 'latest.pth'} was trained on "
+                                                   f"--shards {Path(shards).resolve()}, this command gives --shards "
+                                                   f"{other.resolve()}, whose VID shards differ"), lines

@@ -69,7 +69,7 @@ def test_requests_init_boxes_and_report_order():
     # a SiamMask-style output: the polygon is scored, not the box
     protocol.report(req, {'bbox': [80, 80, 5, 5], 'polygon': list(poly)})
     np.testing.assert_array_equal(protocol.regions[1], poly)
-    with pytest.raises(ValueError, match="sequence 'x', frame 0: cannot initialise"):
+    with pytest.raises(ValueError, match=r"sequence 'x', frame 0 \(the first frame\): cannot initialise"):
         SupervisedProtocol(VOTSequence('x', [], [UNKNOWN], (10, 10))).next_request()
 
 

@@ -9,6 +9,7 @@ Sequences run through the batched engine (track/engine.py); --sequential runs th
 time, frame by frame, as PySOT does (same boxes up to float rounding).
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -96,12 +97,32 @@ def run(args):
              progress=not args.quiet, index=args.index, engine=engine_options(args))
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run_stoppable(run, args, reuse: str) -> None:
+    """``run(args)`` with bad input as one line (exit 1) and Ctrl-C / SIGTERM as one line saying
+    what a rerun of the same command reuses (``reuse``), exit 130 / 143."""
+    stopped_by = []
+
+    def stop(signum, frame):
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         run(args)
+    except KeyboardInterrupt:
+        signum = stopped_by[0] if stopped_by else signal.SIGINT
+        print(f'interrupted by {signal.Signals(signum).name}: {reuse}', file=sys.stderr)
+        sys.exit(128 + signum)
     except (OSError, ValueError) as err:  # bad input (ConfigError is a ValueError): a message, no traceback
         sys.exit(f'error: {err}')
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_stoppable(run, args, f'the sequences finished so far are in {Path(args.out) / "results"}; the same command '
+                             f'tracks only the others (unless the trackers changed)')
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval import add_run_options, add_tracker_options, engine_options, trackers_to_evaluate  # noqa: E402
+from tools.eval import add_run_options, add_tracker_options, engine_options, run_stoppable, trackers_to_evaluate  # noqa: E402
 from track.vot.analysis import DEFAULT_EAO_CHALLENGE, DEFAULT_EAO_INTERVAL, EAO_INTERVALS, EAO_VARIANTS  # noqa: E402
 from track.vot.evaluate import batched_driver, drive_sequential, evaluate_vot, score_stored  # noqa: E402
 
@@ -64,10 +64,8 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        run(args)
-    except (OSError, ValueError) as err:  # bad input: a message, no traceback
-        sys.exit(f'error: {err}')
+    run_stoppable(run, args, f'the runs finished so far are stored in {Path(args.out) / "results"} and the same '
+                             f'command reuses them (--restart runs them again)')
 
 
 if __name__ == '__main__':

@@ -24,8 +24,9 @@ Two opt-in CPU speed-ups change the float rounding more than batching does (trac
 to ~1e-3 px within 8 frames of a random network, ~1e-4 px with batching alone; see
 tests/test_engine.py): NHWC crops (`channels_last`) and BatchNorm folded into the preceding
 convolutions of a copy of the model (`fuse_bn`).
-Trackers without a batched path (SiamMask, the static baseline) run one job at a time through
-the same loop.
+SiamMask is batched too: one search forward, then one refine forward with each target's own
+score-map position.  Trackers without a batched path (the static baseline) run one job at a time
+through the same loop.
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def inference_model(model: nn.Module, fuse_bn: bool = True, blocked: bool = Fals
 
 
 class _OneAtATime:
-    """The batch interface over a tracker without one (SiamMask, the static baseline)."""
+    """The batch interface over a tracker without one (the static baseline)."""
 
     def __init__(self, tracker):
         self.tracker = tracker

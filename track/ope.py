@@ -3,9 +3,12 @@ sequence (batched engine or PySOT's one at a time), write the result files, scor
 written, report (table + JSON) and optionally plot.  `tools/eval.py` and the demo call `evaluate`."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from pipeline.fileio import atomic_write, write_json
@@ -15,6 +18,8 @@ from track.metrics import absent_policy, score_tracker
 from track.plots import plot_curves
 from track.protocol import OnePassProtocol, run_sequential
 from track.results import read_results, write_got10k_submission, write_results
+
+UNFINISHED = '.unfinished.json'  # in results/<tracker>/ while its evaluation runs: what an interrupted one reuses
 
 
 def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
@@ -49,6 +54,39 @@ def run_tracker(tracker, sequences, name: str, out_dir=None, fmt: str = 'otb',
     return results
 
 
+def tracker_key(tracker, dataset_root, fmt: str) -> str:
+    """What makes two runs of a tracker give the same result files: its kind, config, weights and
+    the dataset (a digest)."""
+    h = hashlib.sha256(json.dumps([type(tracker).__name__, str(Path(dataset_root).resolve()), fmt]).encode())
+    cfg = getattr(tracker, 'cfg', None)
+    if cfg is not None:
+        h.update(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    model = getattr(tracker, 'model', None)
+    if model is not None:
+        for k, v in model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def finished_before(results_dir, name: str, fmt: str, sequences, key: str) -> list:
+    """Sequences an interrupted evaluation of the same tracker (same `key`) wrote completely."""
+    try:
+        marker = json.loads((Path(results_dir) / name / UNFINISHED).read_text())
+    except (OSError, ValueError):
+        return []
+    if marker.get('key') != key:
+        return []
+    done = []
+    for seq in sequences:
+        try:
+            if len(read_results(results_dir, name, fmt, seq.name)) == len(seq):
+                done.append(seq)
+        except (OSError, ValueError):
+            continue
+    return done
+
+
 def score_results(sequences, results_dir, name: str, fmt: str, absent: str | None = None,
                   times=None, reports_speed: bool = True) -> dict:
     """Scores of the result files of tracker `name` under `results_dir` (the layout of
@@ -68,7 +106,9 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     `index`: a PySOT-toolkit index JSON defining the sequences (auto-detected for OTB).
     `absent`: 'miss' | 'exclude' (None: `DEFAULT_ABSENT[fmt]`, the dataset's official rule).
     `engine`: batched engine options (None: one sequence at a time, frame by frame, as PySOT).
-    GOT-10k results are also zipped per tracker as its evaluation server takes them."""
+    GOT-10k results are also zipped per tracker as its evaluation server takes them. A tracker
+    whose evaluation was interrupted (Ctrl-C) tracks only the sequences it had not written, when
+    it is the same tracker (`tracker_key`) on the same dataset."""
     absent = absent_policy(fmt, absent)
     sequences, index = load_dataset(dataset_root, fmt, index)
     if index is not None:
@@ -77,7 +117,14 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
     results_dir = out_dir / 'results'
     scores = {}
     for name, tracker in trackers.items():
-        results = run_tracker(tracker, sequences, name, results_dir, fmt, progress, engine)
+        key = tracker_key(tracker, dataset_root, fmt)
+        reused = {s.name for s in finished_before(results_dir, name, fmt, sequences, key)}
+        if reused:
+            log(f'{name}: reusing {len(reused)} of {len(sequences)} sequences that an interrupted evaluation wrote to '
+                f'{results_dir / name}')
+        write_json(results_dir / name / UNFINISHED, {'key': key})
+        todo = [s for s in sequences if s.name not in reused]
+        results = run_tracker(tracker, todo, name, results_dir, fmt, progress, engine) if todo else {}
         scores[name] = score_results(sequences, results_dir, name, fmt, absent,
                                      {k: r['times'] for k, r in results.items()},
                                      getattr(tracker, 'reports_speed', True))
@@ -85,6 +132,7 @@ def evaluate(trackers: dict, dataset_root, fmt: str = 'otb', out_dir='results/ev
             scores[name]['track'] = dict(tracker.cfg.TRACK)  # the settings it tracked with
         if fmt == 'got10k':
             log(f'wrote {write_got10k_submission(results_dir, name, [s.name for s in sequences])}')
+        (results_dir / name / UNFINISHED).unlink()
     table = format_table(scores, per_sequence=per_sequence)
     best = best_of(scores)
     text = f'{fmt} one-pass evaluation on {dataset_root} ({len(sequences)} sequences)\n{table}\n'

@@ -324,10 +324,15 @@ class SiamRPNTracker:
             groups.setdefault((size, state.track.EXEMPLAR_SIZE, state.track.BASE_SIZE), []).append(i)
         results = [None] * len(states)
         for (instance_size, _, _), idx in groups.items():
-            candidates, _ = self._search([states[i] for i in idx], [imgs[i] for i in idx], instance_size)
-            for i, cand in zip(idx, candidates):
-                results[i] = self._advance(states[i], cand, imgs[i].shape)
+            group, group_imgs = [states[i] for i in idx], [imgs[i] for i in idx]
+            candidates, outputs = self._search(group, group_imgs, instance_size)
+            for i, result in zip(idx, self._results(group, group_imgs, candidates, outputs, instance_size)):
+                results[i] = result
         return results
+
+    def _results(self, states: list, imgs: list, candidates: list, outputs: dict, instance_size: int) -> list:
+        """Each target's result of one search forward: moves it to its winning candidate."""
+        return [self._advance(s, c, img.shape) for s, img, c in zip(states, imgs, candidates)]
 
     @staticmethod
     def _moved(state: TargetState, cand: Candidate) -> tuple:
@@ -390,26 +395,29 @@ class SiamMaskTracker(SiamRPNTracker):
     """PySOT's SiamMask tracker: SiamRPN box plus a mask at the best position, pasted back into
     the frame, thresholded at MASK_THERSHOLD and turned into a rotated rectangle (4 points).
 
-    Uses `model.mask_refine((y, x))` when the model has a refine head (`model.has_refine`),
-    else the raw mask vector outputs['mask'][0, :, y, x] (a square mask).  Runs one target at a
-    time (the refine head works on the last forward's features): not batched.
+    Uses `model.mask_refine` when the model has a refine head (`model.has_refine`), else the
+    raw mask vector outputs['mask'][k, :, y, x] (a square mask).  Batched like SiamRPN: one
+    search forward and one refine forward (a position per target) serve all targets; pasting
+    and polygons run per target through `self.map`.
     """
-
-    batchable = False
 
     def __init__(self, cfg, model, device=None, channels_last: bool = False):
         if not getattr(model, 'has_mask', False):
             raise ValueError('SiamMaskTracker needs a model with a mask head (cfg.MASK.MASK true)')
         super().__init__(cfg, model, device, channels_last)
 
-    def _mask_at(self, outputs: dict, y: int, x: int) -> np.ndarray:
+    def _masks_at(self, outputs: dict, cells: list) -> np.ndarray:
+        """(K, m, m) mask probabilities of target k at its score-map cell (row, col)."""
         if self.model.has_refine:
-            mask = self.model.mask_refine((y, x))
+            logits = self.model.mask_refine(cells)
         else:
-            mask = outputs['mask'][0, :, y, x]
-        mask = mask.sigmoid().float().flatten().cpu().numpy()
-        side = int(round(math.sqrt(mask.size)))
-        return mask.reshape(side, side)
+            device = outputs['mask'].device
+            rows = torch.tensor([r for r, _ in cells], device=device)
+            cols = torch.tensor([c for _, c in cells], device=device)
+            logits = outputs['mask'][torch.arange(len(cells), device=device), :, rows, cols]
+        probs = logits.sigmoid().float().reshape(len(cells), -1).cpu().numpy()
+        side = int(round(math.sqrt(probs.shape[1])))
+        return probs.reshape(len(cells), side, side)
 
     @staticmethod
     def _crop_back(mask, box, out_w, out_h):
@@ -419,44 +427,50 @@ class SiamMaskTracker(SiamRPNTracker):
         return cv2.warpAffine(mask, m, (out_w, out_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-    def _polygon(self, mask_in_img):
-        binary = (mask_in_img > self.cfg.TRACK.MASK_THERSHOLD).astype(np.uint8)
+    def _polygon(self, mask_in_img, state: TargetState):
+        binary = (mask_in_img > state.track.MASK_THERSHOLD).astype(np.uint8)
         contours = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[-2]
         areas = [cv2.contourArea(c) for c in contours]
         if contours and max(areas) > 100:
             pts = contours[int(np.argmax(areas))].reshape(-1, 2)
             return cv2.boxPoints(cv2.minAreaRect(pts))
-        x, y = self.state.center_pos - self.state.size / 2
-        w, h = self.state.size
+        x, y = state.center_pos - state.size / 2
+        w, h = state.size
         return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
 
-    def track_batch(self, states, imgs):
-        if len(states) != 1:
-            raise ValueError(f'SiamMaskTracker tracks one target at a time, got {len(states)}')
-        self.state = states[0]
-        return [self.track(imgs[0])]
-
-    @torch.no_grad()
-    def track(self, img: np.ndarray) -> dict:
-        state, t = self.state, self.state.track
-        s_x = round(self._context_size(state) * (t.INSTANCE_SIZE / t.EXEMPLAR_SIZE))
-        crop_box = [state.center_pos[0] - s_x / 2, state.center_pos[1] - s_x / 2, s_x, s_x]
-        (cand,), outputs = self._search([state], [img], t.INSTANCE_SIZE)
-        out = self._advance(state, cand, img.shape)
-        side = self._geometry(t.INSTANCE_SIZE, t)[0]
-        _, dy, dx = np.unravel_index(cand.index, (self.anchor_num, side, side))
-        mask = self._mask_at(outputs, int(dy), int(dx))
-        s = crop_box[2] / t.INSTANCE_SIZE
-        stride, base = self.cfg.ANCHOR.STRIDE, t.BASE_SIZE
-        sub = [crop_box[0] + (dx - base / 2) * stride * s, crop_box[1] + (dy - base / 2) * stride * s,
-               s * t.EXEMPLAR_SIZE, s * t.EXEMPLAR_SIZE]
+    def _paste(self, mask: np.ndarray, corner: np.ndarray, crop_side: float, cell: tuple,
+               instance_size: int, track, shape) -> np.ndarray:
+        """The mask of score-map cell (row, col) of a search crop of side `crop_side` at
+        `corner` (x, y), warped into an (H, W) frame (PySOT's sub-window geometry)."""
+        dy, dx = cell
+        s = crop_side / instance_size
+        stride, base = self.cfg.ANCHOR.STRIDE, track.BASE_SIZE
+        sub = [corner[0] + (dx - base / 2) * stride * s, corner[1] + (dy - base / 2) * stride * s,
+               s * track.EXEMPLAR_SIZE, s * track.EXEMPLAR_SIZE]
         k = mask.shape[0] / sub[2]  # = MASK_OUTPUT_SIZE / sub side with a refine head
-        im_h, im_w = img.shape[:2]
+        im_h, im_w = shape[:2]
         back = [-sub[0] * k, -sub[1] * k, im_w * k, im_h * k]
-        mask_in_img = self._crop_back(mask.astype(np.float32), back, im_w, im_h)
-        out['mask'] = mask_in_img
-        out['polygon'] = self._polygon(mask_in_img).flatten().tolist()
-        return out
+        return self._crop_back(mask.astype(np.float32), back, im_w, im_h)
+
+    def _results(self, states, imgs, candidates, outputs, instance_size):
+        track = states[0].track
+        side = self._geometry(instance_size, track)[0]
+        # the search crops, as `_search` cut them (before the targets move)
+        crop_sides = [round(self._context_size(s) * (instance_size / s.track.EXEMPLAR_SIZE)) for s in states]
+        corners = [s.center_pos - x / 2 for s, x in zip(states, crop_sides)]
+        cells = [tuple(int(v) for v in np.unravel_index(c.index, (self.anchor_num, side, side))[1:])
+                 for c in candidates]
+        masks = self._masks_at(outputs, cells)
+
+        def finish(k):
+            out = self._advance(states[k], candidates[k], imgs[k].shape)
+            mask_in_img = self._paste(masks[k], corners[k], crop_sides[k], cells[k], instance_size,
+                                      states[k].track, imgs[k].shape)
+            out['mask'] = mask_in_img
+            out['polygon'] = self._polygon(mask_in_img, states[k]).flatten().tolist()
+            return out
+
+        return list(self.map(finish, range(len(states))))
 
 
 class StaticTracker:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, CheckpointNotFoundError, load_weights_only
+from pipeline.fileio import open_for_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "to_plain", "CheckpointError",
            "CheckpointNotFoundError", "DiskFullError", "remove_stale_temp_files"]
@@ -58,7 +59,7 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
-        with open(tmp, "wb") as f:
+        with open_for_write(tmp) as f:
             torch.save(dict(payload), f)
             f.flush()
             os.fsync(f.fileno())

@@ -123,7 +123,16 @@ _OUR_DEFAULTS: dict[str, Any] = {
         "LOADER_DALI_THREADS": 0,  # DALI threads per process; 0: min(4, cores share) on the GPU path, cores share + 1 on the CPU path
         "CUDA_GRAPHS": False,  # with TRAIN.COMPILE on CUDA: torch.compile mode "reduce-overhead" (CUDA graphs of forward and backward)
         "RECORD_BATCHES": False,  # debug: write per-sample fingerprints to batches_rank{R}.jsonl in the run dir
+        "RESET_MOMENTUM_EACH_EPOCH": False,  # SGD momentum restarts at every epoch (the SiamMask authors' refine stage rebuilds its optimizer each epoch)
         "LOSS_SINGLE_ANCHOR_QUIRK": True,  # PySOT's cls loss: a term with exactly 1 selected anchor in the batch is 0 (model/loss.py)
+        # run reliability (docs/reliability.md)
+        "MAX_REPLACED_FRAC": 0.01,  # stop when an epoch drew more replacement pairs (for unusable crops) than this share of its pairs (-1: no limit)
+    },
+    "REFINE": {"KWARGS": {}},  # Refine's channels (model/heads/mask.py); PySOT has none: ResNet-50's
+    "BACKBONE": {
+        # true: backbone BN stays in eval mode after the unfreeze too (the SiamMask authors' base stage never
+        # switches unfrozen layers back to train mode); false: PySOT's build_opt_lr puts TRAIN_LAYERS' BN in train mode
+        "FREEZE_BN": False,
     },
 }
 
@@ -334,6 +343,9 @@ def _validate(data: dict, source: str) -> None:
                           f"(< 0: per card) and TRAIN.LOADER_DALI_THREADS={tr['LOADER_DALI_THREADS']} >= 0 (0: auto)")
     if tr["BATCH_SIZE"] < 1:
         raise ConfigError(f"{source}: TRAIN.BATCH_SIZE must be at least 1, got {tr['BATCH_SIZE']}")
+    if tr["MAX_REPLACED_FRAC"] < 0 and tr["MAX_REPLACED_FRAC"] != -1:
+        raise ConfigError(f"{source}: TRAIN.MAX_REPLACED_FRAC={tr['MAX_REPLACED_FRAC']} must be a share of an epoch's "
+                          f"pairs (>= 0) or -1 (no limit)")
     for key in ("NEG", "GRAY"):
         if not 0.0 <= ds[key] <= 1.0:
             raise ConfigError(f"{source}: DATASET.{key}={ds[key]} is a probability and must lie in [0, 1]")
@@ -351,6 +363,17 @@ def _validate(data: dict, source: str) -> None:
             raise ConfigError(f"{source}: DATASET.{name}.NUM_USE={ds[name]['NUM_USE']} must be -1 (all) or positive")
 
 
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: 'FILE:LINE:COLUMN: not valid YAML: what the parser expected'."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(str(getattr(err, "problem", None) or err).split())
+    context, begun = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and begun is not None and mark is not None and begun.line != mark.line:
+        context += f" begun at line {begun.line + 1}"
+    return f"{where}: not valid YAML: {what}" + (f" ({' '.join(context.split())})" if context else "")
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ConfigNode:
     """Load a PySOT-schema YAML experiment file (or the defaults when ``path`` is None).
 
@@ -366,7 +389,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(_yaml_error(path, err)) from None
     return config_from_dict({} if loaded is None else loaded, str(path), overrides)
 
 

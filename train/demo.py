@@ -38,7 +38,7 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     """Run the whole demo; returns a summary dict (also written to ``<work>/demo_summary.json``)."""
     from pipeline.ingest import build_dataset
     from pipeline.shards import CONFIG_TO_FOLDER
-    from pipeline.synthetic import make_dataset, make_eval
+    from pipeline.synthetic import DEFAULTS, make_dataset, make_eval
 
     from track.ope import evaluate
     from track.snapshots import make_trackers
@@ -75,7 +75,7 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
 
     t = _stage(log, "4/4 evaluate on held-out synthetic sequences (tools/eval.py)")
     seqs = work / "eval_sequences"
-    make_eval(seqs, seed=seed + 1000)
+    make_eval(seqs, seed=seed + 1000, frames=max(20, round(DEFAULTS["EVAL"][1] * scale)))
     final = run_dir / f"checkpoint_e{cfg.TRAIN.EPOCH}.pth"
     trackers = make_trackers(cfg, [final], baselines=("untrained", "static"), device=device, seed=seed)
     trackers = {("trained" if k == final.stem else k): v for k, v in trackers.items()}

@@ -81,7 +81,8 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
     MetricsWriter (None on other ranks); a record is written at every epoch step that is a
     multiple of PRINT_FREQ and at the epoch's last step, the one device read of an interval.
     ``record``: an open file for TRAIN.RECORD_BATCHES, or None. ``latest.pth`` is saved every
-    CKPT_INTERVAL global steps inside the epoch (the epoch's end is ``finish_epoch``'s).
+    CKPT_INTERVAL global steps inside the epoch (the epoch's end is ``finish_epoch``'s). Returns
+    early, after a step, when ``trainer.stop_requested()``.
     """
     tr = trainer.cfg.TRAIN
     pairs_per_step = tr.BATCH_SIZE * trainer.ctx.world_size
@@ -118,7 +119,8 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
         record_step = trainer.epoch_step % tr.PRINT_FREQ == 0 or trainer.epoch_step == trainer.steps_per_epoch
         checkpoint_step = bool(tr.CKPT_INTERVAL and trainer.global_step % tr.CKPT_INTERVAL == 0
                                and trainer.epoch_step < trainer.steps_per_epoch)
-        if waits is not None and (record_step or checkpoint_step):
+        stop = trainer.stop_requested()  # every rank agrees (a signal, too many replaced crops): fit() ends the run
+        if waits is not None and (record_step or checkpoint_step or stop):
             waited = waits.settle()
             for meter in (trainer.interval, trainer.epoch_meter):
                 meter.add_wait(waited)
@@ -138,4 +140,6 @@ def train_one_epoch(trainer, lr: float, metrics, record=None) -> None:
                             replaced=trainer.replaced_crops, refresh=False)
         if checkpoint_step:
             trainer.save("latest.pth")
+        if stop:
+            break
     bar.close()

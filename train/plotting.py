@@ -31,7 +31,8 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 def plot_run(run_dir, out=None) -> Path:
-    """Write a 3-panel PNG (losses, lr, pairs/s with data-wait %) and return its path."""
+    """Write a PNG (losses, lr, pairs/s with data-wait %; SiamMask runs: mask IoU figures too) and
+    return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +44,9 @@ def plot_run(run_dir, out=None) -> Path:
     def col(k):
         return [float("nan") if r.get(k) is None else r[k] for r in recs]
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    for k in ("total_loss", "cls_loss", "loc_loss"):
+    mask = "mask_iou_mean" in recs[-1]
+    fig, axes = plt.subplots(4 if mask else 3, 1, figsize=(8, 12 if mask else 9), sharex=True)
+    for k in ("total_loss", "cls_loss", "loc_loss") + (("mask_loss",) if mask else ()):
         axes[0].plot(step, col(k), label=k)
     axes[0].set_ylabel("loss")
     axes[0].legend()
@@ -59,7 +61,14 @@ def plot_run(run_dir, out=None) -> Path:
     wait = axes[2].twinx()
     wait.plot(step, [100 * v for v in col("data_wait_frac")], color="tab:red", alpha=0.6, label="data wait %")
     wait.set_ylabel("data wait %", color="tab:red")
-    axes[2].set_xlabel("step")
+    if mask:
+        for k, label in (("mask_iou_mean", "mean IoU"), ("mask_iou_at_5", "IoU > 0.5"), ("mask_iou_at_7", "IoU > 0.7")):
+            axes[3].plot(step, col(k), label=label)
+        axes[3].set_ylabel("mask (positive locations)")
+        axes[3].set_ylim(0, 1)
+        axes[3].legend()
+        axes[3].grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
     skipped = recs[-1].get("skipped_steps", 0)
     fig.suptitle(f"{Path(run_dir).name}: {step[-1]} steps, {skipped} skipped")
     fig.tight_layout()

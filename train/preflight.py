@@ -1,16 +1,19 @@
 """Checks run before any training step, each failing with a message that names the bad input."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 from model.checkpoint import read_state_dict
 from pipeline.crop import shard_crop_geometry
+from pipeline.fileio import free_bytes
 from pipeline.shards import ShardError, ShardReader, shard_dir
 
 __all__ = ["PreflightError", "check_shards", "check_batch", "check_checkpoint_fits", "check_compile",
-           "triton_c_compiler"]
+           "triton_c_compiler", "shards_identity", "check_same_shards", "checkpoint_bytes", "check_free_space"]
 
 
 class PreflightError(ValueError):
@@ -44,6 +47,62 @@ def check_shards(cfg, shards_root) -> dict:
         finally:
             reader.close()
     return counts
+
+
+def shards_identity(cfg, shards_root) -> dict:
+    """{'root': resolved --shards, 'datasets': {name: digest of its index's counts and shard digests}}:
+    what a checkpoint records of the data it was trained on (another build of the same raw data
+    with the same parameters has the same digests). Call after :func:`check_shards`."""
+    identity = {}
+    for name in cfg.DATASET.NAMES:
+        reader = ShardReader(shard_dir(shards_root, name))
+        try:
+            recorded = json.dumps([reader.meta["counts"], reader.meta["shards"]], sort_keys=True, default=str)
+        finally:
+            reader.close()
+        identity[name] = hashlib.sha256(recorded.encode()).hexdigest()[:16]
+    return {"root": str(Path(shards_root).resolve()), "datasets": identity}
+
+
+def check_same_shards(recorded: dict, current: dict, path) -> str | None:
+    """A resumed run must see the data its checkpoint was trained on: PreflightError if a dataset's
+    shards differ; a line for the log if only the folder moved; None if nothing changed."""
+    if recorded == current:
+        return None
+    old, new = recorded.get("datasets", {}), current["datasets"]
+    if old != new:
+        names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+        raise PreflightError(f"--resume: {path} was trained on --shards {recorded.get('root')}, this command gives "
+                             f"--shards {current['root']}, whose {', '.join(names)} shards differ (another build, other "
+                             f"data or other DATASET.NAMES); resume with --shards {recorded.get('root')}, or start a "
+                             f"new run from its weights with --opts TRAIN.PRETRAINED={path}")
+    return f"--resume: the shards moved from {recorded.get('root')} to {current['root']} (same content)"
+
+
+def checkpoint_bytes(model, momentum: bool) -> int:
+    """About the size of the next training checkpoint: weights and buffers, SGD's momentum buffer of
+    each trainable parameter, and 64 KiB for the rest (optimizer groups, loader and RNG states,
+    config, meters)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) if momentum else 0
+    return weights + moments + (64 << 10)
+
+
+def check_free_space(out_dir, size: int, epochs_left: int) -> str | None:
+    """PreflightError if the run folder's disk cannot take one checkpoint of ``size`` bytes (the
+    first save would fail, maybe hours in); a warning line if it cannot take every checkpoint the
+    run still writes (checkpoint_eN per epoch, latest.pth, and one being written); else None."""
+    free = free_bytes(out_dir)
+    latest = Path(out_dir) / "latest.pth"
+    total = size * (epochs_left + (0 if latest.exists() else 1) + 1)
+    mib = 2 ** 20
+    if free < size:
+        raise PreflightError(f"{out_dir}: {free / mib:.0f} MiB free, but one checkpoint takes about {size / mib:.0f} "
+                             f"MiB; free some space or choose another --out")
+    if free < total:
+        return (f"{out_dir}: {free / mib:.0f} MiB free holds fewer than the {epochs_left} epoch checkpoints and "
+                f"latest.pth this run writes (about {size / mib:.0f} MiB each, {total / mib:.0f} MiB in all)")
+    return None
 
 
 def check_batch(cfg, world_size: int) -> int:

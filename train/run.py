@@ -21,6 +21,7 @@ from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import ConfigError, load_config  # noqa: E402
 from train.distributed import parse_device, shutdown_distributed  # noqa: E402
 from train.preflight import PreflightError  # noqa: E402
+from train.stop import StopSignals  # noqa: E402
 
 DEFAULT_CFG = REPO / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"  # PySOT's SiamRPN++ training recipe
 
@@ -60,14 +61,20 @@ def default_device() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from train.trainer import RunStopped, Trainer
+    with StopSignals() as signals:  # SIGTERM / Ctrl-C: a checkpoint after the step in flight, then 143 / 130
+        return _train(args, signals)
+
+
+def _train(args, signals) -> int:
+    from pipeline.prepare import UnusableCropsError
+    from train.trainer import RunStopped, Trainer, TrainingInterrupted
 
     device = args.device or default_device()
     out = Path(args.out) if args.out else Path("runs") / Path(args.cfg).stem
     try:
         cfg = load_config(args.cfg, args.opts)
         trainer = Trainer(cfg, shards=args.shards, out_dir=out, device=device, resume=args.resume,
-                          show_progress=not args.no_progress, overwrite=args.overwrite)
+                          show_progress=not args.no_progress, overwrite=args.overwrite, stop_signals=signals)
     except (ConfigError, PreflightError, CheckpointError, ValueError) as err:  # bad input: message, no traceback
         print(f"error: {err}", file=sys.stderr)
         shutdown_distributed()
@@ -75,11 +82,17 @@ def main(argv=None) -> int:
     if trainer.finished:  # --resume of a run that is done: say so, leave its files as they are
         if trainer.ctx.is_main:
             print(trainer.finished_message())
+        trainer.close()
         shutdown_distributed()
         return 0
     try:
         summary = trainer.fit()
+    except TrainingInterrupted as err:  # already logged in one line (checkpoint, resume command)
+        return err.exit_status
     except RunStopped:  # already logged (stderr and train.log) in one line
+        return 1
+    except UnusableCropsError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -22,8 +22,10 @@ _EPOCH_CKPT = re.compile(r"^checkpoint_e(\d+)\.pth$")
 # What a training run writes into its folder (train.log and the plot included); --overwrite removes only these.
 RUN_FILES = ("latest.pth", "checkpoint_e*.pth", "metrics.jsonl", "summary.json", "train.log", "curves.png",
              "batches_rank*.jsonl", "tb")
-# The files that show a run has trained (a train.log alone may come from a run that stopped in preflight).
-_EVIDENCE = ("latest.pth", "checkpoint_e*.pth", "metrics.jsonl", "summary.json")
+# The files that show an earlier run worth keeping: something to resume or its result. A run that
+# stopped before its first checkpoint (a train.log, metrics records) leaves nothing to continue: a
+# fresh start in its folder drops its records (Trainer._cut_records_after).
+_EVIDENCE = ("latest.pth", "checkpoint_e*.pth", "summary.json")
 
 
 def earlier_run_files(out_dir: Path) -> list[Path]:

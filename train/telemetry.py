@@ -19,15 +19,17 @@ class IntervalMeter:
     """Sums since the last ``reset``: step timings on the host, losses on the device; data wait on
     the host clock on the CPU, on the device timeline on CUDA (:class:`DeviceWaits`, ``add_wait``).
 
-    ``update`` takes a step's loss contribution as a device tensor, float64 ``[total, cls, loc,
-    applied]`` (zeros for a skipped step), and adds it without a host sync; ``means`` reads the
-    sums once. Summed in float64 in step order, so a resumed meter (``state_dict``) continues
-    bit for bit.
+    ``keys``: what a step's values are (default SiamRPN's three losses; SiamMask adds its mask
+    loss and IoU figures). ``update`` takes a step's contribution as a device tensor, float64
+    ``[*values, applied]`` (zeros for a skipped step), and adds it without a host sync; ``means``
+    reads the sums once (each value's mean over the applied steps). Summed in float64 in step
+    order, so a resumed meter (``state_dict``) continues bit for bit.
     """
 
     LOSSES = ("total_loss", "cls_loss", "loc_loss")
 
-    def __init__(self):
+    def __init__(self, keys=LOSSES):
+        self.keys = tuple(keys)
         self.reset()
 
     def reset(self):
@@ -35,7 +37,7 @@ class IntervalMeter:
         self.pairs = 0
         self.wait_s = 0.0
         self.step_s = 0.0
-        self.sums = None  # device float64 [total, cls, loc, applied steps]
+        self.sums = None  # device float64 [*values of self.keys, applied steps]
         self.extra = {}  # optional host values per applied step (grad norms with TRAIN.LOG_GRADS): key -> [sum, count]
 
     def update(self, contrib, pairs: int, wait_s: float, step_s: float, extra: dict | None = None):
@@ -56,12 +58,12 @@ class IntervalMeter:
         self.wait_s += seconds
 
     def loss_sums(self) -> list[float]:
-        """[total, cls, loc, applied steps] (one device-to-host read)."""
-        return self.sums.tolist() if self.sums is not None else [0.0] * 4
+        """[*values, applied steps] (one device-to-host read)."""
+        return self.sums.tolist() if self.sums is not None else [0.0] * (len(self.keys) + 1)
 
     def means(self) -> dict:
         *losses, valid = self.loss_sums()
-        out = {k: (v / valid if valid else math.nan) for k, v in zip(self.LOSSES, losses)}
+        out = {k: (v / valid if valid else math.nan) for k, v in zip(self.keys, losses)}
         out.update({k: total / n for k, (total, n) in sorted(self.extra.items())})
         out["pairs_per_s"] = self.pairs / self.step_s if self.step_s > 0 else math.nan
         out["data_wait_frac"] = self.wait_s / self.step_s if self.step_s > 0 else math.nan

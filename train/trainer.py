@@ -21,6 +21,7 @@ import torch.distributed as dist
 from model import build_model
 from model.checkpoint import load_pretrained, read_state_dict
 from pipeline.fileio import write_json
+from pipeline.crop_source import describe_damage
 from pipeline.loader import build_loader
 
 from .checkpoint import (CheckpointError, DiskFullError, capture_rng, load_checkpoint, remove_stale_temp_files,
@@ -30,12 +31,15 @@ from .engine import device_batches, train_one_epoch
 from .freeze import apply_freeze, backbone_unfrozen_at, build_optimizer, set_train_mode
 from .grad_stats import grad_norms
 from .lr_schedule import EpochLR
-from .preflight import PreflightError, check_batch, check_checkpoint_fits, check_compile, check_shards
+from .preflight import (PreflightError, check_batch, check_checkpoint_fits, check_compile, check_free_space,
+                        check_same_shards, check_shards, checkpoint_bytes, shards_identity)
 from .run_folder import discard, find_resume_checkpoint, put_back, refuse_or_set_aside, truncate_records
+from .run_lock import RunLock
 from .step import BufferGuard, GradBuffer, masked_sgd_step
+from .stop import Stop, StopVote, exit_status, resume_command
 from .telemetry import IntervalMeter, MetricsWriter, bound_verdict, setup_logger
 
-__all__ = ["Trainer", "RunStopped", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
+__all__ = ["Trainer", "RunStopped", "TrainingInterrupted", "MAX_VALID_LOSS", "CHECKPOINT_FORMAT"]
 
 MAX_VALID_LOSS = 1e4  # PySOT's is_valid_number: a loss above this is treated like NaN/Inf
 CHECKPOINT_FORMAT = "siamtrack-train-1"
@@ -58,6 +62,15 @@ class RunStopped(RuntimeError):
     """Training stopped for a reason already logged (train.log and stderr), e.g. a full disk."""
 
 
+class TrainingInterrupted(RunStopped):
+    """SIGTERM or SIGINT stopped training between two steps (logged, with the checkpoint written);
+    ``exit_status`` is the shell's for that signal (143, 130)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 class Trainer:
     """Builds model, loader, optimizer from ``cfg`` and trains into ``out_dir``.
 
@@ -66,25 +79,35 @@ class Trainer:
     refuses an ``out_dir`` holding an earlier run unless ``overwrite`` (which deletes that run's
     files). ``loader``: an already built loader to use instead of ``pipeline.loader.build_loader``
     (same interface). ``ctx``: the distributed context (default: read from torchrun's environment).
+    ``stop_signals``: a :class:`train.stop.StopSignals` whose SIGTERM / SIGINT end ``fit`` after
+    the step in flight with a checkpoint (:class:`TrainingInterrupted`). The run folder is locked
+    (``run.lock``) from here until ``fit`` ends or ``close``.
     """
 
     def __init__(self, cfg, shards, out_dir, device="cpu", resume=None, loader=None, ctx: DistContext | None = None,
-                 show_progress=True, overwrite=False):
+                 show_progress=True, overwrite=False, stop_signals=None):
         self.cfg = cfg
         self.ctx = ctx or init_distributed(device)
         self.device = self.ctx.device
         self.on_cuda = self.device.type == "cuda"
         self.out_dir = Path(out_dir)
         self.show_progress = show_progress and self.ctx.is_main
-        fresh = resume is None and not cfg.TRAIN.RESUME
-        aside = self._agreed(lambda: refuse_or_set_aside(self.out_dir, overwrite)) if fresh else None
-        aside = aside if self.ctx.is_main else None  # rank 0 owns the folder
+        self.stop_signals = stop_signals
+        self.run_lock = RunLock(self.out_dir) if self.ctx.is_main else None
+        lock_note = self._agreed(lambda: self.run_lock.acquire())  # before anything touches the folder
+        aside = None
         try:
+            fresh = resume is None and not cfg.TRAIN.RESUME
+            aside = self._agreed(lambda: refuse_or_set_aside(self.out_dir, overwrite)) if fresh else None
+            aside = aside if self.ctx.is_main else None  # rank 0 owns the folder
             self._build(shards, resume, loader)
         except BaseException:
             if aside is not None:
                 put_back(aside)
+            self.close()
             raise
+        if lock_note:
+            self.log.warning(lock_note)
         if aside is not None:
             self.log.info(f"--overwrite: deleted the earlier run's {discard(aside)} files from {self.out_dir}")
 
@@ -98,8 +121,12 @@ class Trainer:
         self._start_state(ckpt, resume_path)
         self._prepare_steps()
         self.finished = self.epoch >= self.cfg.TRAIN.EPOCH
-        if ckpt is not None and not self.finished:
+        if not self.finished:  # also records of a run that stopped before its first checkpoint
             self._cut_records_after(self.global_step)
+            size = checkpoint_bytes(self.model, self.cfg.TRAIN.MOMENTUM > 0)
+            room = self._agreed(lambda: check_free_space(self.out_dir, size, self.cfg.TRAIN.EPOCH - self.epoch))
+            if room:
+                self.log.warning(room)
 
     def _open_run_folder(self):
         """The run folder and its log; leftovers of a checkpoint write that was killed removed."""
@@ -115,6 +142,7 @@ class Trainer:
         if self.cfg.TRAIN.COMPILE:
             check_compile(self.device.type)
         self.shard_counts = check_shards(self.cfg, shards)
+        self.shards_identity = shards_identity(self.cfg, shards)
         return self._resume_point(resume)
 
     def _seed_and_backends(self):
@@ -133,6 +161,8 @@ class Trainer:
     def _build_model(self, ckpt, resume_path):
         """The network on the device; a checkpoint to resume must fit it, else BACKBONE.PRETRAINED loads."""
         self.model = build_model(self.cfg)
+        # What a step reports: the losses (all must be finite for the step to apply), then figures.
+        self.loss_keys, self.log_keys = self.model.loss_keys, self.model.loss_keys + self.model.figure_keys
         if ckpt is not None:
             check_checkpoint_fits(ckpt, self.model, self.cfg, resume_path)
         elif self.cfg.BACKBONE.PRETRAINED:
@@ -162,7 +192,7 @@ class Trainer:
         self.epoch_step = 0
         self.global_step = self.epoch * self.steps_per_epoch
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # read lazily: skipped_steps
-        self.interval, self.epoch_meter = IntervalMeter(), IntervalMeter()
+        self.interval, self.epoch_meter = IntervalMeter(self.log_keys), IntervalMeter(self.log_keys)
         self.totals = {"pairs": 0, "wait_s": 0.0, "step_s": 0.0}
         self.verdicts: list[str] = []
         self.unfrozen = backbone_unfrozen_at(self.cfg, self.epoch)
@@ -181,6 +211,9 @@ class Trainer:
         self.last_param_grads: dict = {}
         self.buffers = BufferGuard(self.model)
         self._wrap()
+        self.stop_vote = StopVote(self.stop_signals, self.ctx.distributed)  # every rank, here: may make a group
+        self.stop = Stop()
+        self._latest_at = None  # global step of the latest.pth written by this process
 
     # ------------------------------------------------------------------ construction helpers
     def _agreed(self, decide):
@@ -236,6 +269,10 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             # A PySOT checkpoint_eN (or foreign file): weights, optimizer if it fits, epoch.
             self.log.warning(f"{path} is not one of our training checkpoints; restoring weights and epoch only")
+        if "shards" in ckpt:
+            moved = check_same_shards(ckpt["shards"], self.shards_identity, path)
+            if moved:
+                self.log.info(moved)
         self.model.load_state_dict(read_state_dict(ckpt, str(path)), strict=True)
         self.epoch = int(ckpt.get("epoch", 0))
         self.epoch_step = int(ckpt.get("epoch_step", 0))
@@ -321,6 +358,7 @@ class Trainer:
             "meters": {"interval": self.interval.state_dict(), "epoch": self.epoch_meter.state_dict(),
                        "totals": dict(self.totals), "verdicts": list(self.verdicts)},
             "world_size": self.ctx.world_size,
+            "shards": self.shards_identity,
             "meta_arc": self.cfg.META_ARC,
             "config": self.cfg.to_dict(),
             "format": CHECKPOINT_FORMAT,
@@ -348,6 +386,8 @@ class Trainer:
             except DiskFullError as err:
                 self.log.error(str(err))
                 raise RunStopped(str(err)) from None
+        if "latest.pth" in names:
+            self._latest_at = self.global_step
 
     def _cut_records_after(self, step: int) -> None:
         """Resuming at ``step``: drop what the earlier run recorded after it, so the files read as
@@ -367,8 +407,9 @@ class Trainer:
         """Forward, all-rank validity vote, backward, then an update that every rank applies or
         cancels together, decided on the device: no host-device sync (TRAIN.LOG_GRADS excepted).
 
-        Returns the step's loss contribution, a float64 device tensor [total, cls, loc, 1]
-        (means over ranks) for an applied step and zeros for a skipped one.
+        Returns the step's contribution, a float64 device tensor [*values of ``log_keys``, 1]
+        (means over ranks: total, cls, loc(, mask loss, mask IoU figures)) for an applied step and
+        zeros for a skipped one.
         """
         if self.on_cuda and self.cfg.TRAIN.CUDA_GRAPHS:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are free to reuse
@@ -377,12 +418,13 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext())
         with autocast:
             out = self.net(batch)
-        vals = torch.stack([out["total_loss"].detach(), out["cls_loss"].detach(), out["loc_loss"].detach()]).float()
-        ok = torch.isfinite(vals).all() & (vals[0] <= MAX_VALID_LOSS)
+        vals = torch.stack([out[k].detach().float() for k in self.log_keys])
+        losses = vals[:len(self.loss_keys)]
+        ok = torch.isfinite(losses).all() & (vals[0] <= MAX_VALID_LOSS)
         packed = torch.cat([torch.where(ok, vals, torch.zeros_like(vals)), ok.float().reshape(1)])
-        if self.ctx.distributed:  # one collective per step: loss sums and the count of valid ranks
+        if self.ctx.distributed:  # one collective per step: value sums and the count of valid ranks
             dist.all_reduce(packed)
-        apply = packed[3] == self.ctx.world_size  # every rank's loss was valid: the same flag on every rank
+        apply = packed[-1] == self.ctx.world_size  # every rank's loss was valid: the same flag on every rank
         (out["total_loss"] * self.grad_scale).backward()  # DDP averages; x world_size restores PySOT's SUM
         self.buffers.keep_if(apply)  # a skipped forward leaves no trace in the BN statistics
         self.grads.keep_if(apply)
@@ -400,26 +442,40 @@ class Trainer:
         """Train until cfg.TRAIN.EPOCH; returns a summary dict (also written to summary.json).
 
         A resumed run that had already finished trains nothing, writes nothing and returns the
-        summary it wrote then (``self.finished``).
+        summary it wrote then (``self.finished``). A stop that every rank agreed on (a signal, too
+        many replaced crops: :meth:`stop_requested`) ends the loop between two steps; then the
+        checkpoint is written and :class:`TrainingInterrupted` / :class:`RunStopped` raised.
         """
+        try:
+            if self.finished:
+                self.log.info(self.finished_message())
+                return self.previous_summary()
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         tr = self.cfg.TRAIN
-        if self.finished:
-            self.log.info(self.finished_message())
-            return self.previous_summary()
+        started_at = self.global_step
         metrics = MetricsWriter(self.out_dir) if self.ctx.is_main else None
         self.param_grad_stats = bool(tr.LOG_GRADS and metrics is not None and metrics.tensorboard)
         record = (open(self.out_dir / f"batches_rank{self.ctx.rank}.jsonl", "a", buffering=1)
                   if tr.RECORD_BATCHES else None)
         try:
-            while self.epoch < tr.EPOCH:
+            while self.epoch < tr.EPOCH and not self.stop_requested(after_step=False):
                 lr = self.start_epoch()
                 train_one_epoch(self, lr, metrics, record)
-                self.finish_epoch()
+                if self.epoch_step == self.steps_per_epoch:
+                    self.finish_epoch()
+                if self.stop:
+                    break
         finally:
             if metrics is not None:
                 metrics.close()
             if record is not None:
                 record.close()
+        if self.stop:
+            self._stop_here(started_at)
         summary = self._summary()
         if self.ctx.is_main:
             write_json(self.out_dir / "summary.json", summary, indent=2)
@@ -431,6 +487,50 @@ class Trainer:
                 self.log.warning(f"could not plot {self.out_dir / 'metrics.jsonl'}: {err}")
         return summary
 
+    def stop_requested(self, after_step: bool = True) -> bool:
+        """Every rank's vote, after each step and before each epoch: stop here? (``self.stop``: a
+        signal, or after a step, more replacement pairs drawn this epoch than TRAIN.MAX_REPLACED_FRAC
+        of its pairs; a pair whose crop is unusable is replaced, and so may its replacement be)."""
+        frac, pairs = self.cfg.TRAIN.MAX_REPLACED_FRAC, self.steps_per_epoch * self.cfg.TRAIN.BATCH_SIZE
+        replaced = getattr(self.loader, "epoch_skipped", 0) if after_step else 0
+        self.stop = self.stop_vote(damaged=frac >= 0 and replaced > frac * pairs)
+        return bool(self.stop)
+
+    def _stop_here(self, started_at: int) -> None:
+        """After an agreed stop: latest.pth for this step (unless written already), one line, raise."""
+        stop, tr = self.stop, self.cfg.TRAIN
+        damage = self.stop_vote.gather((getattr(self.loader, "epoch_skipped", 0), self.loader.damaged_shards())
+                                       if stop.damaged else (0, {}))
+        trained = self.global_step > started_at
+        if trained and self._latest_at != self.global_step:
+            self.save("latest.pth")
+        where = (f"at global step {self.global_step} (epoch {self.epoch + 1}, batch {self.epoch_step}/"
+                 f"{self.steps_per_epoch})")
+        latest = self.out_dir / "latest.pth"
+        if trained or latest.exists():
+            kept = f"saved {latest}" if trained else f"nothing trained since {latest}"
+            then = f"continue with: {resume_command()}"
+        else:
+            kept, then = "nothing trained, no checkpoint", "rerun the same command to start again"
+        if stop.damaged:
+            shards = {k: v for _, d in damage for k, v in d.items()}
+            pairs = self.steps_per_epoch * tr.BATCH_SIZE * self.ctx.world_size
+            message = (f"stopped {where}: this epoch drew {sum(n for n, _ in damage)} replacement pairs for unusable "
+                       f"crops, more than TRAIN.MAX_REPLACED_FRAC={tr.MAX_REPLACED_FRAC:g} of its {pairs} pairs; "
+                       f"damaged shards: {describe_damage(shards)}; {kept}; repair the shards, then {then}")
+            if self.ctx.is_main:
+                self.log.error(message)
+            raise RunStopped(message)
+        message = f"stopped by {stop.signal_name} {where}: {kept}; {then}"
+        if self.ctx.is_main:  # one line for the run, not one per rank
+            self.log.warning(message)
+        raise TrainingInterrupted(message, exit_status(stop.signum))
+
+    def close(self) -> None:
+        """Release the run folder (``run.lock``); ``fit`` does it when it ends, however it ends."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
     def start_epoch(self) -> float:
         """Ready ``self.epoch``: unfreeze the backbone when due, set the epoch's lr, point the loader
         at the epoch (unless a resumed run is inside it), set train/eval modes; returns the lr."""
@@ -440,6 +540,8 @@ class Trainer:
         self.sched.set_epoch(self.epoch)
         if self.epoch_step == 0:
             self.loader.set_epoch(self.epoch)
+            if tr.RESET_MOMENTUM_EACH_EPOCH:  # the SiamMask authors' refine stage: a new optimizer every epoch
+                self.optimizer.state.clear()
         set_train_mode(self.model, cfg, self.unfrozen)
         lr = self.sched.lr_at(self.epoch)
         self.log.info(f"epoch {self.epoch + 1}/{tr.EPOCH}: lr {lr:.6g}, group lrs "
@@ -453,6 +555,8 @@ class Trainer:
         ep = self.epoch_meter
         verdict = bound_verdict(self.epoch, ep.pairs, ep.wait_s, ep.step_s)
         self.verdicts.append(verdict)
+        means = ep.means()
+        self.log.info(f"epoch {self.epoch + 1} means: " + ", ".join(f"{k} {means[k]:.4f}" for k in self.log_keys))
         self.log.info(f"{verdict}; {self.skipped_steps} skipped steps, {self.replaced_crops} replaced crops so far")
         self.totals["pairs"] += ep.pairs
         self.totals["wait_s"] += ep.wait_s

@@ -28,6 +28,7 @@ def get_mask_head(name, **kwargs):
     return _lookup(MASKS, name, 'MASK.TYPE')(**kwargs)
 
 
-def get_refine_head(name):
-    """Build the refine head ``name`` (cfg.REFINE.TYPE); it takes no arguments."""
-    return _lookup(REFINES, name, 'REFINE.TYPE')()
+def get_refine_head(name, **kwargs):
+    """Build the refine head ``name`` (cfg.REFINE.TYPE) with cfg.REFINE.KWARGS (PySOT has none:
+    empty, ResNet-50's channels)."""
+    return _lookup(REFINES, name, 'REFINE.TYPE')(**kwargs)

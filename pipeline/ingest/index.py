@@ -41,7 +41,7 @@ class ArraySpool:
         self.counts = dict.fromkeys(INDEX_ARRAYS, 0)
         self._files = {}
         for name in INDEX_ARRAYS:
-            self._files[name] = open(folder / name, 'wb', buffering=1 << 20)
+            self._files[name] = fileio.open_for_write(folder / name, buffering=1 << 20)
 
     @property
     def has_masks(self) -> bool:
@@ -50,7 +50,7 @@ class ArraySpool:
     def start_masks(self, entries: int):
         """Open the mask arrays, with `entries` entries without a mask before this point."""
         for name in MASK_ARRAYS:
-            self._files[name] = open(self.folder / name, 'wb', buffering=1 << 20)
+            self._files[name] = fileio.open_for_write(self.folder / name, buffering=1 << 20)
             self.counts[name] = 0
         self.append_no_masks(entries)
 
@@ -87,7 +87,7 @@ def write_index(folder: Path, meta: dict, sources: dict) -> dict:
     tmp = path.with_name(path.name + '.tmp')
     table, offset, digest = {}, 0, hashlib.sha256()
     try:
-        with open(tmp, 'wb') as f:
+        with fileio.open_for_write(tmp) as f:
             for name, dtype in ALL_ARRAYS.items():
                 if name not in sources and name in MASK_ARRAYS:
                     continue

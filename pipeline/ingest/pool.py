@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import multiprocessing as mp
+import signal
+import threading
 from multiprocessing.connection import wait
 
 _END = object()
@@ -47,13 +49,23 @@ class OrderedPool:
     def __init__(self, fn, workers: int, initializer=None):
         ctx = mp.get_context('spawn')  # spawn, not fork: a parent that used OpenCV's threads deadlocks forked children
         self._procs, self._conns = [], []
-        for _ in range(workers):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_serve, args=(child, fn, initializer), daemon=True)
-            p.start()
-            child.close()
-            self._procs.append(p)
-            self._conns.append(parent)
+        # Ctrl-C reaches the whole job; the parent decides what it means. A worker started while
+        # SIGINT is ignored keeps ignoring it (Python leaves an inherited SIG_IGN alone), so it cannot
+        # end with a traceback while still importing, before an initializer could ignore it. A
+        # Ctrl-C in the few milliseconds of these starts is lost (press it again).
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for _ in range(workers):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_serve, args=(child, fn, initializer), daemon=True)
+                p.start()
+                child.close()
+                self._procs.append(p)
+                self._conns.append(parent)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def imap(self, tasks, window: int):
         """Results of `tasks` in order, at most `window` tasks submitted and not yet yielded."""

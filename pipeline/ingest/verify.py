@@ -81,8 +81,9 @@ class _Cursor:
         return wrong
 
 
-def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar) -> list:
-    """Problems of one shard (markers vs digests vs index, every crop vs its CRC and byte range)."""
+def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar, damaged: set) -> list:
+    """Problems of one shard (markers vs digests vs index, every crop vs its CRC and byte range);
+    the keys of damaged crops are added to `damaged`."""
     problems = []
     extra = 0
 
@@ -122,6 +123,7 @@ def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar) -> list:
                     key = entry_key(m['video'], tid, f)
                     value = txn.get(key)
                     if value is None:
+                        damaged.add(key)
                         problem(f'{path.name}: crop {key.decode()} is missing')
                     else:
                         if lmdb_value_offset(value, len(key), psize) != int(offsets[k]):
@@ -131,9 +133,11 @@ def _check_shard(i: int, s: dict, path: Path, cursor: _Cursor, bar) -> list:
                         crc = zlib.crc32(value[:n])
                         tail = len(value) - n
                         if tail != (int(mask_lengths[k]) if masks else 0) or crc != int(crcs[k]):
+                            damaged.add(key)
                             problem(f'{path.name}: crop {key.decode()}: crc32 {crc:08x} / {min(len(value), n)} bytes '
                                     f'(+{tail}), but {int(crcs[k]):08x} / {n} bytes were recorded at build (damaged data)')
                         elif masks and zlib.crc32(value[n:]) != int(mask_crcs[k]):
+                            damaged.add(key)
                             problem(f'{path.name}: mask of crop {key.decode()}: crc32 {zlib.crc32(value[n:]):08x}, but '
                                     f'{int(mask_crcs[k]):08x} was recorded at build (damaged data)')
                         bar.update(len(value))
@@ -173,13 +177,13 @@ def verify_shards(folder, sample: int = 64, seed: int = 0, progress: bool = Fals
         if c[name] != n:
             problems.append(f'counts.{name} is {c[name]} but the index arrays hold {n}')
     cursor = _Cursor(a)
-    damaged = False
+    damaged, damaged_crops = False, set()
     with tqdm(total=int(c.get('bytes', 0)), unit='B', unit_scale=True, desc=f'verify {folder.name}',
               disable=not progress, dynamic_ncols=True) as bar:
         for i, s in enumerate(meta['shards']):
             path = folder / s['name']
             try:
-                problems += _check_shard(i, s, path, cursor, bar)
+                problems += _check_shard(i, s, path, cursor, bar, damaged_crops)
             except ShardError as e:
                 problems.append(str(e))
                 damaged = True
@@ -191,16 +195,19 @@ def verify_shards(folder, sample: int = 64, seed: int = 0, progress: bool = Fals
     if not damaged and cursor.video != len(a['video_track_start']) - 1:
         problems.append(f'the index lists {len(a["video_track_start"]) - 1} videos, the shards hold {cursor.video}')
     if not damaged:
-        problems += _decode_sample(folder, sample, seed)
+        problems += _decode_sample(folder, sample, seed, damaged_crops)
     return problems
 
 
-def _decode_sample(folder: Path, sample: int, seed: int) -> list:
-    """Read (CRC-checked) and decode a random sample of crops, and their masks, as training does."""
+def _decode_sample(folder: Path, sample: int, seed: int, known: set = frozenset()) -> list:
+    """Read (CRC-checked) and decode a random sample of crops, and their masks, as training does;
+    crops whose keys are in `known` (reported already) are left out."""
     r = ShardReader(folder)
     size = r.meta['crop']['crop_size']
     problems = []
     for e in random.Random(seed).sample(range(len(r)), min(sample, len(r))):
+        if entry_key(*r.entry_location(e)) in known:
+            continue
         try:
             img = decode(r.jpeg_at(e))
             mask = r.mask_at(e) if r.entry_has_mask[e] else None

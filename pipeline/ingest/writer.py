@@ -26,6 +26,7 @@ from pathlib import Path
 import lmdb
 import msgpack
 
+from .. import fileio
 from ..shards import (DATA_FILE, SHARD_PREFIX, ShardError, check_shard_file, entry_key, lmdb_value_offset,
                       marker_key, open_shard_env, release_read_env, repair_hint, shard_name, shared_read_env)
 from .spec import BuildError
@@ -55,15 +56,14 @@ def is_disk_full(e: Exception, path=None, need: int = 0) -> bool:
     if path is None or code != errno.EIO or not isinstance(e, lmdb.Error):
         return False
     try:
-        return shutil.disk_usage(path).free < need
+        return fileio.free_bytes(path) < need
     except OSError:
         return False
 
 
 def disk_full_error(path: Path, e: Exception) -> BuildError:
     try:
-        free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 2**20
-        free = f'{free:.0f} MiB free'
+        free = f'{fileio.free_bytes(path) / 2**20:.0f} MiB free'
     except OSError:
         free = 'free space unknown'
     return BuildError(f'output disk full while writing {path} ({free}): {e}. Free some space and rerun the '
@@ -184,7 +184,7 @@ class ShardSetWriter:
             except ShardError as e:
                 raise BuildError(str(e)) from None
         # LMDB memory-maps a new shard's sparse lock file: on a full disk the first touch is a SIGBUS.
-        elif shutil.disk_usage(self.out_dir).free < need + NEW_SHARD_RESERVE:
+        elif fileio.free_bytes(self.out_dir) < need + NEW_SHARD_RESERVE:
             raise disk_full_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         try:
             self._env = open_shard_env(path, readonly=False, map_size=map_size)
@@ -223,6 +223,7 @@ class ShardSetWriter:
         keys = [entry_key(video, tid, f) for tid, frames, _ in tracks for f in frames]
         while True:
             try:
+                fileio.check_room(self.out_dir / shard_name(i) / DATA_FILE, payload)
                 with env.begin(write=True, buffers=True) as txn:
                     offsets = array('Q')
                     for key, value in zip(keys, values):

@@ -11,14 +11,14 @@ absent) and `length`.  Folders without a `sequence` file (the VOT2016-2018 downl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from track.datasets import read_image
-from track.vot.regions import parse_region
+from track.vot.regions import init_box, parse_region
 
 DEFAULT_PATTERN = 'color/%08d.jpg'
 _PATTERN_RE = re.compile(r'%0?\d*d')
@@ -33,6 +33,7 @@ class VOTSequence:
     frames: list
     groundtruth: list
     size: tuple
+    sources: list = field(default_factory=list)  # "file:line" of each frame's ground-truth region
 
     def __len__(self) -> int:
         return len(self.groundtruth)
@@ -54,10 +55,15 @@ def read_properties(path: Path) -> dict:
 
 def read_groundtruth(path: Path) -> list:
     """One region per non-empty line of a VOT ground-truth (or result) text file."""
+    return _read_regions(path)[0]
+
+
+def _read_regions(path: Path) -> tuple:
+    """(regions, "file:line" of each) of a VOT region file."""
     if not path.is_file():
         raise FileNotFoundError(f'ground truth not found: {path}')
-    return [parse_region(line, f'{path}:{n}') for n, line in enumerate(path.read_text().splitlines(), 1)
-            if line.strip()]
+    lines = [(f'{path}:{n}', line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    return [parse_region(line, where) for where, line in lines], [where for where, _ in lines]
 
 
 def _frames(folder: Path, pattern: str, length: int | None, where: str) -> list:
@@ -98,7 +104,7 @@ def load_sequence(folder, need_images: bool = True) -> VOTSequence:
     length = _int_property(props, 'length', meta_path)
     width, height = _int_property(props, 'width', meta_path), _int_property(props, 'height', meta_path)
     frames = _frames(folder, pattern, length, meta_path if props else folder)
-    groundtruth = read_groundtruth(folder / 'groundtruth.txt')
+    groundtruth, sources = _read_regions(folder / 'groundtruth.txt')
     if not frames:
         raise FileNotFoundError(f'sequence {folder.name!r}: no images {folder / pattern} (counted from 1)')
     if len(groundtruth) != len(frames):
@@ -114,7 +120,12 @@ def load_sequence(folder, need_images: bool = True) -> VOTSequence:
         if img is None:
             raise ValueError(f'sequence {folder.name!r}: cannot read {frames[0]}')
         height, width = img.shape[:2]
-    return VOTSequence(folder.name, frames, groundtruth, (width, height))
+    if need_images:  # to be tracked: the first region must start a tracker (re-initialisations: the protocol)
+        try:
+            init_box(groundtruth[0])
+        except ValueError as e:
+            raise ValueError(f'{sources[0]}: sequence {folder.name!r}: first region: {e}') from None
+    return VOTSequence(folder.name, frames, groundtruth, (width, height), sources)
 
 
 def sequence_names(root) -> list:

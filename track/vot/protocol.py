@@ -30,7 +30,8 @@ def tracked_region(result: dict) -> np.ndarray:
 class SupervisedProtocol(Protocol):
     """Reset-based protocol over one `VOTSequence` (its ground truth, image size and name; its
     frames are read by the driver).  A frame that cannot be read stops the run with an error
-    naming it (vot-toolkit has no rule for it)."""
+    naming it (vot-toolkit has no rule for it); so does an initialisation region without area,
+    named by the file and line it was read from (`VOTSequence.sources`)."""
 
     def __init__(self, sequence, skip_initialize: int = 5, failure_overlap: float = 0.0):
         if skip_initialize < 1:
@@ -41,6 +42,7 @@ class SupervisedProtocol(Protocol):
         self.skip_initialize = skip_initialize
         self.failure_overlap = failure_overlap
         self.name = sequence.name
+        self.sources = list(getattr(sequence, 'sources', ()))
         self.regions = [UNKNOWN] * len(self.groundtruth)
         self.times = [None] * len(self.groundtruth)
         self._frame = 0
@@ -58,7 +60,9 @@ class SupervisedProtocol(Protocol):
                 try:
                     box = tuple(init_box(self.groundtruth[f]))
                 except ValueError as e:
-                    raise ValueError(f'sequence {self.name!r}, frame {f}: {e}') from None
+                    where = f'{self.sources[f]}: ' if f < len(self.sources) else ''
+                    when = 'the first frame' if f == 0 else 'a re-initialisation'
+                    raise ValueError(f'{where}sequence {self.name!r}, frame {f} ({when}): {e}') from None
                 self._pending = Request('init', f, box)
         return self._pending
 

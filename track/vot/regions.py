@@ -71,6 +71,8 @@ def init_box(region) -> list:
         raise ValueError(f'cannot initialise on a special region (code {region})')
     r = np.asarray(region, np.float64)
     if r.size == 4:
+        if not (np.all(np.isfinite(r)) and r[2] > 0 and r[3] > 0):
+            raise ValueError(f'box {",".join(f"{v:g}" for v in r)} cannot start a tracker (w and h must be > 0)')
         return [float(v) for v in r]
     xs, ys = r[0::2], r[1::2]
     if r.size == 8:
