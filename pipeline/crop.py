@@ -121,9 +121,16 @@ def box_on_crop(box, crop_size: int = CROP_SIZE, exemplar: int = EXEMPLAR_SIZE,
     Only w and h are used: the object is centred at (crop_size // 2, crop_size // 2) with size
     (w, h) * exemplar / s_z.
     """
-    w = float(box[2]) - float(box[0])
-    h = float(box[3]) - float(box[1])
+    return tuple(boxes_on_crop(np.asarray(box, np.float64).reshape(1, 4), crop_size, exemplar, context)[0])
+
+
+def boxes_on_crop(boxes, crop_size: int = CROP_SIZE, exemplar: int = EXEMPLAR_SIZE,
+                  context: float = CONTEXT_AMOUNT) -> np.ndarray:
+    """`box_on_crop` of N boxes (N, 4) at once: (N, 4) float64, the same numbers."""
+    boxes = np.asarray(boxes).astype(np.float64, copy=False).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
     scale = exemplar / siamfc_crop_size(w, h, context)
     w, h = w * scale, h * scale
     c = crop_size // 2
-    return (c - w / 2.0, c - h / 2.0, c + w / 2.0, c + h / 2.0)
+    return np.stack([c - w / 2.0, c - h / 2.0, c + w / 2.0, c + h / 2.0], axis=1)

@@ -143,14 +143,16 @@ class CropSource:
         return dict(sorted(counts.items()))
 
     def prefetch(self, refs) -> None:
-        """Advisory read-ahead of crops needed soon (readers that offer `prefetch(entries)`)."""
-        by_dataset = defaultdict(list)
-        for ref in refs:   # a mask lies beside its crop: the crop's hint covers it
-            by_dataset[int(ref[0])].append(int(ref[1]))
-        for d, entries in by_dataset.items():
+        """Advisory read-ahead of crops needed soon, for readers that offer `prefetch(entries)`:
+        `refs` an (M, 2) array of (dataset, entry) or refs (a mask lies beside its crop: the
+        crop's hint covers it), repeats allowed."""
+        if not isinstance(refs, np.ndarray):
+            refs = [tuple(ref)[:2] for ref in refs]
+        refs = np.asarray(refs, np.int64).reshape(-1, 2)
+        for d in np.unique(refs[:, 0]).tolist():
             hint = getattr(self.readers[d], "prefetch", None)
             if hint is not None:
-                hint(np.unique(np.asarray(entries, np.int64)))
+                hint(np.unique(refs[refs[:, 0] == d, 1]))
 
 
 def describe_damage(shards: dict) -> str:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import do_not_convert
-from nvidia.dali.tensors import TensorListCPU
+from nvidia.dali.tensors import TensorCPU, TensorListCPU
 
 from pipeline.crop_kernel import crop_params, render_crop, render_mask
 from pipeline.sampling import AugBatch, PlanBatch
@@ -351,8 +351,10 @@ class GraphInputs:
                                          self.image_size, self.roi)
         # One TensorListCPU for the bytes: built here (in the loader's read-ahead thread) it
         # leaves the feeding thread ~1 us a crop against ~5 us for a list of arrays (measured).
-        out = {"jpeg": TensorListCPU([np.frombuffer(j, np.uint8)
-                                      for j in (*template_jpegs, *search_jpegs)]),
+        # Non-contiguous: its samples are the bytes objects themselves (each TensorCPU keeps
+        # its bytes alive), not a copy of them (~6 us a 33 KB crop, measured).
+        out = {"jpeg": TensorListCPU([TensorCPU(j) for j in (*template_jpegs, *search_jpegs)],
+                                     contiguous=False),
                "roi_anchor": anchors.astype(np.float32), "roi_shape": shapes.astype(np.float32),
                IS_SEARCH: np.arange(2 * n) >= n}
         image_fields = [f for f in FIELDS if f in wanted]
@@ -365,7 +367,9 @@ class GraphInputs:
                 raise ValueError(f"a mask graph needs one search mask per pair ({n}), got "
                                  f"{None if masks is None else len(masks)}")
             values = mask_inputs(plans.search, masks, self.fields["mask"])
-            out["mask"] = TensorListCPU([_NO_REGION] * n + values.pop("mask"), layout="HWC")
+            no_region = TensorCPU(_NO_REGION)
+            out["mask"] = TensorListCPU([no_region] * n + [TensorCPU(m) for m in values.pop("mask")],
+                                        layout="HWC", contiguous=False)
             out.update((f, np.concatenate([np.zeros_like(v), v])) for f, v in values.items())
         return {f: out[f] for f in wanted}
 

@@ -9,10 +9,12 @@ Three stages overlap:
 2. DALI renders in its own threads (and on the GPU), two runs in flight;
 3. the consumer's thread (`__iter__`) feeds runs to DALI, takes their outputs, computes the
    anchor labels on the output device (`pipeline.targets`) and yields the batches.
-A run is one batch on the GPU; on the CPU it is as many consecutive batches as make
-MIN_RUN_PAIRS (64) pairs, since each DALI run has a fixed CPU cost, and the batches are
-zero-copy slices of the run's output.  GPU batches are copies in torch-owned memory, made on the
-consumer's current stream (the host never waits for the rendering).
+A run is as many consecutive batches as make MIN_RUN_PAIRS (64) pairs on the CPU and
+GPU_RUN_PAIRS (128) on a GPU whose hardware JPEG decoder takes all JPEGs or none (else one
+batch: `batches_per_run`), since each DALI run has a fixed host cost; the batches are slices of
+the run's output.  CPU batches are DALI's own buffers (no copy); GPU batches are slices of a
+copy in torch-owned memory, made on the consumer's current stream (the host never waits for the
+rendering).
 
 Determinism: a batch is a pure function of (seed, epoch, batch index, rank, world_size,
 batch size) and of which shard entries are unusable (`pipeline.prepare`): DALI has no random
@@ -47,6 +49,19 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2       # DALI runs scheduled at once, so it never idles at a run boundary
 MIN_RUN_PAIRS = 64  # CPU: consecutive batches are rendered together in DALI runs of >= this
+GPU_RUN_PAIRS = 128  # GPU: the same, where a sample's place in a run cannot change its pixels
+
+
+def batches_per_run(batch_size: int, on_gpu: bool, hw_decoder_load: float | None = None) -> int:
+    """Consecutive batches rendered by one DALI run: as many as make MIN_RUN_PAIRS pairs on the
+    CPU and GPU_RUN_PAIRS on a GPU (a run has a fixed host cost: feeding every input, scheduling,
+    taking the outputs).  On a GPU only where the hardware JPEG decoder takes every JPEG or none
+    (`hw_decoder_load` 1 or 0): in between DALI gives it a share of each run by the samples'
+    places in the run, and a resumed iteration, whose runs start at its first batch, could send
+    a crop to the other decoder, whose IDCT may round differently; there a run is one batch."""
+    if on_gpu and hw_decoder_load not in (0.0, 1.0):
+        return 1
+    return -(-(GPU_RUN_PAIRS if on_gpu else MIN_RUN_PAIRS) // int(batch_size))
 
 
 class _DecodeProbe:
@@ -149,9 +164,10 @@ class PairLoader:
                 float(tr.LOADER_HW_DECODER_LOAD if hw_decoder_load is None else hw_decoder_load))
         else:
             self.hw_decoder_load, self.hw_decoder_why = None, "CPU loader: libjpeg-turbo decodes"
-        # Batches rendered per DALI run: on the CPU a run costs a fixed overhead, so small
-        # batches are grouped (measured: 1.73 vs 1.97 CPU ms per pair for runs of 64 vs 32).
-        self.run_batches = 1 if on_gpu else -(-MIN_RUN_PAIRS // self.batch_size)
+        # Batches rendered per DALI run: a run costs a fixed overhead, so small batches are
+        # grouped (measured on the CPU: 1.73 vs 1.97 CPU ms per pair for runs of 64 vs 32; on
+        # the GPU path the host's feeding, ~0.5 ms a run).
+        self.run_batches = batches_per_run(self.batch_size, on_gpu, self.hw_decoder_load)
         self.in_flight = IN_FLIGHT
         # ROI decoding measured faster on the CPU (docs: dali-notes); the GPU decodes whole
         # crops (nvJPEG/hardware ROI support varies) unless asked otherwise.
@@ -305,9 +321,7 @@ class PairLoader:
         self._scheduled -= 1
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         outputs = self.graph.outputs(stream)
-        if stream is not None:
-            self.ready_event = torch.cuda.Event(enable_timing=True)
-            self.ready_event.record(stream)
+        self._mark_ready()
         n = sum(len(b.plans) for b in run.batches)
         tz, tx = self._graph_options["template_size"], self._graph_options["search_size"]
         shapes = {TEMPLATE: (n, 3, tz, tz), SEARCH: (n, 3, tx, tx), LABEL_MASK: (n, 1, tx, tx)}
@@ -321,6 +335,13 @@ class PairLoader:
             images.append({key: t[start:stop] for key, t in tensors.items()})
             start = stop
         return images
+
+    def _mark_ready(self) -> None:
+        """GPU: `ready_event` now, on the consumer's stream (which waits for DALI's outputs of
+        every run taken so far): where the device-timeline data wait of the next batch ends."""
+        if self.device.type == "cuda":
+            self.ready_event = torch.cuda.Event(enable_timing=True)
+            self.ready_event.record(torch.cuda.current_stream(self.device))
 
     def _add_labels(self, batch: dict, prepared) -> dict:
         boxes, neg, keys, search_mask = prepared.label_inputs
@@ -391,6 +412,8 @@ class PairLoader:
                     images = self._render(pending, epoch)
                     ready.extend(zip(pending.popleft().batches, images))
                     submit_ahead()  # DALI renders the next runs while labels and the consumer run
+                else:
+                    self._mark_ready()  # rendered with an earlier batch of its run
                 current, images = ready.popleft()
                 batch = self._add_labels(images, current)
                 self.skipped += current.replaced

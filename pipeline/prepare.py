@@ -118,6 +118,15 @@ class BatchPreparer:
         rows = self.indices[batch * self.batch_size:(batch + 1) * self.batch_size]
         return self.sampler.plan_batch(epoch, rows)
 
+    def first_plans_of(self, epoch: int, first: int, count: int) -> list:
+        """`first_plans` of batches [first, first + count), drawn in one call: rows do not
+        depend on each other, so the numbers are the same and the call's fixed cost is shared."""
+        if count == 1:
+            return [self.first_plans(epoch, first)]
+        b = self.batch_size
+        plans = self.sampler.plan_batch(epoch, self.indices[first * b:(first + count) * b])
+        return [plans.take(slice(k * b, (k + 1) * b)) for k in range(count)]
+
     def finish(self, epoch: int, batch: int, plans: PlanBatch, fetched: dict) -> PreparedBatch:
         """The batch from its attempt-0 plans and their crops' bytes (`fetched`: ref -> bytes or
         None for an unusable crop; refs missing from it are read now).  Pairs with an unusable
@@ -185,6 +194,8 @@ class BatchPreparer:
         """`run` again if none of its crops has been found unusable since it was prepared,
         else the run with those batches prepared anew (the same as preparing them now)."""
         bad = self.source.bad   # grows in other threads: membership tests only
+        if not bad:
+            return run
         stale = [i for i, b in enumerate(run.batches) if any(r in bad for r in b.refs())]
         if not stale:
             return run

@@ -1,9 +1,10 @@
 """The loader's background stage: plans the next batches and reads their crops ahead of rendering.
 
-One thread per iteration walks the iteration's batches in order.  For each batch it computes
-the plans (`BatchPreparer.first_plans`) up to 2 x `read_ahead` batches ahead of the consumer and
-passes their crops to the shard readers' `prefetch` hint; up to `read_ahead` batches ahead it
-reads the crops, split over a pool of reader threads (`read_threads`; 0 reads in this thread);
+One thread per iteration walks the iteration's batches in order.  It computes the plans
+(`BatchPreparer.first_plans_of`, PLAN_PAIRS pairs or more in one call) up to 2 x `read_ahead`
+batches ahead of the consumer and passes their crops to the shard readers' `prefetch` hint; up to
+`read_ahead` batches ahead it reads each batch's crops, split over a pool of reader threads
+(`read_threads`, tasks of MIN_READ_CHUNK crops or more; 0 reads in this thread);
 then it finishes the batches in order (replacing pairs with unusable crops), groups them into
 DALI runs with their input values and queues the runs for the consumer (`get`).  Nothing here
 decides content: a run is the same whatever the threads and timing (`pipeline.prepare`).
@@ -19,10 +20,13 @@ import collections
 import threading
 import weakref
 
+import numpy as np
 import torch
 
 from pipeline.prepare import unique_refs
 
+PLAN_PAIRS = 128   # plans are drawn for at least this many pairs at once (a call's fixed cost)
+MIN_READ_CHUNK = 32   # crops per reader task at least (each task costs a thread hand-over)
 _LIVE = weakref.WeakSet()   # stages whose thread may still run (closed at interpreter exit)
 
 
@@ -43,7 +47,11 @@ class _Reads:
             self.done.update(zip(todo, source.read_many(todo)))
             self.futures = []
             return
-        chunks = [todo[k::threads] for k in range(min(threads, len(todo)))]
+        # few large tasks: each one wakes a reader thread and hands the GIL over (measured:
+        # the CPU per crop grows with the tasks per batch); batches read ahead keep the
+        # threads busy together
+        tasks = min(threads, max(1, len(todo) // MIN_READ_CHUNK))
+        chunks = [todo[k::tasks] for k in range(tasks)]
         self.futures = [(chunk, pool.submit(source.read_many, chunk)) for chunk in chunks]
 
     def result(self) -> dict:
@@ -74,6 +82,7 @@ class ReadAhead:
         self.first, self.total, self.run_batches = int(first), int(total), int(run_batches)
         self.read_ahead = max(int(read_ahead), self.run_batches)
         self.pool, self.read_threads, self.device = pool, int(read_threads), device
+        self.plan_batches = max(1, -(-PLAN_PAIRS // preparer.batch_size))
         self._cond = threading.Condition()
         self._runs = collections.deque()    # finished runs, oldest first
         self._taken = self.first            # batches below this were taken by the consumer
@@ -126,12 +135,15 @@ class ReadAhead:
                     if self._stop:
                         return
                     taken = self._taken
-                # Plan and hint up to 2 x read_ahead batches ahead; read up to read_ahead.
+                # Plan and hint up to 2 x read_ahead batches ahead (a group of batches at a
+                # time); read up to read_ahead.
                 while upcoming < min(self.total, taken + 2 * self.read_ahead):
-                    plans = self.preparer.first_plans(self.epoch, upcoming)
-                    self.source.prefetch(unique_refs(plans))
-                    planned.append((upcoming, plans))
-                    upcoming += 1
+                    count = min(self.plan_batches, self.total - upcoming)
+                    group = self.preparer.first_plans_of(self.epoch, upcoming, count)
+                    self.source.prefetch(np.concatenate([a for p in group
+                                                         for a in (p.template_ref, p.search_ref)]))
+                    planned.extend(enumerate(group, upcoming))
+                    upcoming += count
                 while planned and planned[0][0] < taken + self.read_ahead:
                     batch, plans = planned.popleft()
                     reads = _Reads(self.source, unique_refs(plans), self.pool, self.read_threads)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.crop import CROP_SIZE, box_on_crop, shard_crop_geometry
+from pipeline.crop import CROP_SIZE, boxes_on_crop, shard_crop_geometry
 
 # rgbVar of PySOT's colour augmentation (PCA of ImageNet RGB, rows scaled).
 RGB_VAR = np.array([[-0.55919361, 0.98062831, -0.41940627],
@@ -555,7 +555,9 @@ class PairSampler:
     def _crop_boxes(self, refs) -> np.ndarray:
         """(N, 4) boxes on the 511 crop (PySOT's `_get_bbox`) of the entries `refs` (N, 2)."""
         g = self.geometry
-        boxes = [box_on_crop(self.datasets[d].entry_box[e], crop_size=g.crop_size,
-                             exemplar=g.exemplar_size, context=g.context_amount)
-                 for d, e in refs.tolist()]
-        return np.array(boxes, np.float64).reshape(len(refs), 4)
+        boxes = np.empty((len(refs), 4), np.float64)
+        for d in np.unique(refs[:, 0]).tolist():
+            rows = refs[:, 0] == d
+            boxes[rows] = self.datasets[d].entry_box[refs[rows, 1]]
+        return boxes_on_crop(boxes, crop_size=g.crop_size, exemplar=g.exemplar_size,
+                             context=g.context_amount)

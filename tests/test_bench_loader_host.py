@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.loader import build_loader
+from pipeline.loader import batches_per_run, build_loader
 from sampling_fixtures import build_test_shards, overrides
 from test_loader_tools import load_tool
 from train.config import load_config
@@ -15,6 +15,7 @@ from train.config import load_config
 BATCH = 8
 CFG = Path(__file__).resolve().parents[1] / "configs" / "siamrpn_r50_l234_dwxcorr_8gpu.yaml"  # the tool's default
 OPTS = overrides(**{"DATASET.VIDEOS_PER_EPOCH": 400})
+RUN = batches_per_run(BATCH, on_gpu=True, hw_decoder_load=1.0)   # the host-only runs (16 batches)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,11 @@ def test_host_only_figures_match_outside_measurements(shards, tmp_path, capsys):
     result = json.loads(out.read_text())
     window = result["host_only"]
     assert result["mode"] == "host-only" and window["read_threads"] == 2
-    assert window["batches"] == 6 and window["pairs"] == 6 * BATCH  # the window stops at --batches
-    assert window["jpeg_bytes"] == _jpeg_bytes(shards, window["epoch"], window["first_batch"], 6)
+    # runs of RUN batches, as the GPU loader groups them: the warm-up is one run and the window
+    # stops at the end of the run that reaches --batches
+    assert window["batches_per_run"] == RUN and window["first_batch"] == RUN
+    assert window["batches"] == RUN and window["pairs"] == RUN * BATCH
+    assert window["jpeg_bytes"] == _jpeg_bytes(shards, window["epoch"], RUN, RUN)
     # the tool's CPU seconds are part of what the process spent around the call (getrusage)
     assert 0 < window["cpu_s"] <= outside_cpu + 1e-6
     threads = window["thread_cpu_s"]
@@ -78,4 +82,4 @@ def test_host_only_cold_evicts_the_shards_first(shards, tmp_path):
     shard_bytes = sum(p.stat().st_size for p in Path(shards).rglob("*") if p.is_file())
     assert result["host_only"]["evicted_bytes"] == shard_bytes
     cold, warm = result["host_only_cold"], result["host_only"]
-    assert cold["pairs"] == warm["pairs"] == 3 * BATCH and cold["epoch"] != warm["epoch"]
+    assert cold["pairs"] == warm["pairs"] == RUN * BATCH and cold["epoch"] != warm["epoch"]

@@ -245,6 +245,44 @@ def test_hardware_jpeg_share_per_card():
         jpeg_hardware_share("NVIDIA H100", 1.5)
 
 
+def test_batches_per_dali_run():
+    """Runs of >= 64 pairs on the CPU and >= 128 on a GPU whose hardware decoder takes every JPEG
+    or none; one batch where it takes a share (a sample's place in a run would decide its decoder)."""
+    from pipeline.loader import batches_per_run
+
+    assert [batches_per_run(b, on_gpu=False) for b in (4, 28, 64, 128)] == [16, 3, 1, 1]
+    assert [batches_per_run(b, True, 1.0) for b in (4, 28, 64, 128, 200)] == [32, 5, 2, 1, 1]
+    assert batches_per_run(28, True, 0.0) == 5
+    assert batches_per_run(28, True, 0.65) == batches_per_run(28, True, None) == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_of_several_batches_give_the_batches_of_single_runs(shards, device):  # noqa: F811
+    """Batches rendered in runs of several (the GPU loader's where its hardware decoder takes
+    every JPEG or none) equal those of one batch a run, and a resumed iteration, whose runs start
+    mid-way through the uninterrupted one's, gives them exactly too: a sample's blur kernel is
+    zero-padded to its run's largest (more taps, the same sums)."""
+    cfg = make_cfg(**{"DATASET.VIDEOS_PER_EPOCH": 64, "DATASET.SEARCH.BLUR": 0.5,
+                      "DATASET.TEMPLATE.BLUR": 0.3, "TRAIN.LOADER_HW_DECODER_LOAD": 1.0})
+    options = dict(crop_kernel=False, roi_decode=False) if device == "cpu" else {}  # the GPU graph
+
+    def loader(**state):
+        made = build_loader(cfg, shards=shards, batch_size=BATCH, device=device, seed=8, **options)
+        made.load_state_dict({**made.state_dict(), **state})
+        return made
+
+    grouped = loader()
+    assert grouped.run_batches > 2
+    expected = batches(grouped)
+    single = loader()
+    single.run_batches = 1
+    for other, first in ((batches(single), 0), (batches(loader(next_batch=3)), 3)):
+        assert len(other) == len(expected) - first
+        for a, b in zip(expected[first:], other):
+            for key in a:
+                assert torch.equal(a[key], b[key]), key
+
+
 def test_dali_threads_capped_on_the_gpu_path(monkeypatch):
     from pipeline import devices
 
@@ -276,11 +314,13 @@ def test_gpu_loader_defaults_and_ready_event(shards):  # noqa: F811
     assert (loader.hw_decoder_load, loader.hw_decoder_why) == jpeg_hardware_share(name, -1.0)
     assert loader.num_threads <= GPU_DALI_THREADS and "GPU path" in loader.threads_why
     stream = torch.cuda.current_stream(loader.device)
-    for batch in batches(loader, 3):
+    seen = []
+    for batch in batches(loader, loader.run_batches + 2):   # also the later batches of a run
         before = torch.cuda.Event(enable_timing=True)
         before.record(stream)
         ready = loader.ready_event
-        assert ready is not None
+        assert ready is not None and all(ready is not earlier for earlier in seen)  # one per batch
+        seen.append(ready)
         before.synchronize()
         assert ready.query() and ready.elapsed_time(before) >= 0  # recorded earlier on the same stream
         assert batch["search"].is_cuda

@@ -11,9 +11,11 @@
 --host-only: the GPU path's host work alone, with the GPU operators replaced by nothing (no
 CUDA): plans, prefetch hints and read-ahead reads with their CRC and size checks
 (`pipeline.read_ahead` with TRAIN.LOADER_READ_THREADS readers), the GPU graph's external_source
-values, the label inputs, the hand-over of each prepared batch to the consumer (one batch per run
-as on a GPU) and the feeding of DALI: every value fed to a DALI pipeline of the GPU graph's
-external sources, each followed by a shape query instead of the decoder and operators.
+values, the label inputs, the hand-over of each prepared run to the consumer (its batches as the
+GPU loader groups them on a card whose hardware JPEG decoder takes every JPEG, as the A100, H100
+and H200 by default: `pipeline.loader.batches_per_run`) and the feeding of DALI: every value fed
+to a DALI pipeline of the GPU graph's external sources, each followed by a shape query instead of
+the decoder and operators.
 Measures process CPU seconds (getrusage: every thread) and wall seconds of a window and each
 thread's CPU seconds; reports host CPU us per pair and the pairs/s one core and two cores can
 feed (two: also bounded by the busiest thread, which cannot use a second core); warm (the shard
@@ -60,7 +62,7 @@ from pipeline.crop_source import CropSource  # noqa: E402
 from pipeline.dali_graph import PairGraph  # noqa: E402
 from pipeline.devices import dali_threads  # noqa: E402
 from pipeline.fileio import atomic_write  # noqa: E402
-from pipeline.loader import build_loader  # noqa: E402
+from pipeline.loader import batches_per_run, build_loader  # noqa: E402
 from pipeline.prepare import BatchPreparer, LabelInputs  # noqa: E402
 from pipeline.read_ahead import ReadAhead  # noqa: E402
 from pipeline.reference import ReferenceDataset  # noqa: E402
@@ -231,11 +233,13 @@ class HostSide:
     """What the GPU loader's host runs, with the GPU operators replaced by nothing: the sampler,
     validated crop reads, the GPU graph's external_source values (`PairGraph.inputs` of the
     native-operator graph, whole-crop decoding: the GPU graph's fields) and the label inputs
-    (pinned when CUDA is there), prepared by `pipeline.read_ahead` one batch per run."""
+    (pinned when CUDA is there), prepared by `pipeline.read_ahead` in the GPU loader's runs (a
+    card whose hardware decoder takes every JPEG: `batches_per_run`)."""
 
     def __init__(self, cfg, shards, batch_size: int, read_threads=None, read_ahead=None, seed=0):
         tr, ds = cfg.TRAIN, cfg.DATASET
         self.batch_size = int(batch_size)
+        self.run_batches = batches_per_run(self.batch_size, on_gpu=True, hw_decoder_load=1.0)
         self.read_threads = int(tr.LOADER_READ_THREADS if read_threads is None else read_threads)
         self.read_ahead = int(tr.LOADER_READ_AHEAD if read_ahead is None else read_ahead)
         self.readers = open_shard_readers(cfg, shards)
@@ -258,8 +262,8 @@ class HostSide:
         return len(self.indices) // self.batch_size
 
     def stage(self, epoch: int, first: int = 0) -> ReadAhead:
-        return ReadAhead(self.preparer, self.source, epoch, first, len(self), 1, self.read_ahead, self.pool,
-                         self.read_threads)
+        return ReadAhead(self.preparer, self.source, epoch, first, len(self), self.run_batches,
+                         self.read_ahead, self.pool, self.read_threads)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -281,9 +285,11 @@ def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_sec
     total, taken = len(host), 0
     pairs = nbytes = 0
     try:
-        for _ in range(min(warmup, total)):
-            host.feed(host.preparer.refresh(epoch, stage.get()).values)
-            taken += 1
+        while taken < min(warmup, total):
+            run = host.preparer.refresh(epoch, stage.get())
+            host.feed(run.values)
+            taken += len(run.batches)
+        first = taken
         t0, c0, th0 = time.perf_counter(), _process_cpu_seconds(), threads()
         n = 0
         while taken < total and (n < batches or time.perf_counter() - t0 < min_seconds):
@@ -304,7 +310,7 @@ def _measure_host(host: HostSide, epoch: int, batches: int, warmup: int, min_sec
     busiest = max(thread_cpu["read_ahead"], thread_cpu["consumer"],
                   max(per_thread.values(), default=0.0))
     us = 1e6 * cpu / pairs if pairs else float("nan")
-    return {"epoch": epoch, "first_batch": min(warmup, total), "batches": n, "pairs": pairs,
+    return {"epoch": epoch, "first_batch": first, "batches": n, "pairs": pairs,
             "jpeg_bytes": nbytes, "wall_s": wall, "cpu_s": cpu,
             "pairs_per_s": pairs / wall if wall > 0 else float("nan"),
             "cpu_cores_busy": cpu / wall if wall > 0 else float("nan"),
@@ -320,6 +326,7 @@ def bench_host_only(cfg, shards, batch_size, batches, warmup, epoch=0, cold=Fals
     """--host-only: a warm window (and a cold one first with `cold`) of the GPU path's host work."""
     host = HostSide(cfg, shards, batch_size, read_threads, read_ahead)
     result = {"read_threads": host.read_threads, "read_ahead": host.read_ahead,
+              "batches_per_run": host.run_batches,
               "label_inputs_pinned": torch.cuda.is_available(), "epoch_batches": len(host)}
     folders = _shard_folders(cfg, shards)
     try:
