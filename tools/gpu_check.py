@@ -122,7 +122,9 @@ class Stages:
         log = self.work / f"{name}.log"
         out_path = self.work / f"{name}.out"
         with open(log, "w") as err, open(out_path, "w") as out:  # everything stays on disk
-            proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=out, stderr=err, text=True,
+            # cwd is the work folder: whatever a tool or pytest plugin writes relative to its working
+            # directory (.benchmarks, .pytest_cache, runs/) lands there, never in the checkout's root
+            proc = subprocess.Popen([str(c) for c in cmd], cwd=self.work, stdout=out, stderr=err, text=True,
                                     start_new_session=True, env=env)
             try:
                 proc.wait(timeout=budget)
@@ -320,7 +322,7 @@ def gpu_tests(stages: Stages, plan: dict, mode: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = _py("-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_budget_plugin", "--cuda-only",
               "--per-test-timeout", PER_TEST_TIMEOUT_S[mode], "--stuck-traceback", stages.work / "gpu_tests_stuck.txt",
-              "-m", "not benchmark and not gpu_slow", *GPU_TESTS)
+              "-m", "not benchmark and not gpu_slow", *(REPO / t for t in GPU_TESTS))
     stages.run("gpu_tests", cmd, plan["budgets"]["gpu_tests"], env=env)
     counts = test_counts(stages.stdout.get("gpu_tests", ""))
     stages.results["gpu_tests"]["counts"] = counts
