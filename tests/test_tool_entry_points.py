@@ -57,6 +57,47 @@ def test_demo_at_a_small_scale_runs_every_stage(tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_mask_demo_at_a_small_scale_runs_every_stage(tmp_path):
+    """`tools/demo.py --mask` shrunk: masks through shards, a base and a refine stage of 2 steps each,
+    DAVIS-layout results of three trackers scored, overlays drawn from those results; the exit
+    status is the verdict in its summary."""
+    from track.vos.datasets import load_davis
+    from track.vos.png import read_labels
+
+    work = tmp_path / "demo_mask"
+    res = _run(_tool("demo.py", "--mask", "--work", work, "--scale", "0.1", "--opts", "TRAIN.EPOCH=1",
+                     "TRAIN.BATCH_SIZE=2", "DATASET.VIDEOS_PER_EPOCH=4", "--refine-opts", "TRAIN.EPOCH=2"))
+    assert res.returncode in (0, 1) and "Traceback" not in res.stderr, res.stderr[-3000:]
+    summary = json.loads((work / "demo_summary.json").read_text())
+    jf = summary["jf_mean"]
+    assert set(jf) == {"trained", "box", "untrained"} and all(0 <= v <= 1 for v in jf.values())
+    assert summary["trained_beats_baselines"] == (jf["trained"] > max(jf["box"], jf["untrained"]))
+    assert res.returncode == (0 if summary["trained_beats_baselines"] else 1)
+    assert summary["base"]["global_step"] == 2 and summary["refine"]["global_step"] == 4
+    last = json.loads((work / "refine" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["refine"]["mask_iou_mean"] == last["mask_iou_mean"] and 0 <= last["mask_iou_mean"] <= 1
+    assert (work / "refine" / "checkpoint_e2.pth").is_file()
+    for name in ("YTBVOS", "COCO"):
+        assert (work / "shards" / name / "index.msgpack").is_file()
+    # the figures are the official tool's table of each tracker's results
+    for name in ("trained", "trained-box", "untrained"):
+        rows = (work / "eval" / name / "global_results-val.csv").read_text().splitlines()
+        assert float(rows[1].split(",")[0]) == pytest.approx(jf[name.replace("trained-", "")], abs=5e-4)
+    # one overlay per shown sequence: a header, then 3 frames x (ground truth + the three results)
+    sequences = load_davis(work / "raw" / "DAVIS", "2017/val")
+    assert [Path(p).name for p in summary["overlays"]] == [f"{s.name}.png" for s in sequences[:3]]
+    seq = sequences[0]
+    image = cv2.imread(summary["overlays"][0])
+    h, w = seq.read_frame(0).shape[:2]
+    assert image.shape == (24 + 3 * h, 4 * w, 3)
+    # the trained column of the first row is the frame tinted where its result PNG has the object
+    labels = read_labels(work / "eval" / "trained" / seq.name / f"{seq.frame_ids[1]}.png")
+    cell = image[24:24 + h, w:2 * w].astype(int)
+    changed = np.abs(cell - seq.read_frame(1).astype(int)).max(axis=2) > 8
+    assert (changed & (labels == 0)).mean() < 0.01 and (changed[labels > 0].mean() if (labels > 0).any() else 1) > 0.9
+    assert "J&F-Mean" in res.stdout and ("beats both baselines" in res.stdout or "does NOT" in res.stdout)
+
+
 def _metrics(run_dir: Path, steps: int) -> list:
     """metrics.jsonl as the trainer writes it (train.telemetry.MetricsWriter)."""
     from train.telemetry import MetricsWriter

@@ -19,12 +19,19 @@ MARKER = "DEMO_WORKDIR"  # file that marks a folder as the demo's own (safe to r
 SIZES = {"VID": (24, 40), "GOT10K": (24, 40), "LASOT": (12, 40), "YTB": (12, 24), "COCO": (160, 1), "DET": (160, 1)}
 
 
-def _stage(log, title: str):
+def stage(log, title: str):
     log(f"\n== {title}")
     return time.perf_counter()
 
 
-def _prepare(work: Path) -> None:
+def log_verdict(log, timings: dict, beats: bool) -> None:
+    """The summary's last lines: the total time and whether the trained model beats both baselines."""
+    log(f"   total time: {sum(timings.values()) / 60:.1f} min")
+    log("   verdict: " + ("the trained model beats both baselines" if beats
+                          else "the trained model does NOT beat both baselines"))
+
+
+def prepare_work(work: Path) -> None:
     if work.exists():
         if not (work / MARKER).is_file():
             raise FileExistsError(f"{work} exists and is not a demo work folder; choose another --work")
@@ -47,10 +54,10 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     work = Path(work)
     cfg = load_config(cfg_path, opts)
     workers = workers or os.cpu_count() or 1
-    _prepare(work)
+    prepare_work(work)
     timings = {}
 
-    t = _stage(log, "1/4 synthetic raw datasets (official layouts)")
+    t = stage(log, "1/4 synthetic raw datasets (official layouts)")
     folders = [CONFIG_TO_FOLDER[name] for name in cfg.DATASET.NAMES]
     for i, name in enumerate(folders):
         videos, frames = SIZES[name]
@@ -59,7 +66,7 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
         log(f"   {name}: {work / 'raw' / name} ({info['seconds']:.1f} s)")
     timings["raw_s"] = time.perf_counter() - t
 
-    t = _stage(log, "2/4 crop into LMDB shards (tools/build_lmdb.py)")
+    t = stage(log, "2/4 crop into LMDB shards (tools/build_lmdb.py)")
     shards = work / "shards"
     for name in folders:
         report = build_dataset(name, root=work / "raw" / name, out_root=shards, workers=workers, progress=True)
@@ -67,13 +74,13 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
         log(f"   {name}: {counts}")
     timings["shards_s"] = time.perf_counter() - t
 
-    t = _stage(log, f"3/4 train {Path(cfg_path).name} on {device} (train/run.py)")
+    t = stage(log, f"3/4 train {Path(cfg_path).name} on {device} (train/run.py)")
     run_dir = work / "train"
     trainer = Trainer(cfg, shards=shards, out_dir=run_dir, device=device, resume=None)
     train_summary = trainer.fit()
     timings["train_s"] = time.perf_counter() - t
 
-    t = _stage(log, "4/4 evaluate on held-out synthetic sequences (tools/eval.py)")
+    t = stage(log, "4/4 evaluate on held-out synthetic sequences (tools/eval.py)")
     seqs = work / "eval_sequences"
     make_eval(seqs, seed=seed + 1000, frames=max(20, round(DEFAULTS["EVAL"][1] * scale)))
     final = run_dir / f"checkpoint_e{cfg.TRAIN.EPOCH}.pth"
@@ -100,7 +107,5 @@ def run_demo(work="runs/demo", cfg_path="configs/demo_cpu.yaml", opts=(), seed: 
     log(f"   loss curves: {summary['curves_png']}")
     log("   success AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in auc.items()))
     log(f"   plots and report: {work / 'eval'}")
-    log(f"   total time: {sum(timings.values()) / 60:.1f} min")
-    log("   verdict: " + ("the trained model beats both baselines" if beats
-                          else "the trained model does NOT beat both baselines"))
+    log_verdict(log, timings, beats)
     return summary
