@@ -1,5 +1,5 @@
-"""The evaluators as users stop them and feed them: Ctrl-C in tools/eval.py and tools/eval_vot.py
-ends in one line and the same command then reuses the sequences already written; a VOT sequence
+"""The evaluators as users stop them and feed them: Ctrl-C in tools/eval.py, tools/eval_vot.py and
+tools/eval_vos.py ends in one line and the same command then reuses the sequences already written; a VOT sequence
 whose first region, or the region of a re-initialisation frame, has no area is one line naming
 the file, line and box. Real processes, real signals."""
 import json
@@ -121,6 +121,33 @@ def test_ctrl_c_in_eval_vot_then_the_same_command_reuses_the_stored_runs(vot, tm
     assert f"untrained: reused {len(written)} stored run(s)" in res.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())
     assert len(list(runs.glob("*/*_001.txt"))) == 4
+
+
+def test_ctrl_c_in_eval_vos_then_the_same_command_keeps_the_finished_sequences(tmp_path):
+    from pipeline.synthetic import make_dataset
+
+    davis = tmp_path / "DAVIS"
+    make_dataset("DAVIS", davis, videos=8, frames=10, seed=5, broken=False)
+    mask_cfg = ROOT / "configs" / "demo_mask_refine_cpu.yaml"
+    out = tmp_path / "out"
+    cmd = _tool("eval_vos.py", "--cfg", mask_cfg, "--baselines", "untrained", "--sequential", "--quiet",
+                "--dataset", davis, "--out", out)
+    sequences = [line for line in (davis / "ImageSets" / "2017" / "val.txt").read_text().split()]
+
+    def finished():
+        return sorted(p for s in sequences for p in (out / "untrained" / s).glob("*.png")
+                      if len(list((out / "untrained" / s).glob("*.png"))) == 10)
+
+    proc, err, written = _interrupt_after_first(cmd, finished, 10 * len(sequences))
+    assert proc.returncode == 130
+    line = _one_line(err)
+    assert line.startswith(f"interrupted by SIGINT: the sequences finished so far are stored in {out}")
+    kept = len({p.parent for p in written})
+    res = _run(cmd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"untrained: {kept} sequence(s) kept from an earlier run" in res.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in written.items())
+    assert all(len(list((out / "untrained" / s).glob("*.png"))) == 10 for s in sequences)
 
 
 @pytest.mark.parametrize("first", ["20,40,0,20", "20,40,-5,20", "20,40,26,0"], ids=["zero-w", "negative-w", "zero-h"])

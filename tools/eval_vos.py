@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval import add_run_options, add_tracker_options, engine_options, trackers_to_evaluate  # noqa: E402
+from tools.eval import (add_run_options, add_tracker_options, engine_options, run_stoppable,  # noqa: E402
+                        trackers_to_evaluate)
 from track.vos.datasets import load_davis  # noqa: E402
 from track.vos.experiment import evaluate_vos, score_stored  # noqa: E402
 
@@ -58,10 +59,8 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        run(args)
-    except (OSError, ValueError) as err:  # bad input: a message, no traceback
-        sys.exit(f'error: {err}')
+    run_stoppable(run, args, f'the sequences finished so far are stored in {args.out}; the same command tracks '
+                             f'only the others (--restart: all)')
 
 
 if __name__ == '__main__':
