@@ -84,3 +84,12 @@ def shards(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_lmdb.py'), '--dataset', 'VID', '--root', str(raw),
                     '--out', str(out), '--workers', '2', '--no-progress'], check=True, capture_output=True)
     return out
+
+
+@pytest.fixture(scope='session')
+def mask_shards(tmp_path_factory):
+    """VID, COCO and YTBVOS shards with COCO's and YTBVOS's masks (mask_fixtures.build_mask_shards),
+    built once a session: the loader, GPU-loader and SiamMask training tests only read them."""
+    from mask_fixtures import build_mask_shards
+
+    return build_mask_shards(tmp_path_factory.mktemp('mask_shards'))

@@ -62,6 +62,21 @@ def _children(pid: int) -> list:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _process_states(pid: int) -> str:
+    """One line per process of the tree under `pid` and per thread: state, wait channel, signal masks."""
+    lines = []
+    for p in [pid] + _children(pid):
+        for task in sorted(Path(f'/proc/{p}/task').glob('*')):
+            try:
+                status = dict(line.split(':\t', 1) for line in (task / 'status').read_text().splitlines() if ':\t' in line)
+                wchan = (task / 'wchan').read_text()
+            except OSError:
+                continue
+            lines.append(f'{p}/{task.name} {status["Name"].strip()} {status["State"].strip()} wchan={wchan} '
+                         + ' '.join(f'{k}={status[k].strip()}' for k in ('SigPnd', 'ShdPnd', 'SigBlk', 'SigIgn', 'SigCgt')))
+    return '\n'.join(lines)
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f'/proc/{pid}/stat').read_text().split()[2] != 'Z'
@@ -134,7 +149,12 @@ def test_interrupted_build_ends_in_one_line_and_resumes(raw, ref, tmp_path, how)
     else:
         assert workers, 'no crop worker processes found'
         os.kill(workers[-1], signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        state = _process_states(proc.pid)  # for the next hunt: what each process waits on, its signal masks
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f'the build did not end within 120 s of the {how}:\n{state}')
     _assert_one_clean_line(proc, err)
     deadline = time.time() + 10
     while any(_alive(w) for w in workers) and time.time() < deadline:

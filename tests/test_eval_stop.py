@@ -30,8 +30,10 @@ def _run(cmd):
 
 def _interrupt_after_first(cmd, written, total: int):
     """Start ``cmd`` in its own session, Ctrl-C it (SIGINT to its process group, as a terminal
-    does) once ``written()`` lists a finished sequence; returns (process, stderr, files then)."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    does) once ``written()`` lists a finished sequence; returns (process, stderr, files then).
+    The evaluator runs at nice 10: on a loaded machine (the suite's other worker) this poll still
+    sees the first sequence and signals before the evaluator has finished the others."""
+    proc = subprocess.Popen(["nice", "-n", "10", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     t_end = time.monotonic() + 300
     while not written():
@@ -54,7 +56,7 @@ def _one_line(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def otb(tmp_path_factory):
-    return make_eval(tmp_path_factory.mktemp("eval_stop") / "seqs", videos=5, frames=24, seed=3)["root"]
+    return make_eval(tmp_path_factory.mktemp("eval_stop") / "seqs", videos=5, frames=40, seed=3)["root"]
 
 
 def test_ctrl_c_in_eval_then_the_same_command_tracks_only_the_rest(otb, tmp_path):
@@ -105,7 +107,7 @@ def test_an_interrupted_evaluation_is_reused_only_by_the_same_tracker(otb, tmp_p
 @pytest.fixture(scope="module")
 def vot(tmp_path_factory):
     root = tmp_path_factory.mktemp("vot_stop") / "seqs"
-    return write_dataset(root, {f"s{i}": {"n": 24, "seed": i} for i in range(4)})
+    return write_dataset(root, {f"s{i}": {"n": 40, "seed": i} for i in range(4)})
 
 
 def test_ctrl_c_in_eval_vot_then_the_same_command_reuses_the_stored_runs(vot, tmp_path):
@@ -127,7 +129,7 @@ def test_ctrl_c_in_eval_vos_then_the_same_command_keeps_the_finished_sequences(t
     from pipeline.synthetic import make_dataset
 
     davis = tmp_path / "DAVIS"
-    make_dataset("DAVIS", davis, videos=8, frames=10, seed=5, broken=False)
+    make_dataset("DAVIS", davis, videos=8, frames=16, seed=5, broken=False)
     mask_cfg = ROOT / "configs" / "demo_mask_refine_cpu.yaml"
     out = tmp_path / "out"
     cmd = _tool("eval_vos.py", "--cfg", mask_cfg, "--baselines", "untrained", "--sequential", "--quiet",
@@ -136,9 +138,9 @@ def test_ctrl_c_in_eval_vos_then_the_same_command_keeps_the_finished_sequences(t
 
     def finished():
         return sorted(p for s in sequences for p in (out / "untrained" / s).glob("*.png")
-                      if len(list((out / "untrained" / s).glob("*.png"))) == 10)
+                      if len(list((out / "untrained" / s).glob("*.png"))) == 16)
 
-    proc, err, written = _interrupt_after_first(cmd, finished, 10 * len(sequences))
+    proc, err, written = _interrupt_after_first(cmd, finished, 16 * len(sequences))
     assert proc.returncode == 130
     line = _one_line(err)
     assert line.startswith(f"interrupted by SIGINT: the sequences finished so far are stored in {out}")
@@ -147,7 +149,7 @@ def test_ctrl_c_in_eval_vos_then_the_same_command_keeps_the_finished_sequences(t
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"untrained: {kept} sequence(s) kept from an earlier run" in res.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())
-    assert all(len(list((out / "untrained" / s).glob("*.png"))) == 10 for s in sequences)
+    assert all(len(list((out / "untrained" / s).glob("*.png"))) == 16 for s in sequences)
 
 
 @pytest.mark.parametrize("first", ["20,40,0,20", "20,40,-5,20", "20,40,26,0"], ids=["zero-w", "negative-w", "zero-h"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def
 
-from mask_fixtures import build_mask_shards, check_mask_labels, mask_cfg
+from mask_fixtures import check_mask_labels, mask_cfg
 from pipeline import build_loader
 from pipeline.batch import LABEL_MASK, LABEL_MASK_WEIGHT
 from pipeline.dali_graph import DECODE_FIELDS, FIELDS, MASK_FIELDS, IS_SEARCH, PairGraph, _pair_graph, graph_fields
@@ -188,11 +188,6 @@ def test_two_loaders_with_one_seed_give_identical_batches(shards, device):  # no
     for a, b in zip(one, two):
         for key in a:
             assert torch.equal(a[key], b[key]), key
-
-
-@pytest.fixture(scope="module")
-def mask_shards(tmp_path_factory):
-    return build_mask_shards(tmp_path_factory.mktemp("gpu_mask_shards"))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mask_fixtures import build_mask_shards, check_mask_labels, mask_cfg
+from mask_fixtures import check_mask_labels, mask_cfg
 from pipeline import build_loader
 from pipeline.batch import LABEL_CLS, LABEL_MASK, LABEL_MASK_WEIGHT, MASK_LABELS, SEARCH
 from pipeline.crop_source import mask_ref
@@ -16,11 +16,6 @@ from pipeline.shards import open_shard_readers
 from shard_damage import flip_crop_byte
 
 BATCH = 4
-
-
-@pytest.fixture(scope="module")
-def mask_shards(tmp_path_factory):
-    return build_mask_shards(tmp_path_factory.mktemp("mask_shards"))
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "native"])

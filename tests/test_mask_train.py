@@ -13,7 +13,6 @@ import torch
 
 from gloo_ranks import end_rank, report, reports, set_rank_env, spawn_ranks
 from mask_batches import SMALL_MASK
-from mask_fixtures import build_mask_shards
 from model import build_model, load_model_checkpoint, load_pretrained
 from pipeline import build_loader
 from train.config import load_config
@@ -78,11 +77,6 @@ def _crash_at(n):
             raise _Crash("stopped")
         return batch
     return change
-
-
-@pytest.fixture(scope="module")
-def mask_shards(tmp_path_factory):
-    return build_mask_shards(tmp_path_factory.mktemp("mask_shards"))
 
 
 @pytest.fixture(scope="module")

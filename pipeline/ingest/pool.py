@@ -90,7 +90,9 @@ class OrderedPool:
                 continue
             if not busy:
                 return
-            wait([self._conns[w] for w in busy] + [self._procs[w].sentinel for w in busy])
+            # a timeout: a Ctrl-C that the kernel hands to another thread of this process (numpy's, OpenCV's)
+            # does not interrupt this wait, and Python raises it only when the main thread runs again
+            wait([self._conns[w] for w in busy] + [self._procs[w].sentinel for w in busy], timeout=0.5)
             for w in list(busy):
                 if self._conns[w].poll():
                     try:
