@@ -1,6 +1,7 @@
 """Fixtures shared by several test modules: small real file systems and synthetic VID shards."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,14 @@ def mask_shards(tmp_path_factory):
     from mask_fixtures import build_mask_shards
 
     return build_mask_shards(tmp_path_factory.mktemp('mask_shards'))
+
+
+@pytest.fixture(autouse=True, scope='session')
+def sigint_as_in_a_terminal():
+    """The Ctrl-C tests send SIGINT to tools started here, which must start as a terminal's job does:
+    with SIGINT's default action. A suite started from a script's background job (``cmd &`` without
+    job control, under nohup) inherits SIGINT ignored, every child would inherit that too (Python
+    leaves an inherited SIG_IGN alone) and those tests would fail for a reason that is not theirs."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield

@@ -97,6 +97,12 @@ def test_mask_demo_at_a_small_scale_runs_every_stage(tmp_path):
     assert (changed & (labels == 0)).mean() < 0.01 and (changed[labels > 0].mean() if (labels > 0).any() else 1) > 0.9
     assert "J&F-Mean" in res.stdout and ("beats both baselines" in res.stdout or "does NOT" in res.stdout)
 
+    # the SiamRPN demo's options are refused with --mask, and --mask's without it, in one line
+    for args in (["--mask", "--cfg", "configs/demo_cpu.yaml"], ["--refine-opts", "TRAIN.EPOCH=1"]):
+        res = _run(_tool("demo.py", "--work", tmp_path / "refused", *args))
+        assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("demo.py: error: --")
+        assert not (tmp_path / "refused").exists()
+
 
 def _metrics(run_dir: Path, steps: int) -> list:
     """metrics.jsonl as the trainer writes it (train.telemetry.MetricsWriter)."""

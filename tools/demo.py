@@ -3,7 +3,7 @@
     python tools/demo.py                      # about 5 minutes on 2 idle CPU cores
     python tools/demo.py --work runs/demo2 --opts TRAIN.EPOCH=2
     python tools/demo.py --work runs/smoke --scale 0.1 --opts TRAIN.EPOCH=2 TRAIN.BATCH_SIZE=4 DATASET.VIDEOS_PER_EPOCH=8
-    python tools/demo.py --mask               # SiamMask: base and refine stages, DAVIS J&F (under 10 minutes)
+    python tools/demo.py --mask               # SiamMask: base and refine stages, DAVIS J&F (about 5 minutes)
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def main(argv=None) -> int:
                    help="the SiamMask demo: masks through shards, base and refine stages, DAVIS J&F against the "
                         "untrained network and box-as-mask (configs/demo_mask_{base,refine}_cpu.yaml)")
     p.add_argument("--work", help="work folder, replaced on every run (default: runs/demo, runs/demo_mask)")
-    p.add_argument("--cfg", default=str(ROOT / "configs" / "demo_cpu.yaml"),
-                   help="experiment config (default: configs/demo_cpu.yaml; not with --mask)")
+    p.add_argument("--cfg", help="experiment config (default: configs/demo_cpu.yaml; not with --mask)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--scale", type=float, default=1.0,
@@ -34,6 +33,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.refine_opts and not args.mask:
         p.error("--refine-opts needs --mask")
+    if args.cfg and args.mask:
+        p.error("--cfg is not for --mask: its configs are configs/demo_mask_{base,refine}_cpu.yaml (use --opts)")
 
     from train.config import ConfigError
     from train.demo import run_demo
@@ -44,8 +45,8 @@ def main(argv=None) -> int:
             summary = run_mask_demo(args.work or "runs/demo_mask", args.opts, args.refine_opts, seed=args.seed,
                                     device=args.device, scale=args.scale)
         else:
-            summary = run_demo(args.work or "runs/demo", args.cfg, args.opts, seed=args.seed, device=args.device,
-                               scale=args.scale)
+            summary = run_demo(args.work or "runs/demo", args.cfg or str(ROOT / "configs" / "demo_cpu.yaml"),
+                               args.opts, seed=args.seed, device=args.device, scale=args.scale)
     except (ConfigError, FileExistsError, ValueError) as err:  # bad options, config or work folder: one line
         print(f"error: {err}", file=sys.stderr)
         return 2

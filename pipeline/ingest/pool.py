@@ -90,8 +90,8 @@ class OrderedPool:
                 continue
             if not busy:
                 return
-            # a timeout: a Ctrl-C that the kernel hands to another thread of this process (numpy's, OpenCV's)
-            # does not interrupt this wait, and Python raises it only when the main thread runs again
+            # with a timeout: Python raises a Ctrl-C only in the main thread, when it runs; a SIGINT the
+            # kernel delivers to another thread (numpy's, OpenCV's) does not interrupt this wait
             wait([self._conns[w] for w in busy] + [self._procs[w].sentinel for w in busy], timeout=0.5)
             for w in list(busy):
                 if self._conns[w].poll():
