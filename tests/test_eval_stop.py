@@ -132,7 +132,7 @@ def test_ctrl_c_in_eval_vos_then_the_same_command_keeps_the_finished_sequences(t
     out = tmp_path / "out"
     cmd = _tool("eval_vos.py", "--cfg", mask_cfg, "--baselines", "untrained", "--sequential", "--quiet",
                 "--dataset", davis, "--out", out)
-    sequences = [line for line in (davis / "ImageSets" / "2017" / "val.txt").read_text().split()]
+    sequences = (davis / "ImageSets" / "2017" / "val.txt").read_text().split()
 
     def finished():
         return sorted(p for s in sequences for p in (out / "untrained" / s).glob("*.png")

@@ -91,7 +91,8 @@ def run_mask_demo(work="runs/demo_mask", opts=(), refine_opts=(), seed: int = 0,
 
     work = Path(work)
     base_cfg = load_config(BASE_CFG, opts)
-    load_config(REFINE_CFG, list(opts) + list(refine_opts))  # bad options fail here, before any work
+    base_ckpt = work / "base" / f"checkpoint_e{base_cfg.TRAIN.EPOCH}.pth"  # the refine stage starts from it
+    refine_cfg = load_config(REFINE_CFG, [*opts, *refine_opts, f"TRAIN.PRETRAINED={base_ckpt}"])
     workers = workers or os.cpu_count() or 1
     prepare_work(work)
     timings = {}
@@ -117,11 +118,9 @@ def run_mask_demo(work="runs/demo_mask", opts=(), refine_opts=(), seed: int = 0,
 
     t = stage(log, f"3/5 base stage: {BASE_CFG.name} on {device} (train/run.py)")
     base_summary = _train(base_cfg, shards, work / "base", device)
-    base_ckpt = work / "base" / f"checkpoint_e{base_cfg.TRAIN.EPOCH}.pth"
     timings["base_s"] = time.perf_counter() - t
 
     t = stage(log, f"4/5 refine stage: {REFINE_CFG.name} from {base_ckpt.name}")
-    refine_cfg = load_config(REFINE_CFG, list(opts) + list(refine_opts) + [f"TRAIN.PRETRAINED={base_ckpt}"])
     refine_summary = _train(refine_cfg, shards, work / "refine", device)
     final = work / "refine" / f"checkpoint_e{refine_cfg.TRAIN.EPOCH}.pth"
     timings["refine_s"] = time.perf_counter() - t
